@@ -1,0 +1,34 @@
+//! `/healthz`: the process is up. `/readyz`: it can do its work (database
+//! reachable, Kafka metadata fetched), so a load balancer may send traffic.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::ApiState;
+use crate::kafka::topic_reachable;
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
+    let (database, kafka) = tokio::join!(state.store.ping(), async {
+        topic_reachable(&state.readiness.producer, &state.readiness.topic).await
+    });
+    let database = database.is_ok();
+    let status = if database && kafka {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    (
+        status,
+        Json(json!({
+            "status": if status == StatusCode::OK { "ready" } else { "not ready" },
+            "checks": { "database": word(database), "kafka": word(kafka) },
+        })),
+    )
+}

@@ -1,0 +1,227 @@
+//! `/api/orders`: create (idempotent with `Idempotency-Key`), read, list,
+//! and the client-driven transitions (payment, shipment).
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{json, ApiError, ApiState};
+use crate::domain::{CreateOrderRequest, Order, OrderId, OrderStatus, OrderSummary, MAX_NAME_LEN};
+use crate::events::NewEvent;
+use crate::store::{IdempotencyKey, Transition};
+use crate::telemetry;
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+const DEFAULT_PAGE: u32 = 20;
+const MAX_PAGE: u32 = 100;
+
+fn order_id(raw: &str) -> Result<OrderId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::NotFound(format!("order {raw:?} not found")))
+}
+
+fn idempotency_key(
+    headers: &HeaderMap,
+    request: &CreateOrderRequest,
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::field("Idempotency-Key", "must be visible ASCII"))?
+        .trim();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(ApiError::field(
+            "Idempotency-Key",
+            format!("must be 1..={MAX_IDEMPOTENCY_KEY_LEN} characters"),
+        ));
+    }
+    // The hash covers the parsed request, so a retry that differs only in
+    // whitespace or key order is still the same request.
+    let canonical = serde_json::to_vec(request).unwrap_or_default();
+    let request_hash = format!("{:x}", Sha256::digest(&canonical));
+    Ok(Some(IdempotencyKey {
+        key: key.to_string(),
+        request_hash,
+    }))
+}
+
+pub async fn create(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: CreateOrderRequest = json::parse(&headers, body, state.max_body_bytes)?;
+    let idempotency = idempotency_key(&headers, &request)?;
+    let new_order = request.parse(state.limits).map_err(ApiError::Validation)?;
+    let traceparent = telemetry::traceparent(&headers);
+    let created = state
+        .store
+        .create_order(&new_order, idempotency.as_ref(), Some(traceparent.clone()))
+        .await?;
+    let location = format!("/api/orders/{}", created.order.id);
+    let mut response = (StatusCode::CREATED, Json(created.order)).into_response();
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&traceparent) {
+        h.insert(HeaderName::from_static("traceparent"), v);
+    }
+    if created.replayed {
+        h.insert(
+            HeaderName::from_static("idempotent-replayed"),
+            HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
+}
+
+pub async fn get(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Order>, ApiError> {
+    let id = order_id(&id)?;
+    state
+        .store
+        .get_order(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page {
+    items: Vec<OrderSummary>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<OrderId>,
+}
+
+pub async fn list(
+    State(state): State<ApiState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Page>, ApiError> {
+    let mut errors = Vec::new();
+    let status = match query.get("status").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => s
+            .parse::<OrderStatus>()
+            .map_err(|m| errors.push(crate::domain::FieldError::new("status", m)))
+            .ok(),
+    };
+    let limit = match query.get("limit") {
+        None => DEFAULT_PAGE,
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                errors.push(crate::domain::FieldError::new(
+                    "limit",
+                    format!("must be an integer 1..={MAX_PAGE}"),
+                ));
+                DEFAULT_PAGE
+            }
+        },
+    };
+    let after = match query.get("after").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => s
+            .parse::<OrderId>()
+            .map_err(|_| {
+                errors.push(crate::domain::FieldError::new(
+                    "after",
+                    "is not an order id",
+                ))
+            })
+            .ok(),
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let items = state.store.list_orders(status, after, limit).await?;
+    let next_cursor = (items.len() == limit as usize)
+        .then(|| items.last().map(|o| o.id))
+        .flatten();
+    Ok(Json(Page { items, next_cursor }))
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentRequest {
+    payment_id: Option<String>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShipmentRequest {
+    tracking_number: Option<String>,
+}
+
+fn reference(field: &str, value: Option<String>) -> Result<String, ApiError> {
+    let value = value.map(|s| s.trim().to_string()).unwrap_or_default();
+    if value.is_empty() {
+        return Err(ApiError::field(field, "is required"));
+    }
+    if value.chars().count() > MAX_NAME_LEN || value.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            field,
+            format!("must be at most {MAX_NAME_LEN} printable characters"),
+        ));
+    }
+    Ok(value)
+}
+
+async fn apply(
+    state: &ApiState,
+    headers: &HeaderMap,
+    id: OrderId,
+    to: OrderStatus,
+    note: String,
+    event: NewEvent,
+) -> Result<Json<Order>, ApiError> {
+    let event = event.with_traceparent(Some(telemetry::traceparent(headers)));
+    let change = Transition {
+        to,
+        note,
+        event: Some(event),
+    };
+    Ok(Json(state.store.transition(id, change).await?))
+}
+
+pub async fn pay(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Order>, ApiError> {
+    let id = order_id(&id)?;
+    let request: PaymentRequest = json::parse(&headers, body, state.max_body_bytes)?;
+    let payment_id = reference("paymentId", request.payment_id)?;
+    let note = format!("paid (payment {payment_id})");
+    let event = NewEvent::order_paid(id, payment_id);
+    apply(&state, &headers, id, OrderStatus::Paid, note, event).await
+}
+
+pub async fn ship(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Order>, ApiError> {
+    let id = order_id(&id)?;
+    let request: ShipmentRequest = json::parse(&headers, body, state.max_body_bytes)?;
+    let tracking = reference("trackingNumber", request.tracking_number)?;
+    let note = format!("shipped (tracking {tracking})");
+    let event = NewEvent::order_shipped(id, tracking);
+    apply(&state, &headers, id, OrderStatus::Shipped, note, event).await
+}

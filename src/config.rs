@@ -1,0 +1,764 @@
+//! The one place configuration is read.
+//!
+//! Layers, later wins: built-in defaults → the config file (TOML, or JSON such
+//! as an ASP.NET `appsettings.json`) → environment variables in the ASP.NET
+//! Core convention (`KafkaConfiguration__Orders__TopicName=...`). Keys match
+//! case-insensitively, as .NET configuration does: every key is folded to
+//! lower case before serde sees it, so `serverUrl`, `ServerUrl` and
+//! `SERVERURL` are one key.
+//!
+//! Raw values are parsed once into typed settings ([`Config`]); every error
+//! names the key in its canonical spelling and the source it came from.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Json, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
+
+/// Top-level sections taken from the environment; everything else in the
+/// process environment (PATH, HOME, ...) is not configuration.
+const SECTIONS: &[&str] = &["kafkaconfiguration", "database", "api", "worker", "outbox"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path} not found")]
+    FileNotFound { path: String },
+    #[error("config file {path} cannot be read: {message}")]
+    FileUnreadable { path: String, message: String },
+    #[error("{key}: {message} ({source_name})")]
+    Invalid {
+        key: String,
+        message: String,
+        source_name: String,
+    },
+}
+
+// ---------------------------------------------------------------------------
+// Raw shape: what the file and the environment may contain. Serialized back
+// (PascalCase, secrets redacted) by `orderflow config`.
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawConfig {
+    #[serde(alias = "kafkaconfiguration")]
+    pub kafka_configuration: RawKafka,
+    pub database: RawDatabase,
+    pub api: RawApi,
+    pub worker: RawWorker,
+    pub outbox: RawOutbox,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawKafka {
+    #[serde(alias = "serverurl")]
+    pub server_url: String,
+    pub orders: RawTopic,
+    /// How long a produced message may wait for the broker before the relay
+    /// treats it as failed and backs off.
+    #[serde(alias = "messagetimeoutms")]
+    pub message_timeout_ms: u64,
+}
+
+impl Default for RawKafka {
+    fn default() -> Self {
+        Self {
+            server_url: "embedded".into(),
+            orders: RawTopic::default(),
+            message_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawTopic {
+    #[serde(alias = "topicname")]
+    pub topic_name: String,
+    #[serde(alias = "consumergroup")]
+    pub consumer_group: String,
+    #[serde(alias = "consumername")]
+    pub consumer_name: String,
+    pub partitions: i64,
+    #[serde(alias = "replicationfactor")]
+    pub replication_factor: i64,
+}
+
+impl Default for RawTopic {
+    fn default() -> Self {
+        Self {
+            topic_name: "orders".into(),
+            consumer_group: "order-processing".into(),
+            consumer_name: "order-events-handler".into(),
+            partitions: 10,
+            replication_factor: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawDatabase {
+    pub url: String,
+    #[serde(alias = "maxconnections")]
+    pub max_connections: u32,
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://orderflow.db".into(),
+            max_connections: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawApi {
+    pub listen: String,
+    #[serde(alias = "maxbodybytes")]
+    pub max_body_bytes: u64,
+    #[serde(alias = "maxitemsperorder")]
+    pub max_items_per_order: u64,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            max_body_bytes: 256 * 1024,
+            max_items_per_order: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawWorker {
+    #[serde(alias = "adminlisten")]
+    pub admin_listen: String,
+}
+
+impl Default for RawWorker {
+    fn default() -> Self {
+        Self {
+            admin_listen: "0.0.0.0:9090".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawOutbox {
+    #[serde(alias = "batchsize")]
+    pub batch_size: u64,
+    /// Fallback poll when no wake-up arrives (another process wrote the row
+    /// on SQLite, or a NOTIFY was lost with its connection).
+    #[serde(alias = "pollintervalms")]
+    pub poll_interval_ms: u64,
+    #[serde(alias = "maxbackoffms")]
+    pub max_backoff_ms: u64,
+    /// Published rows are kept this long for inspection, then deleted.
+    #[serde(alias = "retentionseconds")]
+    pub retention_seconds: u64,
+}
+
+impl Default for RawOutbox {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_interval_ms: 1_000,
+            max_backoff_ms: 30_000,
+            retention_seconds: 24 * 3600,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Typed settings: valid by construction.
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KafkaServers {
+    /// librdkafka's in-process mock cluster: development only, in memory.
+    Embedded,
+    Brokers(Vec<String>),
+}
+
+impl KafkaServers {
+    pub fn parse(raw: &str) -> Option<Self> {
+        if raw.trim().eq_ignore_ascii_case("embedded") {
+            return Some(Self::Embedded);
+        }
+        let brokers: Vec<String> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        (!brokers.is_empty()).then_some(Self::Brokers(brokers))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TopicSettings {
+    pub name: String,
+    pub consumer_group: String,
+    pub consumer_name: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub servers: KafkaServers,
+    pub orders: TopicSettings,
+    pub message_timeout: Duration,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Postgres(String),
+    Sqlite(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let url = raw.trim();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres(url.to_string()))
+        } else if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite(url.to_string()))
+        } else if url.is_empty() {
+            Err("is empty".into())
+        } else {
+            Err(format!(
+                "unsupported database {:?}: expected postgres://... or sqlite://...",
+                redact_url(url)
+            ))
+        }
+    }
+
+    pub fn expose(&self) -> &str {
+        match self {
+            Self::Postgres(u) | Self::Sqlite(u) => u,
+        }
+    }
+}
+
+/// The URL may carry a password: Debug shows it redacted, so a logged config
+/// or error never leaks it.
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", redact_url(self.expose()))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub url: DatabaseUrl,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub max_items_per_order: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub admin_listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxSettings {
+    pub batch_size: usize,
+    pub poll_interval: Duration,
+    pub max_backoff: Duration,
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kafka: KafkaSettings,
+    pub database: DatabaseSettings,
+    pub api: ApiSettings,
+    pub worker: WorkerSettings,
+    pub outbox: OutboxSettings,
+    /// The merged raw values, kept for `orderflow config`.
+    pub raw: RawConfig,
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    /// A path given explicitly must exist; the default `config.toml` may not.
+    pub required: bool,
+}
+
+impl Config {
+    pub fn load(source: &ConfigSource) -> Result<Self, ConfigError> {
+        Self::load_with_env(source, std::env::vars())
+    }
+
+    /// Loads with an explicit environment, so tests need not mutate the
+    /// process environment.
+    pub fn load_with_env(
+        source: &ConfigSource,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if source.path.exists() {
+            figment = figment.merge(CaseInsensitiveFile::read(&source.path)?);
+        } else if source.required {
+            return Err(ConfigError::FileNotFound {
+                path: source.path.display().to_string(),
+            });
+        }
+        figment = figment.merge(EnvLayer::from_vars(env));
+        let raw: RawConfig = figment.extract().map_err(|e| from_figment(&e))?;
+        Validator { figment: &figment }.validate(raw)
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.raw.clone();
+        shown.database.url = redact_url(&shown.database.url);
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Replaces the password of a `scheme://user:password@host` URL with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            &url[scheme_end + 3 + at..]
+        ),
+        _ => url.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Providers
+// ---------------------------------------------------------------------------
+
+/// A TOML or JSON file whose keys are folded to lower case.
+struct CaseInsensitiveFile {
+    path: PathBuf,
+    data: Dict,
+}
+
+impl CaseInsensitiveFile {
+    fn read(path: &Path) -> Result<Self, ConfigError> {
+        let is_json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let parsed = if is_json {
+            Json::file_exact(path).data()
+        } else {
+            Toml::file_exact(path).data()
+        };
+        let data = parsed.map_err(|e| ConfigError::FileUnreadable {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let dict = data.into_values().next().unwrap_or_default();
+        Ok(Self {
+            path: path.to_path_buf(),
+            data: fold_keys(dict),
+        })
+    }
+}
+
+impl Provider for CaseInsensitiveFile {
+    fn metadata(&self) -> Metadata {
+        Metadata::from(
+            self.path.display().to_string(),
+            figment::Source::File(self.path.clone()),
+        )
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.data.clone()))
+    }
+}
+
+fn fold_keys(dict: Dict) -> Dict {
+    dict.into_iter()
+        .map(|(k, v)| (k.to_lowercase(), fold_value(v)))
+        .collect()
+}
+
+fn fold_value(value: Value) -> Value {
+    match value {
+        Value::Dict(tag, d) => Value::Dict(tag, fold_keys(d)),
+        Value::Array(tag, items) => Value::Array(tag, items.into_iter().map(fold_value).collect()),
+        other => other,
+    }
+}
+
+/// `Section__Key__Sub=value` variables of the known sections.
+struct EnvLayer {
+    vars: Vec<(String, String)>,
+}
+
+impl EnvLayer {
+    fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        let vars = vars
+            .into_iter()
+            .filter(|(k, _)| {
+                let first = k.split("__").next().unwrap_or_default().to_lowercase();
+                k.contains("__") && SECTIONS.contains(&first.as_str())
+            })
+            .collect();
+        Self { vars }
+    }
+}
+
+impl Provider for EnvLayer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("environment variable").interpolater(|_, keys| keys.join("__"))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (key, value) in &self.vars {
+            let path: Vec<String> = key.split("__").map(str::to_lowercase).collect();
+            // Parsed as figment parses its own environment values: "12"
+            // becomes a number, "true" a boolean, anything else a string.
+            let value: Value = value.parse().unwrap_or_else(|_| Value::from(value.clone()));
+            insert_path(&mut dict, &path, value);
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+fn insert_path(dict: &mut Dict, path: &[String], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if !matches!(entry, Value::Dict(..)) {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validation: raw → typed, each error naming key and source.
+// ---------------------------------------------------------------------------
+
+/// Canonical spelling of every key segment, for messages.
+fn canonical(segment: &str) -> &str {
+    const NAMES: &[&str] = &[
+        "KafkaConfiguration",
+        "ServerUrl",
+        "MessageTimeoutMs",
+        "Orders",
+        "TopicName",
+        "ConsumerGroup",
+        "ConsumerName",
+        "Partitions",
+        "ReplicationFactor",
+        "Database",
+        "Url",
+        "MaxConnections",
+        "Api",
+        "Listen",
+        "MaxBodyBytes",
+        "MaxItemsPerOrder",
+        "Worker",
+        "AdminListen",
+        "Outbox",
+        "BatchSize",
+        "PollIntervalMs",
+        "MaxBackoffMs",
+        "RetentionSeconds",
+    ];
+    NAMES
+        .iter()
+        .find(|n| n.eq_ignore_ascii_case(&segment.replace('_', "")))
+        .copied()
+        .unwrap_or(segment)
+}
+
+fn canonical_key(path: &[String]) -> String {
+    path.iter()
+        .map(|s| canonical(s))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn source_name(metadata: Option<&Metadata>, path: &[String]) -> String {
+    match metadata {
+        None => "built-in default".into(),
+        Some(md) => match &md.source {
+            Some(figment::Source::File(p)) => p.display().to_string(),
+            _ => {
+                let key = canonical_key(path).replace('.', "__");
+                format!("{} {key}", md.name)
+            }
+        },
+    }
+}
+
+fn from_figment(error: &figment::Error) -> ConfigError {
+    let path: Vec<String> = error
+        .path
+        .iter()
+        .filter(|s| s.as_str() != "default")
+        .cloned()
+        .collect();
+    ConfigError::Invalid {
+        key: canonical_key(&path),
+        message: error.kind.to_string(),
+        source_name: source_name(error.metadata.as_ref(), &path),
+    }
+}
+
+struct Validator<'a> {
+    figment: &'a Figment,
+}
+
+impl Validator<'_> {
+    fn error(&self, dotted: &str, message: impl Into<String>) -> ConfigError {
+        let path: Vec<String> = dotted.split('.').map(str::to_lowercase).collect();
+        ConfigError::Invalid {
+            key: canonical_key(&path),
+            message: message.into(),
+            source_name: source_name(self.figment.find_metadata(&path.join(".")), &path),
+        }
+    }
+
+    fn non_empty(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        let trimmed = value.trim();
+        if trimmed.is_empty() {
+            return Err(self.error(key, "is empty"));
+        }
+        Ok(trimmed.to_string())
+    }
+
+    fn in_range(&self, key: &str, value: i64, min: i64, max: i64) -> Result<i64, ConfigError> {
+        if value < min || value > max {
+            return Err(self.error(key, format!("is {value}, must be {min}..={max}")));
+        }
+        Ok(value)
+    }
+
+    fn socket_addr(&self, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+        value.trim().parse().map_err(|_| {
+            self.error(
+                key,
+                format!("{value:?} is not a socket address such as 0.0.0.0:8080"),
+            )
+        })
+    }
+
+    fn millis(&self, key: &str, value: u64, min: u64) -> Result<Duration, ConfigError> {
+        if value < min {
+            return Err(self.error(key, format!("is {value}, must be at least {min}")));
+        }
+        Ok(Duration::from_millis(value))
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let k = &raw.kafka_configuration;
+        let servers = KafkaServers::parse(&k.server_url).ok_or_else(|| {
+            self.error(
+                "kafkaconfiguration.serverurl",
+                "names no broker (expected \"embedded\" or host:port[,host:port...])",
+            )
+        })?;
+        let orders = TopicSettings {
+            name: self.non_empty("kafkaconfiguration.orders.topicname", &k.orders.topic_name)?,
+            consumer_group: self.non_empty(
+                "kafkaconfiguration.orders.consumergroup",
+                &k.orders.consumer_group,
+            )?,
+            consumer_name: self.non_empty(
+                "kafkaconfiguration.orders.consumername",
+                &k.orders.consumer_name,
+            )?,
+            partitions: self.in_range(
+                "kafkaconfiguration.orders.partitions",
+                k.orders.partitions,
+                1,
+                10_000,
+            )? as i32,
+            replication_factor: self.in_range(
+                "kafkaconfiguration.orders.replicationfactor",
+                k.orders.replication_factor,
+                1,
+                32,
+            )? as i32,
+        };
+        let kafka = KafkaSettings {
+            servers,
+            orders,
+            message_timeout: self.millis(
+                "kafkaconfiguration.messagetimeoutms",
+                k.message_timeout_ms,
+                100,
+            )?,
+        };
+        let database = DatabaseSettings {
+            url: DatabaseUrl::parse(&raw.database.url)
+                .map_err(|m| self.error("database.url", m))?,
+            max_connections: self.in_range(
+                "database.maxconnections",
+                raw.database.max_connections.into(),
+                1,
+                1_000,
+            )? as u32,
+        };
+        let api = ApiSettings {
+            listen: self.socket_addr("api.listen", &raw.api.listen)?,
+            max_body_bytes: self.in_range(
+                "api.maxbodybytes",
+                raw.api.max_body_bytes.min(i64::MAX as u64) as i64,
+                1_024,
+                64 * 1024 * 1024,
+            )? as usize,
+            max_items_per_order: self.in_range(
+                "api.maxitemsperorder",
+                raw.api.max_items_per_order.min(i64::MAX as u64) as i64,
+                1,
+                10_000,
+            )? as usize,
+        };
+        let worker = WorkerSettings {
+            admin_listen: self.socket_addr("worker.adminlisten", &raw.worker.admin_listen)?,
+        };
+        let o = &raw.outbox;
+        let outbox = OutboxSettings {
+            batch_size: self.in_range(
+                "outbox.batchsize",
+                o.batch_size.min(i64::MAX as u64) as i64,
+                1,
+                10_000,
+            )? as usize,
+            poll_interval: self.millis("outbox.pollintervalms", o.poll_interval_ms, 10)?,
+            max_backoff: self.millis("outbox.maxbackoffms", o.max_backoff_ms, 10)?,
+            retention: Duration::from_secs(o.retention_seconds),
+        };
+        Ok(Config {
+            kafka,
+            database,
+            api,
+            worker,
+            outbox,
+            raw,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: &str, ext: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(format!("config.{ext}"));
+        std::fs::write(&path, file).expect("write config");
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load_with_env(
+            &ConfigSource {
+                path,
+                required: true,
+            },
+            env,
+        )
+    }
+
+    #[test]
+    fn server_url_is_split_trimmed_and_empties_dropped() {
+        assert_eq!(
+            KafkaServers::parse(" kafka-1:9092, ,kafka-2:9092 ,"),
+            Some(KafkaServers::Brokers(vec![
+                "kafka-1:9092".into(),
+                "kafka-2:9092".into()
+            ]))
+        );
+        assert_eq!(
+            KafkaServers::parse("Embedded"),
+            Some(KafkaServers::Embedded)
+        );
+        assert_eq!(KafkaServers::parse(" , "), None);
+    }
+
+    #[test]
+    fn keys_match_case_insensitively_and_env_wins() {
+        let cfg = load(
+            "[kafkaconfiguration]\nSERVERURL = \"a:1\"\n[KafkaConfiguration.orders]\ntopicName = \"t1\"\n",
+            "toml",
+            &[("KAFKACONFIGURATION__Orders__Partitions", "12")],
+        )
+        .expect("valid");
+        assert_eq!(cfg.kafka.servers, KafkaServers::Brokers(vec!["a:1".into()]));
+        assert_eq!(cfg.kafka.orders.name, "t1");
+        assert_eq!(cfg.kafka.orders.partitions, 12);
+    }
+
+    #[test]
+    fn errors_name_key_and_source() {
+        let err = load("[Api]\nListen = \"nowhere\"\n", "toml", &[])
+            .expect_err("invalid listen")
+            .to_string();
+        assert!(err.starts_with("Api.Listen: "), "{err}");
+        assert!(err.ends_with("config.toml)"), "{err}");
+
+        let err = load(
+            "",
+            "toml",
+            &[("KafkaConfiguration__Orders__Partitions", "0")],
+        )
+        .expect_err("zero partitions")
+        .to_string();
+        assert!(
+            err.contains("KafkaConfiguration.Orders.Partitions")
+                && err.contains("environment variable"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn redacts_passwords_in_urls() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/orders?sslmode=require"),
+            "postgres://app:***@db:5432/orders?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://app@db/orders"),
+            "postgres://app@db/orders"
+        );
+        assert_eq!(redact_url("sqlite://orderflow.db"), "sqlite://orderflow.db");
+    }
+}

@@ -1,0 +1,180 @@
+//! Events on the wire: their types, payloads (camelCase JSON, the seeds'
+//! shapes) and the CloudEvents Kafka binary-mode headers that carry their
+//! metadata.
+//!
+//! The headers are written here rather than through cloudevents-sdk: its
+//! rdkafka binding pins an older rdkafka, and two librdkafka builds cannot
+//! link into one binary. Binary mode is six plain headers.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::{NewOrder, OrderId};
+
+pub const CE_SPECVERSION: &str = "ce_specversion";
+pub const CE_ID: &str = "ce_id";
+pub const CE_TYPE: &str = "ce_type";
+pub const CE_SOURCE: &str = "ce_source";
+pub const CE_TIME: &str = "ce_time";
+pub const CONTENT_TYPE: &str = "content-type";
+pub const TRACEPARENT: &str = "traceparent";
+pub const SPEC_VERSION: &str = "1.0";
+pub const JSON: &str = "application/json";
+pub const SOURCE: &str = "/orderflow";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    OrderCreated,
+    OrderPaid,
+    OrderShipped,
+    OrderRejected,
+    OrderFulfilled,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 5] = [
+        Self::OrderCreated,
+        Self::OrderPaid,
+        Self::OrderShipped,
+        Self::OrderRejected,
+        Self::OrderFulfilled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OrderCreated => "OrderCreated",
+            Self::OrderPaid => "OrderPaid",
+            Self::OrderShipped => "OrderShipped",
+            Self::OrderRejected => "OrderRejected",
+            Self::OrderFulfilled => "OrderFulfilled",
+        }
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("unknown event type {s:?}"))
+    }
+}
+
+/// An event ready for the outbox: the same transaction that changes the order
+/// stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub id: Uuid,
+    pub order_id: OrderId,
+    pub event_type: EventType,
+    pub payload: serde_json::Value,
+    pub occurred_at: DateTime<Utc>,
+    pub traceparent: Option<String>,
+}
+
+impl NewEvent {
+    fn new(order_id: OrderId, event_type: EventType, payload: impl Serialize) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            order_id,
+            event_type,
+            // Serializing plain structs of strings and numbers cannot fail.
+            payload: serde_json::to_value(payload).unwrap_or(serde_json::Value::Null),
+            occurred_at: Utc::now(),
+            traceparent: None,
+        }
+    }
+
+    pub fn with_traceparent(mut self, traceparent: Option<String>) -> Self {
+        self.traceparent = traceparent;
+        self
+    }
+
+    pub fn order_created(order_id: OrderId, order: &NewOrder, at: DateTime<Utc>) -> Self {
+        let payload = OrderCreated {
+            order_id,
+            customer_id: order.customer_id.clone(),
+            customer_name: order.customer_name.clone(),
+            customer_email: order.customer_email.clone(),
+            total_amount: order.total(),
+            created_at: at,
+            items: order
+                .items
+                .iter()
+                .map(|i| EventItem {
+                    product_name: i.product_name.clone(),
+                    quantity: i.quantity,
+                    unit_price: i.unit_price,
+                })
+                .collect(),
+        };
+        Self::new(order_id, EventType::OrderCreated, payload)
+    }
+
+    pub fn order_paid(order_id: OrderId, payment_id: String) -> Self {
+        let payload = OrderPaid {
+            order_id,
+            payment_id,
+            paid_at: Utc::now(),
+        };
+        Self::new(order_id, EventType::OrderPaid, payload)
+    }
+
+    pub fn order_shipped(order_id: OrderId, tracking_number: String) -> Self {
+        let payload = OrderShipped {
+            order_id,
+            tracking_number,
+            shipped_at: Utc::now(),
+        };
+        Self::new(order_id, EventType::OrderShipped, payload)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderCreated {
+    pub order_id: OrderId,
+    pub customer_id: Option<String>,
+    pub customer_name: String,
+    pub customer_email: String,
+    pub total_amount: Decimal,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub items: Vec<EventItem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventItem {
+    pub product_name: String,
+    pub quantity: i64,
+    pub unit_price: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderPaid {
+    pub order_id: OrderId,
+    pub payment_id: String,
+    pub paid_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderShipped {
+    pub order_id: OrderId,
+    pub tracking_number: String,
+    pub shipped_at: DateTime<Utc>,
+}

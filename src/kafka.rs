@@ -1,0 +1,259 @@
+//! Kafka plumbing shared by every role: client configuration, the embedded
+//! development broker, topic creation and the relay's producer.
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::{KafkaServers, KafkaSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("embedded Kafka: {0}")]
+    Embedded(String),
+    #[error("Kafka client: {0}")]
+    Client(#[from] KafkaError),
+    #[error("creating topic {topic}: {message}")]
+    Topic { topic: String, message: String },
+}
+
+/// librdkafka's in-process mock cluster, a real Kafka-protocol listener on
+/// 127.0.0.1. `MockCluster` is not `Send`, so it lives on a thread of its own
+/// that takes commands; dropping this handle stops it.
+pub struct EmbeddedKafka {
+    bootstrap: String,
+    commands: mpsc::Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+enum Command {
+    CreateTopic {
+        name: String,
+        partitions: i32,
+        reply: mpsc::Sender<Result<(), String>>,
+    },
+    BrokerDown(mpsc::Sender<Result<(), String>>),
+    BrokerUp(mpsc::Sender<Result<(), String>>),
+}
+
+/// The mock cluster has one broker: replication is meaningless in memory.
+const EMBEDDED_BROKER: i32 = 1;
+
+impl EmbeddedKafka {
+    pub fn start() -> Result<Self, KafkaSetupError> {
+        let (commands, inbox) = mpsc::channel::<Command>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("embedded-kafka".into())
+            .spawn(move || {
+                let cluster = match MockCluster::new(EMBEDDED_BROKER) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                // Ends when every sender is gone, i.e. the handle dropped.
+                for command in inbox {
+                    let (reply, result) = match command {
+                        Command::CreateTopic {
+                            name,
+                            partitions,
+                            reply,
+                        } => (reply, cluster.create_topic(&name, partitions, 1)),
+                        Command::BrokerDown(reply) => (reply, cluster.broker_down(EMBEDDED_BROKER)),
+                        Command::BrokerUp(reply) => (reply, cluster.broker_up(EMBEDDED_BROKER)),
+                    };
+                    let _ = reply.send(result.map_err(|e| e.to_string()));
+                }
+            })
+            .map_err(|e| KafkaSetupError::Embedded(e.to_string()))?;
+        let bootstrap = ready_rx
+            .recv()
+            .map_err(|_| KafkaSetupError::Embedded("mock cluster thread died".into()))?
+            .map_err(KafkaSetupError::Embedded)?;
+        Ok(Self {
+            bootstrap,
+            commands,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    fn call(
+        &self,
+        make: impl FnOnce(mpsc::Sender<Result<(), String>>) -> Command,
+    ) -> Result<(), KafkaSetupError> {
+        let (reply, answer) = mpsc::channel();
+        self.commands
+            .send(make(reply))
+            .map_err(|_| KafkaSetupError::Embedded("mock cluster stopped".into()))?;
+        answer
+            .recv()
+            .map_err(|_| KafkaSetupError::Embedded("mock cluster stopped".into()))?
+            .map_err(KafkaSetupError::Embedded)
+    }
+
+    /// The mock cluster does not answer the admin CreateTopics request, so
+    /// topics are created through its own API.
+    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), KafkaSetupError> {
+        self.call(|reply| Command::CreateTopic {
+            name: name.to_string(),
+            partitions,
+            reply,
+        })
+    }
+
+    /// Disconnects the broker and refuses new connections: an outage.
+    pub fn broker_down(&self) -> Result<(), KafkaSetupError> {
+        self.call(Command::BrokerDown)
+    }
+
+    pub fn broker_up(&self) -> Result<(), KafkaSetupError> {
+        self.call(Command::BrokerUp)
+    }
+}
+
+impl Drop for EmbeddedKafka {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop, which drops the cluster.
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.commands, closed));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Where the clients of this process connect: the configured brokers, or the
+/// embedded cluster started for this process.
+#[derive(Debug, Clone)]
+pub struct Brokers(pub String);
+
+impl Brokers {
+    /// Starts the embedded cluster when the configuration asks for it; the
+    /// returned handle must live as long as the clients.
+    pub fn resolve(
+        settings: &KafkaSettings,
+    ) -> Result<(Self, Option<EmbeddedKafka>), KafkaSetupError> {
+        match &settings.servers {
+            KafkaServers::Brokers(list) => Ok((Self(list.join(",")), None)),
+            KafkaServers::Embedded => {
+                let embedded = EmbeddedKafka::start()?;
+                embedded.create_topic(&settings.orders.name, settings.orders.partitions)?;
+                tracing::warn!(
+                    bootstrap = embedded.bootstrap_servers(),
+                    "embedded Kafka (librdkafka mock cluster) started: development only, in memory, \
+                     everything on it is lost at exit"
+                );
+                Ok((
+                    Self(embedded.bootstrap_servers().to_string()),
+                    Some(embedded),
+                ))
+            }
+        }
+    }
+
+    pub fn client_config(&self, client_id: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.0)
+            .set("client.id", client_id);
+        config
+    }
+
+    /// The relay's producer: idempotent with acks from all in-sync replicas,
+    /// so retries inside librdkafka neither duplicate nor reorder messages of
+    /// a partition.
+    pub fn producer(
+        &self,
+        client_id: &str,
+        message_timeout: Duration,
+    ) -> Result<FutureProducer, KafkaSetupError> {
+        Ok(self
+            .client_config(client_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set(
+                "message.timeout.ms",
+                message_timeout.as_millis().to_string(),
+            )
+            .create()?)
+    }
+
+    /// Creates `topic` if the cluster does not have it; "already exists" is
+    /// success, so any number of roles may race here.
+    pub async fn ensure_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication: i32,
+        timeout: Duration,
+    ) -> Result<(), KafkaSetupError> {
+        let admin: AdminClient<DefaultClientContext> =
+            self.client_config("orderflow-admin").create()?;
+        let admin = std::sync::Arc::new(admin);
+        let probe = admin.clone();
+        let name = topic.to_string();
+        // Metadata first: it avoids CreateTopics where it is not needed (the
+        // mock cluster never answers that request).
+        let exists = tokio::task::spawn_blocking(move || {
+            probe.inner().fetch_metadata(None, timeout).map(|m| {
+                m.topics()
+                    .iter()
+                    .any(|t| t.name() == name && t.error().is_none())
+            })
+        })
+        .await
+        .map_err(|e| KafkaSetupError::Embedded(e.to_string()))??;
+        if exists {
+            return Ok(());
+        }
+        let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+        let options = AdminOptions::new().operation_timeout(Some(timeout));
+        let results = admin.create_topics([&new_topic], &options).await?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(KafkaSetupError::Topic {
+                        topic: name,
+                        message: code.to_string(),
+                    })
+                }
+            }
+        }
+        tracing::info!(topic, partitions, replication, "topic created");
+        Ok(())
+    }
+}
+
+/// Whether the cluster answers a metadata request for `topic`: the Kafka half
+/// of `/readyz`.
+pub async fn topic_reachable(producer: &FutureProducer, topic: &str) -> bool {
+    use rdkafka::producer::Producer;
+    let producer = producer.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(Some(&topic), Duration::from_secs(2))
+            .map(|m| m.topics().iter().any(|t| t.error().is_none()))
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}

@@ -1,0 +1,14 @@
+//! orderflow: an event-driven order pipeline. The API role takes orders and
+//! relays their events from a transactional outbox to Kafka; the worker role
+//! consumes them with typed handlers.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod events;
+pub mod kafka;
+pub mod outbox;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

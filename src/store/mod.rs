@@ -1,0 +1,170 @@
+//! Storage: PostgreSQL (production) and SQLite (zero-install default) behind
+//! one interface. The SQL is shared (`sql.rs`, instantiated per backend);
+//! what differs — column types for money, id lists, wake-ups, the relay lock —
+//! lives in each backend's file.
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::config::{DatabaseSettings, DatabaseUrl};
+use crate::domain::{InventoryLevel, NewOrder, Order, OrderId, OrderStatus, OrderSummary};
+use crate::events::NewEvent;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("order {0} not found")]
+    NotFound(OrderId),
+    #[error("order {id} is {current}; it cannot become {target}")]
+    Conflict {
+        id: OrderId,
+        current: OrderStatus,
+        target: OrderStatus,
+    },
+    #[error("the Idempotency-Key was already used with a different request")]
+    IdempotencyMismatch,
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(e),
+            other => Self::Database(other),
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed (the database is down or busy),
+    /// as opposed to a request or data that will never work.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// `Idempotency-Key` of a POST, with a hash of the request it came with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub request_hash: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub order: Order,
+    /// The key had been used before with the same request: this is the
+    /// original order, nothing new was written.
+    pub replayed: bool,
+}
+
+/// A state change: the order moves from `to.predecessor()` to `to`, with a
+/// timeline note and, optionally, the event it emits.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub to: OrderStatus,
+    pub note: String,
+    pub event: Option<NewEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRecord {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub destination: String,
+    pub key: String,
+    pub event_type: String,
+    pub payload: String,
+    pub traceparent: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutboxBacklog {
+    pub rows: i64,
+    pub oldest: Option<DateTime<Utc>>,
+}
+
+/// Where the order events go; the fulfilment sink adds its own destination.
+pub const DESTINATION_ORDERS: &str = "orders";
+
+/// Proof that this process may relay the outbox now. Held for as long as the
+/// relay runs; dropping it gives the role up.
+#[async_trait]
+pub trait RelayLease: Send {
+    /// False once the lease is lost (its database session ended).
+    async fn still_held(&mut self) -> bool;
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn migrate(&self) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn create_order(
+        &self,
+        order: &NewOrder,
+        idempotency: Option<&IdempotencyKey>,
+        traceparent: Option<String>,
+    ) -> Result<Created, StoreError>;
+    async fn get_order(&self, id: OrderId) -> Result<Option<Order>, StoreError>;
+    /// Newest first; `after` is the last id of the previous page.
+    async fn list_orders(
+        &self,
+        status: Option<OrderStatus>,
+        after: Option<OrderId>,
+        limit: u32,
+    ) -> Result<Vec<OrderSummary>, StoreError>;
+    async fn transition(&self, id: OrderId, change: Transition) -> Result<Order, StoreError>;
+
+    async fn put_inventory(
+        &self,
+        product: &str,
+        on_hand: i64,
+    ) -> Result<InventoryLevel, StoreError>;
+    async fn get_inventory(&self, product: &str) -> Result<Option<InventoryLevel>, StoreError>;
+
+    /// Unpublished rows in commit order of each order's events.
+    async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError>;
+    async fn outbox_mark_published(&self, ids: &[i64]) -> Result<(), StoreError>;
+    async fn outbox_purge(&self, published_before: DateTime<Utc>) -> Result<u64, StoreError>;
+    async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError>;
+    /// Returns when new outbox rows may be waiting, or after `timeout`.
+    async fn wait_for_outbox(&self, timeout: Duration);
+    /// The relay lease, if no other process holds it.
+    async fn try_relay_lease(&self) -> Result<Option<Box<dyn RelayLease>>, StoreError>;
+}
+
+pub type SharedStore = Arc<dyn Store>;
+
+/// Connects to the configured backend. Migrations are run separately
+/// ([`Store::migrate`]) so `orderflow migrate` and start-up share them.
+pub async fn connect(settings: &DatabaseSettings) -> Result<SharedStore, StoreError> {
+    Ok(match &settings.url {
+        DatabaseUrl::Postgres(url) => {
+            Arc::new(PgStore::connect(url, settings.max_connections).await?)
+        }
+        DatabaseUrl::Sqlite(url) => Arc::new(SqliteStore::connect(url).await?),
+    })
+}

@@ -1,0 +1,136 @@
+//! PostgreSQL backend: exact NUMERIC money, LISTEN/NOTIFY wake-ups for relays
+//! in other processes, and an advisory lock that elects one relay.
+
+use std::sync::Arc;
+
+use rust_decimal::Decimal;
+use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::Connection;
+use tokio::sync::{Mutex, Notify};
+
+type Db = sqlx::Postgres;
+
+const OUTBOX_CHANNEL: &str = "orderflow_outbox";
+/// Arbitrary, fixed: every orderflow process contends for the same lock.
+const RELAY_LOCK_KEY: i64 = 0x6f72_6465_7266_6c77;
+const MARK_PUBLISHED_SQL: &str = "UPDATE outbox SET published_at = $1 WHERE id = ANY($2)";
+
+fn money_to_db(amount: rust_decimal::Decimal) -> Decimal {
+    amount
+}
+
+fn money_from_db(amount: Decimal) -> Result<Decimal, super::StoreError> {
+    Ok(amount)
+}
+
+fn id_list(ids: &[i64]) -> Vec<i64> {
+    ids.to_vec()
+}
+
+/// NOTIFY inside the transaction is delivered only if it commits.
+async fn notify_outbox(tx: &mut sqlx::Transaction<'_, Db>) -> Result<(), super::StoreError> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(OUTBOX_CHANNEL)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub struct PgStore {
+    pool: PgPool,
+    local_wakeup: Arc<Notify>,
+    listener: Mutex<Option<PgListener>>,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, super::StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        Ok(Self {
+            pool,
+            local_wakeup: Arc::new(Notify::new()),
+            listener: Mutex::new(None),
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn run_migrations(&self) -> Result<(), super::StoreError> {
+        // sqlx serialises concurrent migrators with an advisory lock, so
+        // several pods starting at once is safe.
+        sqlx::migrate!("migrations/postgres")
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn wait_outbox(&self, timeout: std::time::Duration) {
+        let mut guard = self.listener.lock().await;
+        if guard.is_none() {
+            match PgListener::connect_with(&self.pool).await {
+                Ok(mut listener) => match listener.listen(OUTBOX_CHANNEL).await {
+                    Ok(()) => *guard = Some(listener),
+                    Err(e) => tracing::warn!(error = %e, "LISTEN failed; polling the outbox"),
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot open LISTEN connection; polling"),
+            }
+        }
+        let Some(listener) = guard.as_mut() else {
+            tokio::select! {
+                _ = self.local_wakeup.notified() => {}
+                _ = tokio::time::sleep(timeout) => {}
+            }
+            return;
+        };
+        let lost = tokio::select! {
+            _ = self.local_wakeup.notified() => false,
+            received = listener.recv() => received.is_err(),
+            _ = tokio::time::sleep(timeout) => false,
+        };
+        if lost {
+            *guard = None;
+        } else {
+            // One fetch serves every notification that arrived meanwhile.
+            while listener.next_buffered().is_some() {}
+        }
+    }
+
+    async fn relay_lease(&self) -> Result<Option<Box<dyn super::RelayLease>>, super::StoreError> {
+        // A session-level advisory lock on a connection of its own: the lock
+        // lives exactly as long as that session, so a crashed or partitioned
+        // leader loses it and another process takes over within one poll.
+        let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
+        let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(RELAY_LOCK_KEY)
+            .fetch_one(&mut conn)
+            .await?;
+        if acquired {
+            Ok(Some(Box::new(PgLease { conn })))
+        } else {
+            let _ = conn.close().await;
+            Ok(None)
+        }
+    }
+}
+
+struct PgLease {
+    conn: PgConnection,
+}
+
+#[async_trait::async_trait]
+impl super::RelayLease for PgLease {
+    async fn still_held(&mut self) -> bool {
+        let probe = sqlx::query("SELECT 1").execute(&mut self.conn);
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(5), probe).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+super::sql::impl_store!(PgStore);

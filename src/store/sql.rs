@@ -1,0 +1,458 @@
+//! The SQL both backends share, written once and instantiated per backend by
+//! `impl_store!`. sqlx has no backend-generic query API that stays readable
+//! (every call would need a wall of trait bounds), so the shared code is a
+//! macro whose body resolves these names in the backend's module:
+//!
+//! - `Db`: the sqlx database type;
+//! - `MoneyCol`, `money_to_db`, `money_from_db`: how exact decimals are stored;
+//! - `IdList`, `id_list`, `MARK_PUBLISHED_SQL`: how a list of ids is bound;
+//! - `notify_outbox(&mut tx)`: the cross-process wake-up sent on commit;
+//! - inherent `run_migrations`, `wait_outbox`, `relay_lease` methods.
+//!
+//! Placeholders are `$n` in both: sqlx's SQLite driver binds them by number.
+
+macro_rules! impl_store {
+    ($store:ty) => {
+        use async_trait::async_trait;
+        use chrono::{DateTime, Utc};
+        use sqlx::Row;
+        use std::time::Duration;
+        use uuid::Uuid;
+
+        use crate::domain::{
+            InventoryLevel, NewOrder, Order, OrderId, OrderItem, OrderStatus, OrderSummary,
+            TimelineEntry,
+        };
+        use crate::events::NewEvent;
+        use crate::store::{
+            Created, IdempotencyKey, OutboxBacklog, OutboxRecord, RelayLease, Store, StoreError,
+            Transition, DESTINATION_ORDERS,
+        };
+
+        type Tx<'a> = sqlx::Transaction<'a, Db>;
+
+        fn status_from_db(s: &str) -> Result<OrderStatus, StoreError> {
+            s.parse().map_err(StoreError::Corrupt)
+        }
+
+        async fn insert_timeline(
+            tx: &mut Tx<'_>,
+            id: OrderId,
+            status: OrderStatus,
+            note: &str,
+            at: DateTime<Utc>,
+        ) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO order_timeline (order_id, status, note, at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(id.0)
+            .bind(status.as_str())
+            .bind(note)
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        async fn insert_event(tx: &mut Tx<'_>, event: &NewEvent) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO outbox (event_id, destination, message_key, event_type, payload, \
+                 traceparent, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(event.id)
+            .bind(DESTINATION_ORDERS)
+            .bind(event.order_id.to_string())
+            .bind(event.event_type.as_str())
+            .bind(event.payload.to_string())
+            .bind(event.traceparent.as_deref())
+            .bind(event.occurred_at)
+            .execute(&mut **tx)
+            .await?;
+            notify_outbox(tx).await?;
+            Ok(())
+        }
+
+        async fn find_idempotency(
+            tx: &mut Tx<'_>,
+            key: &str,
+        ) -> Result<Option<(String, OrderId)>, StoreError> {
+            let row = sqlx::query(
+                "SELECT request_hash, order_id FROM idempotency_keys WHERE key = $1",
+            )
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await?;
+            row.map(|r| Ok((r.try_get("request_hash")?, OrderId(r.try_get("order_id")?))))
+                .transpose()
+        }
+
+        impl $store {
+            async fn replay(
+                &self,
+                key: &IdempotencyKey,
+                stored_hash: String,
+                order_id: OrderId,
+            ) -> Result<Created, StoreError> {
+                if stored_hash != key.request_hash {
+                    return Err(StoreError::IdempotencyMismatch);
+                }
+                let order = self
+                    .get_order(order_id)
+                    .await?
+                    .ok_or(StoreError::NotFound(order_id))?;
+                Ok(Created {
+                    order,
+                    replayed: true,
+                })
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            async fn migrate(&self) -> Result<(), StoreError> {
+                self.run_migrations().await
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn create_order(
+                &self,
+                order: &NewOrder,
+                idempotency: Option<&IdempotencyKey>,
+                traceparent: Option<String>,
+            ) -> Result<Created, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                if let Some(key) = idempotency {
+                    if let Some((hash, id)) = find_idempotency(&mut tx, &key.key).await? {
+                        tx.rollback().await?;
+                        return self.replay(key, hash, id).await;
+                    }
+                }
+                let id = OrderId::new();
+                let now = Utc::now();
+                sqlx::query(
+                    "INSERT INTO orders (id, status, customer_name, customer_email, customer_id, \
+                     total_amount, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                )
+                .bind(id.0)
+                .bind(OrderStatus::Pending.as_str())
+                .bind(&order.customer_name)
+                .bind(&order.customer_email)
+                .bind(order.customer_id.as_deref())
+                .bind(money_to_db(order.total()))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                for (line, item) in order.items.iter().enumerate() {
+                    sqlx::query(
+                        "INSERT INTO order_items (order_id, line, product_name, quantity, unit_price) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(id.0)
+                    .bind(line as i32)
+                    .bind(&item.product_name)
+                    .bind(item.quantity)
+                    .bind(money_to_db(item.unit_price))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                insert_timeline(&mut tx, id, OrderStatus::Pending, "order created", now).await?;
+                let event = NewEvent::order_created(id, order, now).with_traceparent(traceparent);
+                insert_event(&mut tx, &event).await?;
+                if let Some(key) = idempotency {
+                    // A concurrent request with the same key may have won
+                    // the race since the check above: its insert makes ours
+                    // a no-op, and we answer with its order instead.
+                    let inserted = sqlx::query(
+                        "INSERT INTO idempotency_keys (key, request_hash, order_id, created_at) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
+                    )
+                    .bind(&key.key)
+                    .bind(&key.request_hash)
+                    .bind(id.0)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if inserted == 0 {
+                        tx.rollback().await?;
+                        let mut tx = self.pool.begin().await?;
+                        let found = find_idempotency(&mut tx, &key.key).await?;
+                        tx.rollback().await?;
+                        let (hash, other) = found.ok_or_else(|| {
+                            StoreError::Corrupt("idempotency key vanished".into())
+                        })?;
+                        return self.replay(key, hash, other).await;
+                    }
+                }
+                tx.commit().await?;
+                self.local_wakeup.notify_one();
+                let order = self.get_order(id).await?.ok_or(StoreError::NotFound(id))?;
+                Ok(Created {
+                    order,
+                    replayed: false,
+                })
+            }
+
+            async fn get_order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+                let Some(row) = sqlx::query(
+                    "SELECT id, status, customer_name, customer_email, customer_id, total_amount, \
+                     created_at, updated_at FROM orders WHERE id = $1",
+                )
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await?
+                else {
+                    return Ok(None);
+                };
+                let items = sqlx::query(
+                    "SELECT product_name, quantity, unit_price FROM order_items \
+                     WHERE order_id = $1 ORDER BY line",
+                )
+                .bind(id.0)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(OrderItem {
+                        product_name: r.try_get("product_name")?,
+                        quantity: r.try_get("quantity")?,
+                        unit_price: money_from_db(r.try_get("unit_price")?)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+                let timeline = sqlx::query(
+                    "SELECT status, note, at FROM order_timeline WHERE order_id = $1 ORDER BY id",
+                )
+                .bind(id.0)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(TimelineEntry {
+                        status: status_from_db(r.try_get("status")?)?,
+                        note: r.try_get("note")?,
+                        at: r.try_get("at")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+                Ok(Some(Order {
+                    id: OrderId(row.try_get("id")?),
+                    status: status_from_db(row.try_get("status")?)?,
+                    customer_name: row.try_get("customer_name")?,
+                    customer_email: row.try_get("customer_email")?,
+                    customer_id: row.try_get("customer_id")?,
+                    total_amount: money_from_db(row.try_get("total_amount")?)?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                    items,
+                    timeline,
+                }))
+            }
+
+            async fn list_orders(
+                &self,
+                status: Option<OrderStatus>,
+                after: Option<OrderId>,
+                limit: u32,
+            ) -> Result<Vec<OrderSummary>, StoreError> {
+                sqlx::query(
+                    "SELECT id, status, customer_name, customer_email, total_amount, created_at, \
+                     updated_at FROM orders \
+                     WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR id < $2) \
+                     ORDER BY id DESC LIMIT $3",
+                )
+                .bind(status.map(OrderStatus::as_str))
+                .bind(after.map(|a| a.0))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(OrderSummary {
+                        id: OrderId(r.try_get("id")?),
+                        status: status_from_db(r.try_get("status")?)?,
+                        customer_name: r.try_get("customer_name")?,
+                        customer_email: r.try_get("customer_email")?,
+                        total_amount: money_from_db(r.try_get("total_amount")?)?,
+                        created_at: r.try_get("created_at")?,
+                        updated_at: r.try_get("updated_at")?,
+                    })
+                })
+                .collect()
+            }
+
+            async fn transition(
+                &self,
+                id: OrderId,
+                change: Transition,
+            ) -> Result<Order, StoreError> {
+                let Some(from) = change.to.predecessor() else {
+                    return Err(StoreError::Corrupt(format!("{} is not a target", change.to)));
+                };
+                let now = Utc::now();
+                let mut tx = self.pool.begin().await?;
+                // The guard in the WHERE clause is the whole concurrency
+                // story: the row lock it takes serialises changes of one
+                // order, so its events enter the outbox in commit order.
+                let moved = sqlx::query(
+                    "UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4",
+                )
+                .bind(change.to.as_str())
+                .bind(now)
+                .bind(id.0)
+                .bind(from.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if moved == 0 {
+                    let current: Option<String> =
+                        sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+                            .bind(id.0)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    tx.rollback().await?;
+                    return Err(match current {
+                        None => StoreError::NotFound(id),
+                        Some(s) => StoreError::Conflict {
+                            id,
+                            current: status_from_db(&s)?,
+                            target: change.to,
+                        },
+                    });
+                }
+                insert_timeline(&mut tx, id, change.to, &change.note, now).await?;
+                if let Some(event) = &change.event {
+                    insert_event(&mut tx, event).await?;
+                }
+                tx.commit().await?;
+                if change.event.is_some() {
+                    self.local_wakeup.notify_one();
+                }
+                self.get_order(id).await?.ok_or(StoreError::NotFound(id))
+            }
+
+            async fn put_inventory(
+                &self,
+                product: &str,
+                on_hand: i64,
+            ) -> Result<InventoryLevel, StoreError> {
+                let row = sqlx::query(
+                    "INSERT INTO inventory (product_name, on_hand, reserved, updated_at) \
+                     VALUES ($1, $2, 0, $3) ON CONFLICT (product_name) DO UPDATE \
+                     SET on_hand = excluded.on_hand, updated_at = excluded.updated_at \
+                     RETURNING product_name, on_hand, reserved, updated_at",
+                )
+                .bind(product)
+                .bind(on_hand)
+                .bind(Utc::now())
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(InventoryLevel {
+                    product_name: row.try_get("product_name")?,
+                    on_hand: row.try_get("on_hand")?,
+                    reserved: row.try_get("reserved")?,
+                    updated_at: row.try_get("updated_at")?,
+                })
+            }
+
+            async fn get_inventory(
+                &self,
+                product: &str,
+            ) -> Result<Option<InventoryLevel>, StoreError> {
+                sqlx::query(
+                    "SELECT product_name, on_hand, reserved, updated_at FROM inventory \
+                     WHERE product_name = $1",
+                )
+                .bind(product)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|row| {
+                    Ok(InventoryLevel {
+                        product_name: row.try_get("product_name")?,
+                        on_hand: row.try_get("on_hand")?,
+                        reserved: row.try_get("reserved")?,
+                        updated_at: row.try_get("updated_at")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
+                sqlx::query(
+                    "SELECT id, event_id, destination, message_key, event_type, payload, \
+                     traceparent, created_at FROM outbox WHERE published_at IS NULL \
+                     ORDER BY id LIMIT $1",
+                )
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(OutboxRecord {
+                        id: r.try_get("id")?,
+                        event_id: r.try_get::<Uuid, _>("event_id")?,
+                        destination: r.try_get("destination")?,
+                        key: r.try_get("message_key")?,
+                        event_type: r.try_get("event_type")?,
+                        payload: r.try_get("payload")?,
+                        traceparent: r.try_get("traceparent")?,
+                        created_at: r.try_get("created_at")?,
+                    })
+                })
+                .collect()
+            }
+
+            async fn outbox_mark_published(&self, ids: &[i64]) -> Result<(), StoreError> {
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                sqlx::query(MARK_PUBLISHED_SQL)
+                    .bind(Utc::now())
+                    .bind(id_list(ids))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn outbox_purge(
+                &self,
+                published_before: DateTime<Utc>,
+            ) -> Result<u64, StoreError> {
+                Ok(sqlx::query(
+                    "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1",
+                )
+                .bind(published_before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+            }
+
+            async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
+                let rows: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+                        .fetch_one(&self.pool)
+                        .await?;
+                let oldest: Option<DateTime<Utc>> = sqlx::query_scalar(
+                    "SELECT created_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT 1",
+                )
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(OutboxBacklog { rows, oldest })
+            }
+
+            async fn wait_for_outbox(&self, timeout: Duration) {
+                self.wait_outbox(timeout).await
+            }
+
+            async fn try_relay_lease(&self) -> Result<Option<Box<dyn RelayLease>>, StoreError> {
+                self.relay_lease().await
+            }
+        }
+    };
+}
+
+pub(crate) use impl_store;
