@@ -334,6 +334,9 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.raw.clone();
         shown.database.url = redact_url(&shown.database.url);
+        if let KafkaServers::Brokers(list) = &self.kafka.servers {
+            shown.kafka_configuration.server_url = list.join(",");
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }

@@ -31,6 +31,8 @@ const MARK_ATTEMPTS: u32 = 20;
 
 pub struct Relay {
     pub store: SharedStore,
+    /// Replaced when librdkafka reports a fatal (idempotence) error: such a
+    /// producer refuses every later message.
     pub producer: FutureProducer,
     pub brokers: Brokers,
     pub topic: TopicSettings,
@@ -79,7 +81,7 @@ enum Round {
 }
 
 impl Relay {
-    pub async fn run(self, mut shutdown: Shutdown) {
+    pub async fn run(mut self, mut shutdown: Shutdown) {
         let mut backoff = Backoff::new(self.settings.max_backoff);
         while !shutdown.is_triggered() {
             match self
@@ -127,6 +129,17 @@ impl Relay {
         tracing::info!("outbox relay stopped");
     }
 
+    fn renew_producer_if_fatal(&mut self) {
+        let Some((code, reason)) = self.producer.client().fatal_error() else {
+            return;
+        };
+        tracing::error!(?code, %reason, "Kafka producer failed fatally; creating a new one");
+        match self.brokers.producer("orderflow-relay", self.kafka_timeout) {
+            Ok(producer) => self.producer = producer,
+            Err(e) => tracing::error!(error = %e, "cannot create a new Kafka producer"),
+        }
+    }
+
     async fn idle(&self, shutdown: &mut Shutdown) {
         tokio::select! {
             _ = tokio::time::sleep(self.settings.poll_interval) => {}
@@ -134,7 +147,7 @@ impl Relay {
         }
     }
 
-    async fn lead(&self, mut lease: Box<dyn RelayLease>, shutdown: &mut Shutdown) {
+    async fn lead(&mut self, mut lease: Box<dyn RelayLease>, shutdown: &mut Shutdown) {
         let mut backoff = Backoff::new(self.settings.max_backoff);
         let mut last_purge = std::time::Instant::now();
         while !shutdown.is_triggered() {
@@ -154,7 +167,10 @@ impl Relay {
                         _ = shutdown.wait() => {}
                     }
                 }
-                Round::Failed => backoff.wait(shutdown).await,
+                Round::Failed => {
+                    self.renew_producer_if_fatal();
+                    backoff.wait(shutdown).await
+                }
                 Round::LeaseLost => {
                     tracing::warn!("relay lease lost; standing by");
                     return;

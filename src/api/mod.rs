@@ -54,7 +54,29 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
+        .layer(axum::middleware::from_fn(move |req, next| {
+            reject_declared_oversize(req, next, body_limit)
+        }))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Answers 413 from the declared Content-Length before reading any of the
+/// body; bodies without one (chunked) are cut off by `DefaultBodyLimit`.
+async fn reject_declared_oversize(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+    limit: usize,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > limit as u64 => ApiError::PayloadTooLarge { limit }.into_response(),
+        _ => next.run(request).await,
+    }
 }

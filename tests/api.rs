@@ -1,0 +1,509 @@
+//! The order API as a client sees it, on SQLite and on PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{order_body, start_broker, Backend, TestApp, TestDb};
+use orderflow::domain::{OrderId, OrderStatus};
+use orderflow::store::Transition;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+async fn problem(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(content_type, "application/problem+json", "status {status}");
+    let body: Value = response.json().await.expect("problem body");
+    assert_eq!(body["status"], status.as_u16(), "{body}");
+    (status, body)
+}
+
+fn fields(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .filter_map(|e| e["field"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn create_then_read(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let broker = start_broker();
+    let app = TestApp::spawn(&db, &broker).await;
+
+    let body = json!({
+        "customerName": "Ada Lovelace", "customerEmail": "ada@example.com", "customerId": "c-42",
+        "items": [{"productName": "pen", "quantity": 3, "unitPrice": 0.1},
+                  {"productName": "ink", "quantity": 1, "unitPrice": "19.99"}]
+    });
+    let response = app.create_order(&body).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .expect("Location header")
+        .to_string();
+    let created: Value = response.json().await.expect("order");
+    assert_eq!(
+        location,
+        format!("/api/orders/{}", created["id"].as_str().expect("id"))
+    );
+    assert_eq!(created["status"], "Pending");
+    // Exact decimals: 3 × 0.10 + 19.99, no float rounding.
+    assert_eq!(created["totalAmount"], "20.29");
+
+    let fetched: Value = app
+        .http
+        .get(app.url(&location))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("order");
+    assert_eq!(fetched["customerId"], "c-42");
+    assert_eq!(fetched["items"][1]["unitPrice"], "19.99");
+    assert_eq!(fetched["timeline"][0]["status"], "Pending");
+
+    let missing = app
+        .http
+        .get(app.url(&format!("/api/orders/{}", OrderId::new())))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(problem(missing).await.0, StatusCode::NOT_FOUND);
+    app.stop().await;
+}
+both_backends!(create_then_read_an_order, create_then_read);
+
+async fn idempotency(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let broker = start_broker();
+    let app = TestApp::spawn(&db, &broker).await;
+    let body = order_body("Grace Hopper", "compiler", 1);
+    let post = |body: Value| {
+        app.http
+            .post(app.url("/api/orders"))
+            .header("Idempotency-Key", "retry-1")
+            .json(&body)
+            .send()
+    };
+    let first = post(body.clone()).await.expect("first");
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.expect("order");
+    let again = post(body.clone()).await.expect("retry");
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.expect("order");
+    assert_eq!(first["id"], again["id"]);
+
+    let other = post(order_body("Grace Hopper", "compiler", 2))
+        .await
+        .expect("other");
+    assert_eq!(problem(other).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let list: Value = app
+        .http
+        .get(app.url("/api/orders"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("page");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
+    // One order, one OrderCreated event on the topic.
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let events = tokio::task::spawn_blocking(move || {
+        common::read_topic(&bootstrap, common::TOPIC, 2, Duration::from_secs(4))
+    })
+    .await
+    .expect("reader");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].key, first["id"].as_str().expect("id"));
+    app.stop().await;
+}
+both_backends!(idempotency_key_returns_the_same_order, idempotency);
+
+async fn transitions(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let broker = start_broker();
+    let app = TestApp::spawn(&db, &broker).await;
+    let created: Value = app
+        .create_order(&order_body("Alan Turing", "tape", 1))
+        .await
+        .json()
+        .await
+        .expect("order");
+    let id = created["id"].as_str().expect("id").to_string();
+    let pay = |id: String, payment: &'static str| {
+        app.http
+            .post(app.url(&format!("/api/orders/{id}/payments")))
+            .json(&json!({ "paymentId": payment }))
+            .send()
+    };
+    // Pending cannot be paid: stock is not reserved yet.
+    let (status, body) = problem(pay(id.clone(), "p-1").await.expect("pay")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    let order_id: OrderId = id.parse().expect("order id");
+    app.store
+        .transition(
+            order_id,
+            Transition {
+                to: OrderStatus::Reserved,
+                note: "stock reserved".into(),
+                event: None,
+            },
+        )
+        .await
+        .expect("reserve");
+    let paid = pay(id.clone(), "p-1").await.expect("pay");
+    assert_eq!(paid.status(), StatusCode::OK);
+    let paid: Value = paid.json().await.expect("order");
+    assert_eq!(paid["status"], "Paid");
+    let steps: Vec<&str> = paid["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .filter_map(|t| t["status"].as_str())
+        .collect();
+    assert_eq!(steps, ["Pending", "Reserved", "Paid"]);
+
+    let twice = pay(id.clone(), "p-2").await.expect("pay again");
+    assert_eq!(problem(twice).await.0, StatusCode::CONFLICT);
+    // Shipping needs AwaitingShipment, which the worker sets after payment.
+    let ship = app
+        .http
+        .post(app.url(&format!("/api/orders/{id}/shipments")))
+        .json(&json!({ "trackingNumber": "T-1" }))
+        .send()
+        .await
+        .expect("ship");
+    assert_eq!(problem(ship).await.0, StatusCode::CONFLICT);
+    let unknown = pay(OrderId::new().to_string(), "p-3").await.expect("pay");
+    assert_eq!(problem(unknown).await.0, StatusCode::NOT_FOUND);
+    let no_payment_id = app
+        .http
+        .post(app.url(&format!("/api/orders/{id}/payments")))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("pay");
+    let (status, body) = problem(no_payment_id).await;
+    assert_eq!(
+        (status, fields(&body)),
+        (StatusCode::BAD_REQUEST, vec!["paymentId".to_string()])
+    );
+    app.stop().await;
+}
+both_backends!(status_moves_only_forward, transitions);
+
+async fn pagination(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let broker = start_broker();
+    let app = TestApp::spawn(&db, &broker).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let order: Value = app
+            .create_order(&order_body(&format!("Customer {i}"), "pen", 1))
+            .await
+            .json()
+            .await
+            .expect("order");
+        ids.push(order["id"].as_str().expect("id").to_string());
+    }
+    ids.reverse(); // newest first
+    let mut seen = Vec::new();
+    let mut url = app.url("/api/orders?limit=2");
+    loop {
+        let page: Value = app
+            .http
+            .get(&url)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("page");
+        let items = page["items"].as_array().expect("items");
+        assert!(items.len() <= 2);
+        seen.extend(
+            items
+                .iter()
+                .filter_map(|o| o["id"].as_str().map(String::from)),
+        );
+        match page["nextCursor"].as_str() {
+            Some(cursor) => url = app.url(&format!("/api/orders?limit=2&after={cursor}")),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+
+    let pending: Value = app
+        .http
+        .get(app.url("/api/orders?status=pending&limit=100"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("page");
+    assert_eq!(pending["items"].as_array().map(Vec::len), Some(5));
+    let paid: Value = app
+        .http
+        .get(app.url("/api/orders?status=Paid"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("page");
+    assert_eq!(paid["items"].as_array().map(Vec::len), Some(0));
+
+    let bad = app
+        .http
+        .get(app.url("/api/orders?limit=0&status=Lost&after=xyz"))
+        .send()
+        .await
+        .expect("list");
+    let (status, body) = problem(bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&body), ["status", "limit", "after"]);
+    app.stop().await;
+}
+both_backends!(keyset_pagination_lists_every_order_once, pagination);
+
+async fn inventory(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let broker = start_broker();
+    let app = TestApp::spawn(&db, &broker).await;
+    let put = |body: Value| {
+        app.http
+            .put(app.url("/api/inventory/widget"))
+            .json(&body)
+            .send()
+    };
+    let level: Value = put(json!({"onHand": 50}))
+        .await
+        .expect("put")
+        .json()
+        .await
+        .expect("level");
+    assert_eq!(level["onHand"], 50);
+    let level: Value = put(json!({"onHand": 7}))
+        .await
+        .expect("put")
+        .json()
+        .await
+        .expect("level");
+    assert_eq!(level["onHand"], 7);
+    let got: Value = app
+        .http
+        .get(app.url("/api/inventory/widget"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("level");
+    assert_eq!(
+        (got["productName"].clone(), got["onHand"].clone()),
+        (json!("widget"), json!(7))
+    );
+    let (status, body) = problem(put(json!({"onHand": -1})).await.expect("put")).await;
+    assert_eq!(
+        (status, fields(&body)),
+        (StatusCode::BAD_REQUEST, vec!["onHand".to_string()])
+    );
+    let unknown = app
+        .http
+        .get(app.url("/api/inventory/gadget"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(problem(unknown).await.0, StatusCode::NOT_FOUND);
+    app.stop().await;
+}
+both_backends!(inventory_levels_round_trip, inventory);
+
+/// Ten kinds of bad request, each answered with the right problem document,
+/// and none of them writes anything.
+async fn malformed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let broker = start_broker();
+    let app = TestApp::spawn(&db, &broker).await;
+    let good_item = json!({"productName": "pen", "quantity": 1, "unitPrice": "1.00"});
+    let with = |patch: Value| {
+        let mut body = json!({"customerName": "Ada", "customerEmail": "ada@example.com", "items": [good_item.clone()]});
+        if let (Some(b), Some(p)) = (body.as_object_mut(), patch.as_object()) {
+            for (k, v) in p {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        body.to_string()
+    };
+    let too_many: Vec<Value> = (0..101).map(|_| good_item.clone()).collect();
+    let cases: Vec<(&str, String, &str, StatusCode, Vec<&str>)> = vec![
+        (
+            "bad JSON",
+            "{\"customerName\": ".into(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            vec![],
+        ),
+        (
+            "empty body",
+            String::new(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            vec![],
+        ),
+        (
+            "negative quantity",
+            with(json!({"items": [{"productName": "pen", "quantity": -2, "unitPrice": "1.00"}]})),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            vec!["items[0].quantity"],
+        ),
+        (
+            "quantity of wrong type",
+            with(
+                json!({"items": [{"productName": "pen", "quantity": "two", "unitPrice": "1.00"}]}),
+            ),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            vec!["items[0].quantity"],
+        ),
+        (
+            "empty items",
+            with(json!({"items": []})),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            vec!["items"],
+        ),
+        (
+            "bad email",
+            with(json!({"customerEmail": "not-an-email"})),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            vec!["customerEmail"],
+        ),
+        (
+            "sub-cent price",
+            with(json!({"items": [{"productName": "pen", "quantity": 1, "unitPrice": "0.001"}]})),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            vec!["items[0].unitPrice"],
+        ),
+        (
+            "101 items",
+            with(json!({"items": too_many})),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            vec!["items"],
+        ),
+        (
+            "form content type",
+            "customerName=Ada".into(),
+            "application/x-www-form-urlencoded",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            vec![],
+        ),
+        (
+            "missing name, negative price",
+            with(
+                json!({"customerName": null, "items": [{"productName": "pen", "quantity": 1, "unitPrice": -1}]}),
+            ),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            vec!["customerName", "items[0].unitPrice"],
+        ),
+    ];
+    for (what, body, content_type, expected, expected_fields) in cases {
+        let response = app
+            .http
+            .post(app.url("/api/orders"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("POST");
+        let (status, problem) = problem(response).await;
+        assert_eq!(status, expected, "{what}: {problem}");
+        assert_eq!(fields(&problem), expected_fields, "{what}: {problem}");
+        assert!(
+            problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{what}"
+        );
+    }
+    let (status, head) = oversized_post(&app, 5 * 1024 * 1024).await;
+    assert_eq!(status, 413, "5 MB body: {head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("application/problem+json"),
+        "{head}"
+    );
+
+    let list: Value = app
+        .http
+        .get(app.url("/api/orders"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("page");
+    assert_eq!(list["items"], json!([]), "no order written");
+    assert_eq!(
+        app.store.outbox_pending(10).await.expect("outbox"),
+        vec![],
+        "no event written"
+    );
+    app.stop().await;
+}
+both_backends!(
+    malformed_requests_get_problem_documents_and_write_nothing,
+    malformed
+);
+
+/// A client announcing a 5 MB body gets 413 as soon as the server sees the
+/// Content-Length; the server does not read (or buffer) the body. Spoken in
+/// raw HTTP/1.1 because a client that insists on writing the whole body
+/// first meets a closed socket instead of the answer.
+async fn oversized_post(app: &TestApp, len: usize) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /api/orders HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {len}\r\nConnection: close\r\n\r\n{{\"customerName\":\""
+    );
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    stream
+        .write_all(&vec![b'x'; 64 * 1024])
+        .await
+        .expect("write start of body");
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}

@@ -1,0 +1,394 @@
+//! Test helpers: real databases (a fresh SQLite file or PostgreSQL database
+//! per test), an embedded Kafka-protocol broker hosted by the test, the
+//! application started in-process on port 0, and the real binary spawned as
+//! separate processes.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use orderflow::app::{Application, Role};
+use orderflow::config::{Config, ConfigSource};
+use orderflow::kafka::EmbeddedKafka;
+use orderflow::shutdown::{self, ShutdownTrigger};
+use orderflow::store::SharedStore;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+
+pub const TOPIC: &str = "orders";
+pub const PARTITIONS: i32 = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs an async test body once per backend: `both_backends!(name, body)`
+/// where `body` is `async fn(Backend)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$body($crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$body($crate::common::Backend::Postgres).await
+            }
+        }
+    };
+}
+
+/// A database of its own for one test. The SQLite file lives in a temporary
+/// directory; the PostgreSQL database is created fresh on the test server.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub fn pg_admin_url() -> String {
+    std::env::var("ORDERFLOW_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1/test".into())
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("orderflow.db").display());
+                Self {
+                    url,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                use sqlx::Connection;
+                let admin = pg_admin_url();
+                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+                    panic!(
+                        "PostgreSQL is not reachable at {admin} ({e}). Start it with \
+                         `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, \
+                         or point ORDERFLOW_TEST_DATABASE_URL at a server where this user may \
+                         CREATE DATABASE."
+                    )
+                });
+                let name = format!("orderflow_test_{}", uuid::Uuid::new_v4().simple());
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+                Self {
+                    url: format!("{base}/{name}"),
+                    _dir: None,
+                }
+            }
+        }
+    }
+}
+
+/// The environment that points orderflow at the test's broker and database.
+pub fn env_for(db: &TestDb, bootstrap: &str) -> Vec<(String, String)> {
+    [
+        ("Database__Url", db.url.as_str()),
+        ("KafkaConfiguration__ServerUrl", bootstrap),
+        ("KafkaConfiguration__Orders__TopicName", TOPIC),
+        (
+            "KafkaConfiguration__Orders__Partitions",
+            &PARTITIONS.to_string(),
+        ),
+        ("KafkaConfiguration__MessageTimeoutMs", "3000"),
+        ("Api__Listen", "127.0.0.1:0"),
+        ("Outbox__PollIntervalMs", "200"),
+        ("Outbox__MaxBackoffMs", "1000"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+pub fn config_from_env(env: Vec<(String, String)>) -> Config {
+    let source = ConfigSource {
+        path: PathBuf::from("/nonexistent/orderflow-test.toml"),
+        required: false,
+    };
+    Config::load_with_env(&source, env).expect("test configuration is valid")
+}
+
+/// A broker hosted by the test, with the orders topic created.
+pub fn start_broker() -> EmbeddedKafka {
+    let broker = EmbeddedKafka::start().expect("mock cluster");
+    broker
+        .create_topic(TOPIC, PARTITIONS)
+        .expect("create topic");
+    broker
+}
+
+/// The API role running in this test process.
+pub struct TestApp {
+    pub base: String,
+    pub store: SharedStore,
+    pub http: reqwest::Client,
+    trigger: ShutdownTrigger,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestApp {
+    pub async fn spawn(db: &TestDb, broker: &EmbeddedKafka) -> Self {
+        Self::spawn_with(db, broker, &[]).await
+    }
+
+    pub async fn spawn_with(db: &TestDb, broker: &EmbeddedKafka, extra: &[(&str, &str)]) -> Self {
+        let mut env = env_for(db, broker.bootstrap_servers());
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let config = config_from_env(env);
+        let app = Application::build(&config, Role::Api)
+            .await
+            .expect("application builds");
+        let addr = app.api_addr().expect("API bound");
+        let store = app.store().clone();
+        let (trigger, shutdown) = shutdown::channel();
+        let task = tokio::spawn(async move {
+            app.run(shutdown).await.expect("application runs");
+        });
+        Self {
+            base: format!("http://{addr}"),
+            store,
+            http: reqwest::Client::new(),
+            trigger,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn create_order(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/api/orders"))
+            .json(body)
+            .send()
+            .await
+            .expect("POST /api/orders")
+    }
+
+    pub async fn stop(self) {
+        self.trigger.trigger();
+        self.task.await.expect("application task");
+    }
+}
+
+pub fn order_body(customer: &str, product: &str, quantity: i64) -> Value {
+    serde_json::json!({
+        "customerName": customer,
+        "customerEmail": format!("{}@example.com", customer.to_lowercase().replace(' ', ".")),
+        "items": [{"productName": product, "quantity": quantity, "unitPrice": "12.50"}]
+    })
+}
+
+/// One message as a consumer sees it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub headers: HashMap<String, String>,
+    pub payload: Value,
+}
+
+/// Reads `topic` from the beginning until `expected` messages arrived or
+/// `within` elapsed; returns what it read, in (partition, offset) order.
+pub fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    within: Duration,
+) -> Vec<Received> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut assignment = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            assignment
+                .add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("partition offset");
+        }
+    }
+    consumer.assign(&assignment).expect("assign");
+    let deadline = Instant::now() + within;
+    let mut out = Vec::new();
+    while out.len() < expected && Instant::now() < deadline {
+        let Some(result) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let Ok(message) = result else { continue };
+        let mut headers = HashMap::new();
+        if let Some(hs) = message.headers() {
+            for h in hs.iter() {
+                let value = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                headers.insert(h.key.to_string(), value.unwrap_or_default());
+            }
+        }
+        out.push(Received {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+            headers,
+            payload: serde_json::from_slice(message.payload().unwrap_or_default())
+                .unwrap_or(Value::Null),
+        });
+    }
+    out.sort_by_key(|r| (r.partition, r.offset));
+    out
+}
+
+/// The real `orderflow` binary as a child process with JSON logs on stderr,
+/// captured line by line.
+pub struct Process {
+    pub child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+    raw: Arc<Mutex<Vec<String>>>,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_orderflow")
+}
+
+impl Process {
+    pub fn spawn(args: &[&str], env: &[(String, String)], dir: &Path) -> Self {
+        let mut child = Command::new(binary())
+            .args(["--log-format", "json"])
+            .args(args)
+            .envs(env.iter().cloned())
+            .env("RUST_LOG", "info")
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn orderflow");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let raw = Arc::new(Mutex::new(Vec::new()));
+        let (l, r) = (lines.clone(), raw.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    l.lock().expect("log lines").push(v);
+                }
+                r.lock().expect("raw lines").push(line);
+            }
+        });
+        Self { child, lines, raw }
+    }
+
+    /// Waits for a log line whose `message` starts with `prefix`; returns it.
+    pub fn wait_for_log(&mut self, prefix: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(v) = self
+                .lines
+                .lock()
+                .expect("log lines")
+                .iter()
+                .find(|v| v["message"].as_str().is_some_and(|m| m.starts_with(prefix)))
+            {
+                return v.clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "orderflow exited ({status}) before logging {prefix:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line {prefix:?} within {within:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The API address the process logged after binding port 0.
+    pub fn api_addr(&mut self) -> SocketAddr {
+        let line = self.wait_for_log("order API listening", Duration::from_secs(60));
+        line["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .expect("addr field")
+    }
+
+    pub fn log_text(&self) -> String {
+        self.raw.lock().expect("raw lines").join("\n")
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "orderflow did not exit within {within:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it returns `Some` or `within` elapses.
+pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
