@@ -382,7 +382,12 @@ impl CaseInsensitiveFile {
         };
         let data = parsed.map_err(|e| ConfigError::FileUnreadable {
             path: path.display().to_string(),
-            message: e.to_string(),
+            // One line: parsers draw a multi-line caret diagram.
+            message: e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
         })?;
         let dict = data.into_values().next().unwrap_or_default();
         Ok(Self {

@@ -1,0 +1,198 @@
+//! `orderflow config` and configuration errors, through the real binary.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::binary;
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn orderflow(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let output = Command::new(binary())
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("ORDERFLOW_CONFIG")
+        .current_dir(dir)
+        .output()
+        .expect("run orderflow");
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The `KafkaConfiguration` section of the seed's ASP.NET appsettings.json,
+/// with the sections an ASP.NET app carries besides it.
+const APPSETTINGS: &str = r#"{
+  "Logging": { "LogLevel": { "Default": "Information", "Microsoft.AspNetCore": "Warning" } },
+  "AllowedHosts": "*",
+  "KafkaConfiguration": {
+    "ServerUrl": "kafka-1:9092, kafka-2:9092,",
+    "Orders": {
+      "TopicName": "orders",
+      "ConsumerGroup": "order-processing",
+      "ConsumerName": "order-events-handler"
+    }
+  }
+}"#;
+
+#[test]
+fn appsettings_json_and_env_overrides_make_the_effective_config() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("appsettings.json"), APPSETTINGS).expect("write");
+    let run = orderflow(
+        dir.path(),
+        &["config", "--config", "appsettings.json"],
+        &[
+            ("KafkaConfiguration__Orders__TopicName", "orders-v2"),
+            ("KAFKACONFIGURATION__ORDERS__PARTITIONS", "12"),
+            (
+                "Database__Url",
+                "postgres://app:s3cret-pw@db.internal:5432/orders",
+            ),
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let effective: toml::Value = toml::from_str(&run.stdout).expect("TOML output");
+    let kafka = &effective["KafkaConfiguration"];
+    assert_eq!(
+        kafka["ServerUrl"].as_str(),
+        Some("kafka-1:9092,kafka-2:9092")
+    );
+    assert_eq!(kafka["Orders"]["TopicName"].as_str(), Some("orders-v2"));
+    assert_eq!(
+        kafka["Orders"]["ConsumerGroup"].as_str(),
+        Some("order-processing")
+    );
+    assert_eq!(
+        kafka["Orders"]["ConsumerName"].as_str(),
+        Some("order-events-handler")
+    );
+    assert_eq!(kafka["Orders"]["Partitions"].as_integer(), Some(12));
+    assert_eq!(kafka["Orders"]["ReplicationFactor"].as_integer(), Some(1));
+    assert_eq!(
+        effective["Database"]["Url"].as_str(),
+        Some("postgres://app:***@db.internal:5432/orders")
+    );
+    assert!(!run.stdout.contains("s3cret-pw") && !run.stderr.contains("s3cret-pw"));
+}
+
+#[test]
+fn the_committed_config_is_the_embedded_default() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    std::fs::copy(committed, dir.path().join("config.toml")).expect("copy");
+    let run = orderflow(dir.path(), &["config"], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let effective: toml::Value = toml::from_str(&run.stdout).expect("TOML output");
+    assert_eq!(
+        effective["KafkaConfiguration"]["ServerUrl"].as_str(),
+        Some("embedded")
+    );
+    assert_eq!(
+        effective["Database"]["Url"].as_str(),
+        Some("sqlite://orderflow.db")
+    );
+}
+
+/// Each malformed configuration stops the program with exit code 2 and one
+/// line naming the key and where the value came from.
+#[test]
+fn malformed_configs_exit_2_naming_the_key() {
+    let cases: &[(&str, &str, &[(&str, &str)], &str, &str)] = &[
+        (
+            "config.toml",
+            "[KafkaConfiguration.Orders]\nTopicName = \"\"\n",
+            &[],
+            "KafkaConfiguration.Orders.TopicName",
+            "config.toml",
+        ),
+        (
+            "config.toml",
+            "[KafkaConfiguration.Orders]\nPartitions = \"ten\"\n",
+            &[],
+            "KafkaConfiguration.Orders.Partitions",
+            "config.toml",
+        ),
+        (
+            "config.toml",
+            "[KafkaConfiguration]\nServerUrl = \" , ,\"\n",
+            &[],
+            "KafkaConfiguration.ServerUrl",
+            "config.toml",
+        ),
+        (
+            "appsettings.json",
+            r#"{"Database": {"Url": "mysql://root@db/orders"}}"#,
+            &[],
+            "Database.Url",
+            "appsettings.json",
+        ),
+        (
+            "config.toml",
+            "",
+            &[("Api__Listen", "everywhere:80")],
+            "Api.Listen",
+            "environment variable Api__Listen",
+        ),
+        (
+            "config.toml",
+            "",
+            &[("KafkaConfiguration__Orders__ReplicationFactor", "0")],
+            "KafkaConfiguration.Orders.ReplicationFactor",
+            "environment variable",
+        ),
+    ];
+    for (file, content, env, key, source) in cases {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join(file), content).expect("write");
+        let run = orderflow(dir.path(), &["--config", file, "config"], env);
+        assert_eq!(run.code, Some(2), "{key}: {} {}", run.stdout, run.stderr);
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line for {key}: {}", run.stderr);
+        assert!(
+            lines[0].contains(key) && lines[0].contains(source),
+            "{key} from {source}: {}",
+            lines[0]
+        );
+    }
+}
+
+#[test]
+fn a_missing_or_broken_config_file_exits_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = orderflow(dir.path(), &["--config", "nope.toml", "config"], &[]);
+    assert_eq!(run.code, Some(2));
+    assert!(run.stderr.contains("nope.toml"), "{}", run.stderr);
+
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[KafkaConfiguration\nServerUrl = 1",
+    )
+    .expect("write");
+    let run = orderflow(dir.path(), &["--config", "bad.toml", "config"], &[]);
+    assert_eq!(run.code, Some(2));
+    assert!(run.stderr.contains("bad.toml"), "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+}
+
+#[test]
+fn run_worker_says_it_is_not_built_yet() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for alias in ["run-worker", "worker", "consumer"] {
+        let run = orderflow(dir.path(), &[alias], &[("Database__Url", "sqlite://w.db")]);
+        assert_ne!(run.code, Some(0), "{alias}");
+        assert!(
+            run.stderr.contains("not built yet"),
+            "{alias}: {}",
+            run.stderr
+        );
+    }
+}
