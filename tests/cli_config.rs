@@ -106,7 +106,9 @@ fn the_committed_config_is_the_embedded_default() {
 /// line naming the key and where the value came from.
 #[test]
 fn malformed_configs_exit_2_naming_the_key() {
-    let cases: &[(&str, &str, &[(&str, &str)], &str, &str)] = &[
+    // (file, content, environment, key named, source named)
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case] = &[
         (
             "config.toml",
             "[KafkaConfiguration.Orders]\nTopicName = \"\"\n",

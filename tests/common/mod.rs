@@ -208,7 +208,8 @@ pub struct Received {
     pub payload: Value,
 }
 
-/// Reads `topic` from the beginning until `expected` messages arrived or
+/// Reads `topic` from the beginning until `expected` messages arrived (then
+/// lingers a moment, so duplicates beyond `expected` are seen too) or
 /// `within` elapsed; returns what it read, in (partition, offset) order.
 pub fn read_topic(
     bootstrap: &str,
@@ -235,11 +236,14 @@ pub fn read_topic(
     }
     consumer.assign(&assignment).expect("assign");
     let deadline = Instant::now() + within;
+    let linger = Duration::from_millis(1500);
+    let mut last_arrival = Instant::now();
     let mut out = Vec::new();
-    while out.len() < expected && Instant::now() < deadline {
+    while Instant::now() < deadline && (out.len() < expected || last_arrival.elapsed() < linger) {
         let Some(result) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
+        last_arrival = Instant::now();
         let Ok(message) = result else { continue };
         let mut headers = HashMap::new();
         if let Some(hs) = message.headers() {
