@@ -411,9 +411,27 @@ impl Provider for CaseInsensitiveFile {
 }
 
 fn fold_keys(dict: Dict) -> Dict {
-    dict.into_iter()
-        .map(|(k, v)| (k.to_lowercase(), fold_value(v)))
-        .collect()
+    let mut folded = Dict::new();
+    for (key, value) in dict {
+        insert_folded(&mut folded, key.to_lowercase(), fold_value(value));
+    }
+    folded
+}
+
+/// `[Orders]` and `[orders]` are two tables to TOML but one section to us:
+/// tables whose keys fold together are merged, not overwritten.
+fn insert_folded(dict: &mut Dict, key: String, value: Value) {
+    match (dict.remove(&key), value) {
+        (Some(Value::Dict(tag, mut existing)), Value::Dict(_, more)) => {
+            for (k, v) in more {
+                insert_folded(&mut existing, k, v);
+            }
+            dict.insert(key, Value::Dict(tag, existing));
+        }
+        (_, value) => {
+            dict.insert(key, value);
+        }
+    }
 }
 
 fn fold_value(value: Value) -> Value {
