@@ -8,16 +8,18 @@ use tokio::net::TcpListener;
 use crate::api::{self, ApiState, Readiness};
 use crate::config::Config;
 use crate::domain::OrderLimits;
-use crate::kafka::{Brokers, EmbeddedKafka, KafkaSetupError};
-use crate::outbox::Relay;
-use crate::shutdown::Shutdown;
+use crate::kafka::{required_topics, Brokers, EmbeddedKafka, KafkaSetupError};
+use crate::outbox::{self, Relay};
+use crate::shutdown::{self, Shutdown};
 use crate::store::{self, SharedStore, StoreError};
+use crate::worker::Worker;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// HTTP API and outbox relay; never a Kafka consumer.
     Api,
-    /// Consumer group and handlers.
+    /// Consumer group, handlers, the relay for the events they emit, and
+    /// health endpoints on the admin port.
     Worker,
     /// Both in one process.
     All,
@@ -36,15 +38,15 @@ pub enum AppError {
     },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
-    #[error("run-worker is not built yet: the consumer side (issue #3) has not landed")]
-    WorkerNotBuilt,
 }
 
 /// A role, built and bound, ready to run.
 pub struct Application {
     store: SharedStore,
-    api: Option<(TcpListener, axum::Router)>,
+    /// The order API (API role) or the health endpoints (worker role).
+    http: (TcpListener, axum::Router),
     relay: Relay,
+    worker: Option<Worker>,
     // Kept alive for as long as the clients that connect to it.
     _embedded: Option<EmbeddedKafka>,
 }
@@ -57,76 +59,101 @@ pub async fn migrate(config: &Config) -> Result<SharedStore, AppError> {
     Ok(store)
 }
 
+async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })
+}
+
 impl Application {
     pub async fn build(config: &Config, role: Role) -> Result<Self, AppError> {
-        if role == Role::Worker {
-            return Err(AppError::WorkerNotBuilt);
-        }
-        if role == Role::All {
-            tracing::warn!(
-                "the worker half of `all` is not built yet (issue #3): orders stay Pending"
-            );
-        }
         let store = migrate(config).await?;
-        let (brokers, embedded) = Brokers::resolve(&config.kafka)?;
-        let producer = brokers.producer("orderflow-api", config.kafka.message_timeout)?;
-        let addr = config.api.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| AppError::Bind { addr, source })?;
-        let state = ApiState {
+        let topics = required_topics(config);
+        let (brokers, embedded) = Brokers::resolve(&config.kafka, &topics)?;
+        let client_id = match role {
+            Role::Api => "orderflow-api",
+            Role::Worker => "orderflow-worker",
+            Role::All => "orderflow",
+        };
+        let producer = brokers.producer(client_id, config.kafka.message_timeout)?;
+        let readiness = Arc::new(Readiness {
             store: store.clone(),
-            limits: OrderLimits {
-                max_items: config.api.max_items_per_order,
-            },
-            max_body_bytes: config.api.max_body_bytes,
-            readiness: Arc::new(Readiness {
-                producer: producer.clone(),
-                topic: config.kafka.orders.name.clone(),
-            }),
+            producer: producer.clone(),
+            topic: config.kafka.orders.name.clone(),
+        });
+        let http = match role {
+            Role::Api | Role::All => {
+                let state = ApiState {
+                    store: store.clone(),
+                    limits: OrderLimits {
+                        max_items: config.api.max_items_per_order,
+                    },
+                    max_body_bytes: config.api.max_body_bytes,
+                };
+                (
+                    bind(config.api.listen).await?,
+                    api::router(state, readiness),
+                )
+            }
+            Role::Worker => (
+                bind(config.worker.admin_listen).await?,
+                api::health_router(readiness),
+            ),
+        };
+        let worker = match role {
+            Role::Api => None,
+            Role::Worker | Role::All => Some(Worker::build(config, &brokers, store.clone())?),
         };
         let relay = Relay {
             store: store.clone(),
             producer,
             brokers,
-            topic: config.kafka.orders.clone(),
+            topics,
+            destinations: outbox::destinations(config),
             settings: config.outbox.clone(),
             kafka_timeout: config.kafka.message_timeout,
         };
         Ok(Self {
             store,
-            api: Some((listener, api::router(state))),
+            http,
             relay,
+            worker,
             _embedded: embedded,
         })
     }
 
-    /// The bound API address (port 0 in the config picks a free port).
-    pub fn api_addr(&self) -> Option<SocketAddr> {
-        self.api.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    /// The bound HTTP address: the API, or the worker's admin port (port 0
+    /// in the config picks a free one).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.0.local_addr().ok()
     }
 
     pub fn store(&self) -> &SharedStore {
         &self.store
     }
 
-    /// Runs until `shutdown`: stops taking requests, lets in-flight ones
-    /// finish, then stops the relay after its current batch.
+    /// Runs until `shutdown`: stops taking requests and messages, finishes
+    /// in-flight ones, commits, then lets the relay publish what they
+    /// emitted before it stops too.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), AppError> {
-        let relay = tokio::spawn(self.relay.run(shutdown.clone()));
-        let served = match self.api {
-            Some((listener, router)) => {
-                if let Ok(addr) = listener.local_addr() {
-                    tracing::info!(%addr, "order API listening");
-                }
-                let mut stop = shutdown.clone();
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { stop.wait().await })
-                    .await
-                    .map_err(AppError::Serve)
+        let (relay_stop, relay_shutdown) = shutdown::channel();
+        let relay = tokio::spawn(self.relay.run(relay_shutdown));
+        let worker = self.worker.map(|w| tokio::spawn(w.run(shutdown.clone())));
+        let (listener, router) = self.http;
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "HTTP listening");
+        }
+        let mut stop = shutdown.clone();
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.wait().await })
+            .await
+            .map_err(AppError::Serve);
+        if let Some(worker) = worker {
+            if let Ok(Err(e)) = worker.await {
+                tracing::error!(error = %e, "worker failed");
             }
-            None => Ok(()),
-        };
+        }
+        relay_stop.trigger();
         let _ = relay.await;
         served
     }

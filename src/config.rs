@@ -52,6 +52,7 @@ pub struct RawConfig {
     pub api: RawApi,
     pub worker: RawWorker,
     pub outbox: RawOutbox,
+    pub fulfilment: RawFulfilment,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,12 +145,108 @@ impl Default for RawApi {
 pub struct RawWorker {
     #[serde(alias = "adminlisten")]
     pub admin_listen: String,
+    /// Messages queued per worker; a full queue stops polling.
+    #[serde(alias = "buffersize")]
+    pub buffer_size: i64,
+    #[serde(alias = "minworkers")]
+    pub min_workers: i64,
+    #[serde(alias = "maxworkers")]
+    pub max_workers: i64,
+    /// Lag (messages) that one worker is expected to absorb.
+    #[serde(alias = "lagthreshold")]
+    pub lag_threshold: i64,
+    /// "by-key" (one order's events in order) or "free" (next free worker).
+    #[serde(alias = "distributionstrategy")]
+    pub distribution_strategy: String,
+    #[serde(alias = "commitintervalms")]
+    pub commit_interval_ms: u64,
+    #[serde(alias = "balanceintervalms")]
+    pub balance_interval_ms: u64,
+    /// How soon the group notices a worker that died without leaving.
+    #[serde(alias = "sessiontimeoutms")]
+    pub session_timeout_ms: u64,
+    /// Empty means `<orders topic>.dlq`.
+    #[serde(alias = "deadlettertopic")]
+    pub dead_letter_topic: String,
+    /// "skip" (count and log) or "dead-letter".
+    #[serde(alias = "unknowntypes")]
+    pub unknown_types: String,
+    pub retry: RawRetry,
+    pub notifier: RawNotifier,
 }
 
 impl Default for RawWorker {
     fn default() -> Self {
         Self {
             admin_listen: "0.0.0.0:9090".into(),
+            buffer_size: 100,
+            min_workers: 1,
+            max_workers: 4,
+            lag_threshold: 500,
+            distribution_strategy: "by-key".into(),
+            commit_interval_ms: 1_000,
+            balance_interval_ms: 5_000,
+            session_timeout_ms: 45_000,
+            dead_letter_topic: String::new(),
+            unknown_types: "skip".into(),
+            retry: RawRetry::default(),
+            notifier: RawNotifier::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawRetry {
+    #[serde(alias = "maxattempts")]
+    pub max_attempts: i64,
+    #[serde(alias = "initialbackoffms")]
+    pub initial_backoff_ms: u64,
+    #[serde(alias = "maxbackoffms")]
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RawRetry {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff_ms: 200,
+            max_backoff_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawNotifier {
+    /// "log" or "webhook".
+    pub kind: String,
+    /// The webhook's URL.
+    pub url: String,
+}
+
+impl Default for RawNotifier {
+    fn default() -> Self {
+        Self {
+            kind: "log".into(),
+            url: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawFulfilment {
+    /// "kafka" or "none".
+    pub kind: String,
+    pub topic: String,
+}
+
+impl Default for RawFulfilment {
+    fn default() -> Self {
+        Self {
+            kind: "kafka".into(),
+            topic: "order-fulfilments".into(),
         }
     }
 }
@@ -274,9 +371,52 @@ pub struct ApiSettings {
     pub max_items_per_order: usize,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Distribution {
+    ByKey,
+    Free,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownTypes {
+    Skip,
+    DeadLetter,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetrySettings {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifierSettings {
+    Log,
+    Webhook(String),
+}
+
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     pub admin_listen: SocketAddr,
+    pub buffer_size: usize,
+    pub min_workers: usize,
+    pub max_workers: usize,
+    pub lag_threshold: i64,
+    pub distribution: Distribution,
+    pub commit_interval: Duration,
+    pub balance_interval: Duration,
+    pub session_timeout: Duration,
+    pub dead_letter_topic: String,
+    pub unknown_types: UnknownTypes,
+    pub retry: RetrySettings,
+    pub notifier: NotifierSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct FulfilmentSettings {
+    /// None when fulfilment events are not published anywhere.
+    pub topic: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -294,6 +434,7 @@ pub struct Config {
     pub api: ApiSettings,
     pub worker: WorkerSettings,
     pub outbox: OutboxSettings,
+    pub fulfilment: FulfilmentSettings,
     /// The merged raw values, kept for `orderflow config`.
     pub raw: RawConfig,
 }
@@ -528,6 +669,23 @@ fn canonical(segment: &str) -> &str {
         "PollIntervalMs",
         "MaxBackoffMs",
         "RetentionSeconds",
+        "BufferSize",
+        "MinWorkers",
+        "MaxWorkers",
+        "LagThreshold",
+        "DistributionStrategy",
+        "CommitIntervalMs",
+        "BalanceIntervalMs",
+        "SessionTimeoutMs",
+        "DeadLetterTopic",
+        "UnknownTypes",
+        "Retry",
+        "MaxAttempts",
+        "InitialBackoffMs",
+        "Notifier",
+        "Kind",
+        "Fulfilment",
+        "Topic",
     ];
     NAMES
         .iter()
@@ -680,8 +838,98 @@ impl Validator<'_> {
                 10_000,
             )? as usize,
         };
+        let w = &raw.worker;
+        let min_workers = self.in_range("worker.minworkers", w.min_workers, 1, 256)? as usize;
+        let max_workers = self.in_range("worker.maxworkers", w.max_workers, 1, 256)? as usize;
+        if max_workers < min_workers {
+            return Err(self.error(
+                "worker.maxworkers",
+                format!("is {max_workers}, below Worker.MinWorkers ({min_workers})"),
+            ));
+        }
+        let dead_letter_topic = match w.dead_letter_topic.trim() {
+            "" => format!("{}.dlq", kafka.orders.name),
+            name => name.to_string(),
+        };
         let worker = WorkerSettings {
-            admin_listen: self.socket_addr("worker.adminlisten", &raw.worker.admin_listen)?,
+            admin_listen: self.socket_addr("worker.adminlisten", &w.admin_listen)?,
+            buffer_size: self.in_range("worker.buffersize", w.buffer_size, 1, 100_000)? as usize,
+            min_workers,
+            max_workers,
+            lag_threshold: self.in_range("worker.lagthreshold", w.lag_threshold, 1, i64::MAX)?,
+            distribution: match w.distribution_strategy.trim().to_ascii_lowercase().as_str() {
+                "by-key" | "bykey" => Distribution::ByKey,
+                "free" => Distribution::Free,
+                other => {
+                    return Err(self.error(
+                        "worker.distributionstrategy",
+                        format!("{other:?} is neither \"by-key\" nor \"free\""),
+                    ))
+                }
+            },
+            commit_interval: self.millis("worker.commitintervalms", w.commit_interval_ms, 10)?,
+            balance_interval: self.millis(
+                "worker.balanceintervalms",
+                w.balance_interval_ms,
+                100,
+            )?,
+            session_timeout: self.millis("worker.sessiontimeoutms", w.session_timeout_ms, 1_000)?,
+            dead_letter_topic,
+            unknown_types: match w.unknown_types.trim().to_ascii_lowercase().as_str() {
+                "skip" => UnknownTypes::Skip,
+                "dead-letter" | "deadletter" => UnknownTypes::DeadLetter,
+                other => {
+                    return Err(self.error(
+                        "worker.unknowntypes",
+                        format!("{other:?} is neither \"skip\" nor \"dead-letter\""),
+                    ))
+                }
+            },
+            retry: RetrySettings {
+                max_attempts: self.in_range(
+                    "worker.retry.maxattempts",
+                    w.retry.max_attempts,
+                    1,
+                    100,
+                )? as u32,
+                initial_backoff: self.millis(
+                    "worker.retry.initialbackoffms",
+                    w.retry.initial_backoff_ms,
+                    1,
+                )?,
+                max_backoff: self.millis("worker.retry.maxbackoffms", w.retry.max_backoff_ms, 1)?,
+            },
+            notifier: match w.notifier.kind.trim().to_ascii_lowercase().as_str() {
+                "log" => NotifierSettings::Log,
+                "webhook" => {
+                    let url = w.notifier.url.trim();
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err(self.error(
+                            "worker.notifier.url",
+                            "must be an http:// or https:// URL for the webhook notifier",
+                        ));
+                    }
+                    NotifierSettings::Webhook(url.to_string())
+                }
+                other => {
+                    return Err(self.error(
+                        "worker.notifier.kind",
+                        format!("{other:?} is neither \"log\" nor \"webhook\""),
+                    ))
+                }
+            },
+        };
+        let fulfilment = FulfilmentSettings {
+            topic: match raw.fulfilment.kind.trim().to_ascii_lowercase().as_str() {
+                "kafka" => Some(self.non_empty("fulfilment.topic", &raw.fulfilment.topic)?),
+                "none" => None,
+                other => {
+                    return Err(self.error(
+                        "fulfilment.kind",
+                        format!("{other:?} is not supported (\"kafka\" or \"none\")"),
+                    ))
+                }
+            },
         };
         let o = &raw.outbox;
         let outbox = OutboxSettings {
@@ -701,6 +949,7 @@ impl Validator<'_> {
             api,
             worker,
             outbox,
+            fulfilment,
             raw,
         })
     }

@@ -27,6 +27,11 @@ pub const SPEC_VERSION: &str = "1.0";
 pub const JSON: &str = "application/json";
 pub const SOURCE: &str = "/orderflow";
 
+/// Where an outbox row goes: the orders topic, or the fulfilment sink that
+/// downstream systems (shipping, invoicing) read.
+pub const DESTINATION_ORDERS: &str = "orders";
+pub const DESTINATION_FULFILMENT: &str = "fulfilment";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventType {
     OrderCreated,
@@ -79,6 +84,7 @@ pub struct NewEvent {
     pub id: Uuid,
     pub order_id: OrderId,
     pub event_type: EventType,
+    pub destination: &'static str,
     pub payload: serde_json::Value,
     pub occurred_at: DateTime<Utc>,
     pub traceparent: Option<String>,
@@ -86,10 +92,17 @@ pub struct NewEvent {
 
 impl NewEvent {
     fn new(order_id: OrderId, event_type: EventType, payload: impl Serialize) -> Self {
+        let destination = match event_type {
+            EventType::OrderCreated | EventType::OrderPaid | EventType::OrderShipped => {
+                DESTINATION_ORDERS
+            }
+            EventType::OrderRejected | EventType::OrderFulfilled => DESTINATION_FULFILMENT,
+        };
         Self {
             id: Uuid::now_v7(),
             order_id,
             event_type,
+            destination,
             // Serializing plain structs of strings and numbers cannot fail.
             payload: serde_json::to_value(payload).unwrap_or(serde_json::Value::Null),
             occurred_at: Utc::now(),
@@ -140,6 +153,46 @@ impl NewEvent {
         };
         Self::new(order_id, EventType::OrderShipped, payload)
     }
+
+    pub fn order_rejected(order_id: OrderId, reason: String) -> Self {
+        let payload = OrderRejected {
+            order_id,
+            reason,
+            rejected_at: Utc::now(),
+        };
+        Self::new(order_id, EventType::OrderRejected, payload)
+    }
+
+    pub fn order_fulfilled(
+        order_id: OrderId,
+        customer_email: String,
+        tracking_number: Option<String>,
+    ) -> Self {
+        let payload = OrderFulfilled {
+            order_id,
+            customer_email,
+            tracking_number,
+            fulfilled_at: Utc::now(),
+        };
+        Self::new(order_id, EventType::OrderFulfilled, payload)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderRejected {
+    pub order_id: OrderId,
+    pub reason: String,
+    pub rejected_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderFulfilled {
+    pub order_id: OrderId,
+    pub customer_email: String,
+    pub tracking_number: Option<String>,
+    pub fulfilled_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

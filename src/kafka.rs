@@ -13,7 +13,31 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::{KafkaServers, KafkaSettings};
+use crate::config::{Config, KafkaServers, KafkaSettings};
+
+/// A topic this deployment needs, created if missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub replication: i32,
+}
+
+/// The orders topic, the fulfilment topic (if fulfilment goes to Kafka) and
+/// the dead-letter topic, all with the orders topic's sizing.
+pub fn required_topics(config: &Config) -> Vec<TopicSpec> {
+    let orders = &config.kafka.orders;
+    let spec = |name: &str| TopicSpec {
+        name: name.to_string(),
+        partitions: orders.partitions,
+        replication: orders.replication_factor,
+    };
+    let mut topics = vec![spec(&orders.name), spec(&config.worker.dead_letter_topic)];
+    if let Some(fulfilment) = &config.fulfilment.topic {
+        topics.push(spec(fulfilment));
+    }
+    topics
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
@@ -147,12 +171,15 @@ impl Brokers {
     /// returned handle must live as long as the clients.
     pub fn resolve(
         settings: &KafkaSettings,
+        topics: &[TopicSpec],
     ) -> Result<(Self, Option<EmbeddedKafka>), KafkaSetupError> {
         match &settings.servers {
             KafkaServers::Brokers(list) => Ok((Self(list.join(",")), None)),
             KafkaServers::Embedded => {
                 let embedded = EmbeddedKafka::start()?;
-                embedded.create_topic(&settings.orders.name, settings.orders.partitions)?;
+                for topic in topics {
+                    embedded.create_topic(&topic.name, topic.partitions)?;
+                }
                 tracing::warn!(
                     bootstrap = embedded.bootstrap_servers(),
                     "embedded Kafka (librdkafka mock cluster) started: development only, in memory, \

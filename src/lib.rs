@@ -5,10 +5,14 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod dlq;
 pub mod domain;
 pub mod events;
+pub mod handlers;
 pub mod kafka;
+pub mod notifier;
 pub mod outbox;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod worker;

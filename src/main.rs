@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use orderflow::app::{self, Application, Role};
 use orderflow::config::{Config, ConfigSource};
+use orderflow::dlq::{self as dead_letters, Selection};
 use orderflow::shutdown;
 use orderflow::telemetry::{self, LogFormat};
 
@@ -39,6 +40,31 @@ enum Command {
     Migrate,
     /// Print the effective configuration (secrets redacted), then exit.
     Config,
+    /// Inspect and re-drive the dead-letter topic.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List the dead-lettered messages with their errors.
+    List {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-publish dead-lettered messages to the main topic.
+    #[command(group = clap::ArgGroup::new("which").required(true))]
+    Replay {
+        /// The ce_id of a message to replay (repeatable).
+        #[arg(long = "event-id", group = "which")]
+        event_ids: Vec<String>,
+        /// Replay every dead-lettered message.
+        #[arg(long, group = "which")]
+        all: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -93,6 +119,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Config => return Ok(()),
+        Command::Dlq { action } => return dlq(action, &config).await,
     };
     let application = Application::build(&config, role).await?;
     let (trigger, shutdown) = shutdown::channel();
@@ -103,5 +130,43 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     });
     application.run(shutdown).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+async fn dlq(action: DlqAction, config: &Config) -> anyhow::Result<()> {
+    match action {
+        DlqAction::List { json } => {
+            let letters = dead_letters::list(config).await?;
+            for l in &letters {
+                if json {
+                    println!("{}", serde_json::to_string(l)?);
+                } else {
+                    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+                    println!(
+                        "{}/{}\t{}\t{}\tattempts={}\tfailed={}\t{}",
+                        l.partition,
+                        l.offset,
+                        show(&l.event_id),
+                        show(&l.event_type),
+                        show(&l.attempts),
+                        show(&l.failed_at),
+                        show(&l.error)
+                    );
+                }
+            }
+            if !json {
+                eprintln!("{} dead-lettered message(s)", letters.len());
+            }
+        }
+        DlqAction::Replay { event_ids, all } => {
+            let selection = if all {
+                Selection::All
+            } else {
+                Selection::EventIds(event_ids)
+            };
+            let n = dead_letters::replay_selected(config, &selection).await?;
+            println!("replayed {n} message(s)");
+        }
+    }
     Ok(())
 }

@@ -17,11 +17,13 @@ use futures::future::join_all;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use crate::config::{OutboxSettings, TopicSettings};
-use crate::events;
-use crate::kafka::Brokers;
+use std::collections::HashMap;
+
+use crate::config::{Config, OutboxSettings};
+use crate::events::{self, DESTINATION_FULFILMENT, DESTINATION_ORDERS};
+use crate::kafka::{Brokers, TopicSpec};
 use crate::shutdown::Shutdown;
-use crate::store::{OutboxRecord, RelayLease, SharedStore, DESTINATION_ORDERS};
+use crate::store::{OutboxRecord, RelayLease, SharedStore};
 
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -35,9 +37,21 @@ pub struct Relay {
     /// producer refuses every later message.
     pub producer: FutureProducer,
     pub brokers: Brokers,
-    pub topic: TopicSettings,
+    /// Topics created before the first publish.
+    pub topics: Vec<TopicSpec>,
+    /// Outbox destination → topic; `None` drops the destination's events
+    /// (fulfilment configured as "none").
+    pub destinations: HashMap<&'static str, Option<String>>,
     pub settings: OutboxSettings,
     pub kafka_timeout: Duration,
+}
+
+/// Where each outbox destination is published under `config`.
+pub fn destinations(config: &Config) -> HashMap<&'static str, Option<String>> {
+    HashMap::from([
+        (DESTINATION_ORDERS, Some(config.kafka.orders.name.clone())),
+        (DESTINATION_FULFILMENT, config.fulfilment.topic.clone()),
+    ])
 }
 
 /// Doubles up to a ceiling; reset after a success.
@@ -83,21 +97,23 @@ enum Round {
 impl Relay {
     pub async fn run(mut self, mut shutdown: Shutdown) {
         let mut backoff = Backoff::new(self.settings.max_backoff);
-        while !shutdown.is_triggered() {
-            match self
-                .brokers
-                .ensure_topic(
-                    &self.topic.name,
-                    self.topic.partitions,
-                    self.topic.replication_factor,
-                    self.kafka_timeout,
-                )
-                .await
-            {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, topic = %self.topic.name, "topic not ready; retrying");
-                    backoff.wait(&mut shutdown).await;
+        for topic in &self.topics {
+            while !shutdown.is_triggered() {
+                match self
+                    .brokers
+                    .ensure_topic(
+                        &topic.name,
+                        topic.partitions,
+                        topic.replication,
+                        self.kafka_timeout,
+                    )
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, topic = %topic.name, "topic not ready; retrying");
+                        backoff.wait(&mut shutdown).await;
+                    }
                 }
             }
         }
@@ -214,12 +230,19 @@ impl Relay {
     /// the broker acknowledged and the first error, if any.
     async fn publish(&self, batch: &[OutboxRecord]) -> (Vec<i64>, Option<String>) {
         let mut pending = Vec::with_capacity(batch.len());
+        let mut dropped = Vec::new();
         let mut failure = None;
         for record in batch {
-            let topic = match record.destination.as_str() {
-                DESTINATION_ORDERS => self.topic.name.as_str(),
-                other => {
-                    failure.get_or_insert_with(|| format!("unknown destination {other:?}"));
+            let topic = match self.destinations.get(record.destination.as_str()) {
+                Some(Some(topic)) => topic.as_str(),
+                Some(None) => {
+                    dropped.push(record.id);
+                    continue;
+                }
+                None => {
+                    failure.get_or_insert_with(|| {
+                        format!("unknown outbox destination {:?}", record.destination)
+                    });
                     continue;
                 }
             };
@@ -238,7 +261,7 @@ impl Relay {
             }
         }
         let (ids, deliveries): (Vec<i64>, Vec<_>) = pending.into_iter().unzip();
-        let mut acked = Vec::with_capacity(ids.len());
+        let mut acked = dropped;
         for (id, outcome) in ids.into_iter().zip(join_all(deliveries).await) {
             match outcome {
                 Ok(Ok(_)) => acked.push(id),

@@ -184,17 +184,3 @@ fn a_missing_or_broken_config_file_exits_2() {
     assert!(run.stderr.contains("bad.toml"), "{}", run.stderr);
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
 }
-
-#[test]
-fn run_worker_says_it_is_not_built_yet() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    for alias in ["run-worker", "worker", "consumer"] {
-        let run = orderflow(dir.path(), &[alias], &[("Database__Url", "sqlite://w.db")]);
-        assert_ne!(run.code, Some(0), "{alias}");
-        assert!(
-            run.stderr.contains("not built yet"),
-            "{alias}: {}",
-            run.stderr
-        );
-    }
-}

@@ -1,6 +1,7 @@
 //! The README's promise: with the committed config, `orderflow all` starts
-//! from a clean directory with nothing installed, takes an order, and an
-//! external Kafka client (kcat) sees its event on the embedded broker.
+//! from a clean directory with nothing installed and runs an order through
+//! its whole life; an external Kafka client (kcat) sees its events on the
+//! embedded broker.
 
 mod common;
 
@@ -11,6 +12,50 @@ use std::time::Duration;
 use common::Process;
 use serde_json::{json, Value};
 
+/// Every message of `topic` on the broker, as kcat's JSON lines.
+fn kcat_read(bootstrap: &str, topic: &str) -> Vec<Value> {
+    let output = Command::new("kcat")
+        .args([
+            "-b",
+            bootstrap,
+            "-C",
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-J",
+        ])
+        .output()
+        .expect("run kcat");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+fn kcat_header(event: &Value, name: &str) -> Option<String> {
+    let headers: Vec<&str> = event["headers"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    headers
+        .chunks(2)
+        .find(|kv| kv[0] == name)
+        .map(|kv| kv[1].to_string())
+}
+
+async fn wait_for_status(http: &reqwest::Client, url: &str, status: &str) -> Value {
+    common::eventually(Duration::from_secs(30), || async {
+        let order: Value = http.get(url).send().await.ok()?.json().await.ok()?;
+        (order["status"] == status).then_some(order)
+    })
+    .await
+    .unwrap_or_else(|| panic!("order never reached {status}"))
+}
+
 fn kcat_available() {
     let found = Command::new("kcat").arg("-V").output().is_ok();
     assert!(
@@ -20,7 +65,7 @@ fn kcat_available() {
 }
 
 #[tokio::test]
-async fn all_on_the_committed_config_takes_an_order_that_kcat_reads() {
+async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() {
     kcat_available();
     let dir = tempfile::tempdir().expect("temp dir");
     let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
@@ -29,7 +74,7 @@ async fn all_on_the_committed_config_takes_an_order_that_kcat_reads() {
     // differs from the README's `cargo run --release -- all`.
     let env = vec![("Api__Listen".to_string(), "127.0.0.1:0".to_string())];
     let mut process = Process::spawn(&["all"], &env, dir.path());
-    let addr = process.api_addr();
+    let addr = process.http_addr();
     let embedded = process.wait_for_log("embedded Kafka", Duration::from_secs(10));
     let bootstrap = embedded["bootstrap"]
         .as_str()
@@ -63,7 +108,6 @@ async fn all_on_the_committed_config_takes_an_order_that_kcat_reads() {
         .await
         .expect("order");
     assert_eq!(fetched["totalAmount"], "8.50");
-    assert_eq!(fetched["status"], "Pending");
     let ready = http
         .get(format!("http://{addr}/readyz"))
         .send()
@@ -71,55 +115,82 @@ async fn all_on_the_committed_config_takes_an_order_that_kcat_reads() {
         .expect("readyz");
     assert_eq!(ready.status(), 200);
 
-    let event = common::eventually(Duration::from_secs(20), || {
-        let bootstrap = bootstrap.clone();
-        async move {
-            let output = Command::new("kcat")
-                .args([
-                    "-b",
-                    &bootstrap,
-                    "-C",
-                    "-t",
-                    "orders",
-                    "-o",
-                    "beginning",
-                    "-e",
-                    "-q",
-                    "-J",
-                ])
-                .output()
-                .expect("run kcat");
-            String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .next()
-        }
-    })
-    .await
-    .unwrap_or_else(|| panic!("kcat read no event:\n{}", process.log_text()));
-    assert_eq!(event["key"], id.as_str());
-    let headers: Vec<&str> = event["headers"]
+    // The worker half reserves stock (notebook is untracked: available).
+    let url = format!("http://{addr}/api/orders/{id}");
+    wait_for_status(&http, &url, "Reserved").await;
+    let paid = http
+        .post(format!("{url}/payments"))
+        .json(&json!({"paymentId": "pay-1"}))
+        .send()
+        .await
+        .expect("pay");
+    assert_eq!(paid.status(), 200);
+    wait_for_status(&http, &url, "AwaitingShipment").await;
+    let shipped = http
+        .post(format!("{url}/shipments"))
+        .json(&json!({"trackingNumber": "1Z999"}))
+        .send()
+        .await
+        .expect("ship");
+    assert_eq!(shipped.status(), 200);
+    let fulfilled = wait_for_status(&http, &url, "Fulfilled").await;
+    let steps: Vec<&str> = fulfilled["timeline"]
         .as_array()
-        .expect("headers")
+        .expect("timeline")
         .iter()
-        .filter_map(Value::as_str)
+        .filter_map(|t| t["status"].as_str())
         .collect();
-    let header = |name: &str| {
-        headers
-            .chunks(2)
-            .find(|kv| kv[0] == name)
-            .map(|kv| kv[1].to_string())
-    };
-    assert_eq!(header("ce_type").as_deref(), Some("OrderCreated"));
-    assert_eq!(header("ce_specversion").as_deref(), Some("1.0"));
-    assert_eq!(header("content-type").as_deref(), Some("application/json"));
-    assert!(header("ce_id").is_some_and(|v| !v.is_empty()));
-    assert!(header("traceparent").is_some_and(|v| v.starts_with("00-")));
+    assert_eq!(
+        steps,
+        [
+            "Pending",
+            "Reserved",
+            "Paid",
+            "AwaitingShipment",
+            "Shipped",
+            "Fulfilled"
+        ]
+    );
+
+    let events = kcat_read(&bootstrap, "orders");
+    let types: Vec<String> = events
+        .iter()
+        .filter_map(|e| kcat_header(e, "ce_type"))
+        .collect();
+    assert_eq!(types, ["OrderCreated", "OrderPaid", "OrderShipped"]);
+    let created = &events[0];
+    assert_eq!(created["key"], id.as_str());
+    assert_eq!(
+        kcat_header(created, "ce_specversion").as_deref(),
+        Some("1.0")
+    );
+    assert_eq!(
+        kcat_header(created, "content-type").as_deref(),
+        Some("application/json")
+    );
+    assert!(kcat_header(created, "ce_id").is_some_and(|v| !v.is_empty()));
+    assert!(kcat_header(created, "traceparent").is_some_and(|v| v.starts_with("00-")));
     let payload: Value =
-        serde_json::from_str(event["payload"].as_str().expect("payload")).expect("JSON payload");
+        serde_json::from_str(created["payload"].as_str().expect("payload")).expect("JSON payload");
     assert_eq!(payload["orderId"], id.as_str());
     assert_eq!(payload["totalAmount"], "8.50");
     assert_eq!(payload["customerName"], "Ada Lovelace");
+
+    let fulfilments = common::eventually(Duration::from_secs(20), || {
+        let bootstrap = bootstrap.clone();
+        async move {
+            let found = kcat_read(&bootstrap, "order-fulfilments");
+            (!found.is_empty()).then_some(found)
+        }
+    })
+    .await
+    .unwrap_or_else(|| panic!("no OrderFulfilled event:\n{}", process.log_text()));
+    assert_eq!(fulfilments.len(), 1);
+    assert_eq!(fulfilments[0]["key"], id.as_str());
+    assert_eq!(
+        kcat_header(&fulfilments[0], "ce_type").as_deref(),
+        Some("OrderFulfilled")
+    );
 
     process.signal("TERM");
     assert_eq!(

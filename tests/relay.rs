@@ -67,7 +67,7 @@ async fn three_api_processes_relay_every_event_exactly_once_in_order() {
         .collect();
     let addrs: Vec<String> = apis
         .iter_mut()
-        .map(|p| format!("http://{}", p.api_addr()))
+        .map(|p| format!("http://{}", p.http_addr()))
         .collect();
     // The test plays the worker's part (Pending → Reserved, Paid →
     // AwaitingShipment) straight on the database.

@@ -63,8 +63,26 @@ CREATE TABLE inventory (
 
 CREATE TABLE inbox (
     consumer_group TEXT NOT NULL,
-    event_id       BLOB NOT NULL,
+    -- ce_id, or topic/partition/offset for producers that send none.
+    event_id       TEXT NOT NULL,
     event_type     TEXT NOT NULL,
     handled_at     TEXT NOT NULL,
     PRIMARY KEY (consumer_group, event_id)
+);
+
+-- Effects of the worker's handlers; one row per order at most, so a
+-- re-delivered event can never apply twice even past the inbox.
+CREATE TABLE shipment_requests (
+    order_id     BLOB PRIMARY KEY REFERENCES orders (id) ON DELETE CASCADE,
+    payment_id   TEXT NOT NULL,
+    requested_at TEXT NOT NULL
+);
+
+CREATE TABLE notifications (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_id   BLOB NOT NULL UNIQUE REFERENCES orders (id) ON DELETE CASCADE,
+    recipient  TEXT NOT NULL,
+    text       TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    sent_at    TEXT
 );

@@ -6,16 +6,18 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::ApiState;
+use std::sync::Arc;
+
+use super::Readiness;
 use crate::kafka::topic_reachable;
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
-    let (database, kafka) = tokio::join!(state.store.ping(), async {
-        topic_reachable(&state.readiness.producer, &state.readiness.topic).await
+pub async fn readyz(State(readiness): State<Arc<Readiness>>) -> (StatusCode, Json<Value>) {
+    let (database, kafka) = tokio::join!(readiness.store.ping(), async {
+        topic_reachable(&readiness.producer, &readiness.topic).await
     });
     let database = database.is_ok();
     let status = if database && kafka {

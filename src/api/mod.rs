@@ -25,16 +25,25 @@ pub struct ApiState {
     pub store: SharedStore,
     pub limits: OrderLimits,
     pub max_body_bytes: usize,
-    pub readiness: Arc<Readiness>,
 }
 
-/// What `/readyz` checks besides the database.
+/// What `/readyz` checks: the database, and Kafka metadata for the topic.
 pub struct Readiness {
+    pub store: SharedStore,
     pub producer: FutureProducer,
     pub topic: String,
 }
 
-pub fn router(state: ApiState) -> Router {
+/// `/healthz` and `/readyz`, served by every role (the worker on its admin
+/// port).
+pub fn health_router(readiness: Arc<Readiness>) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .with_state(readiness)
+}
+
+pub fn router(state: ApiState, readiness: Arc<Readiness>) -> Router {
     let body_limit = state.max_body_bytes;
     Router::new()
         .route("/api/orders", get(orders::list).post(orders::create))
@@ -51,15 +60,14 @@ pub fn router(state: ApiState) -> Router {
             "/api/inventory/{product}",
             get(inventory::get).put(inventory::put),
         )
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .with_state(state)
+        .merge(health_router(readiness))
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
         .layer(axum::middleware::from_fn(move |req, next| {
             reject_declared_oversize(req, next, body_limit)
         }))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
 }
 
 /// Answers 413 from the declared Content-Length before reading any of the

@@ -60,7 +60,15 @@ impl StoreError {
     /// Whether retrying later may succeed (the database is down or busy),
     /// as opposed to a request or data that will never work.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        match self {
+            Self::Unavailable(_) => true,
+            // A violated constraint will be violated again.
+            Self::Database(sqlx::Error::Database(e)) => {
+                matches!(e.kind(), sqlx::error::ErrorKind::Other)
+            }
+            Self::Database(_) => true,
+            _ => false,
+        }
     }
 }
 
@@ -106,8 +114,52 @@ pub struct OutboxBacklog {
     pub oldest: Option<DateTime<Utc>>,
 }
 
-/// Where the order events go; the fulfilment sink adds its own destination.
-pub const DESTINATION_ORDERS: &str = "orders";
+/// The inbox row that makes a handled event's re-delivery a no-op.
+#[derive(Debug, Clone)]
+pub struct InboxEntry {
+    pub consumer_group: String,
+    pub event_id: String,
+    pub event_type: String,
+}
+
+/// What a handler does to the database, applied in one transaction with its
+/// inbox row and any events it emits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Reserve stock for every item; if a tracked product is short, reserve
+    /// nothing and reject the order.
+    Reserve { order_id: OrderId },
+    /// Request shipping: a shipment request row, status AwaitingShipment.
+    RequestShipment {
+        order_id: OrderId,
+        payment_id: String,
+    },
+    /// Record the customer notification, status Fulfilled, emit
+    /// OrderFulfilled for the fulfilment sink.
+    Fulfil {
+        order_id: OrderId,
+        tracking_number: Option<String>,
+    },
+}
+
+/// A notification written by [`Effect::Fulfil`], to send after commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub order_id: OrderId,
+    pub recipient: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The effect happened; the order now has this status.
+    Done {
+        status: OrderStatus,
+        notification: Option<Notification>,
+    },
+    /// The inbox already had the event: nothing was done again.
+    Duplicate,
+}
 
 /// Proof that this process may relay the outbox now. Held for as long as the
 /// relay runs; dropping it gives the role up.
@@ -137,6 +189,9 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<OrderSummary>, StoreError>;
     async fn transition(&self, id: OrderId, change: Transition) -> Result<Order, StoreError>;
+    /// A handler's effect, its inbox row and emitted events, atomically.
+    async fn apply(&self, inbox: &InboxEntry, effect: &Effect) -> Result<Applied, StoreError>;
+    async fn mark_notification_sent(&self, order_id: OrderId) -> Result<(), StoreError>;
 
     async fn put_inventory(
         &self,

@@ -25,8 +25,8 @@ macro_rules! impl_store {
         };
         use crate::events::NewEvent;
         use crate::store::{
-            Created, IdempotencyKey, OutboxBacklog, OutboxRecord, RelayLease, Store, StoreError,
-            Transition, DESTINATION_ORDERS,
+            Applied, Created, Effect, IdempotencyKey, InboxEntry, Notification, OutboxBacklog,
+            OutboxRecord, RelayLease, Store, StoreError, Transition,
         };
 
         type Tx<'a> = sqlx::Transaction<'a, Db>;
@@ -60,7 +60,7 @@ macro_rules! impl_store {
                  traceparent, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(event.id)
-            .bind(DESTINATION_ORDERS)
+            .bind(event.destination)
             .bind(event.order_id.to_string())
             .bind(event.event_type.as_str())
             .bind(event.payload.to_string())
@@ -84,6 +84,107 @@ macro_rules! impl_store {
             .await?;
             row.map(|r| Ok((r.try_get("request_hash")?, OrderId(r.try_get("order_id")?))))
                 .transpose()
+        }
+
+        /// The guarded update of one order's status, its timeline entry and
+        /// event. The guard in the WHERE clause is the whole concurrency
+        /// story: the row lock it takes serialises changes of one order, so
+        /// its events enter the outbox in commit order.
+        async fn transition_in_tx(
+            tx: &mut Tx<'_>,
+            id: OrderId,
+            change: &Transition,
+        ) -> Result<(), StoreError> {
+            let Some(from) = change.to.predecessor() else {
+                return Err(StoreError::Corrupt(format!("{} is not a target", change.to)));
+            };
+            let now = Utc::now();
+            let moved = sqlx::query(
+                "UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4",
+            )
+            .bind(change.to.as_str())
+            .bind(now)
+            .bind(id.0)
+            .bind(from.as_str())
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if moved == 0 {
+                let current: Option<String> =
+                    sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+                        .bind(id.0)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                return Err(match current {
+                    None => StoreError::NotFound(id),
+                    Some(s) => StoreError::Conflict {
+                        id,
+                        current: status_from_db(&s)?,
+                        target: change.to,
+                    },
+                });
+            }
+            insert_timeline(tx, id, change.to, &change.note, now).await?;
+            if let Some(event) = &change.event {
+                insert_event(tx, event).await?;
+            }
+            Ok(())
+        }
+
+        /// False if the event was handled before (the row exists).
+        async fn insert_inbox(tx: &mut Tx<'_>, inbox: &InboxEntry) -> Result<bool, StoreError> {
+            Ok(sqlx::query(
+                "INSERT INTO inbox (consumer_group, event_id, event_type, handled_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (consumer_group, event_id) DO NOTHING",
+            )
+            .bind(&inbox.consumer_group)
+            .bind(&inbox.event_id)
+            .bind(&inbox.event_type)
+            .bind(Utc::now())
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()
+                == 1)
+        }
+
+        /// Takes stock for every product of the order, in product order so
+        /// concurrent reservations lock rows in one order and cannot
+        /// deadlock. Each decrement is conditional (`on_hand >= wanted`), so
+        /// stock never goes negative. Returns what was short, if anything.
+        async fn reserve_items(tx: &mut Tx<'_>, id: OrderId) -> Result<Vec<String>, StoreError> {
+            let wanted: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT product_name, SUM(quantity) FROM order_items WHERE order_id = $1 \
+                 GROUP BY product_name ORDER BY product_name",
+            )
+            .bind(id.0)
+            .fetch_all(&mut **tx)
+            .await?;
+            let now = Utc::now();
+            let mut short = Vec::new();
+            for (product, quantity) in wanted {
+                let taken = sqlx::query(
+                    "UPDATE inventory SET on_hand = on_hand - $2, reserved = reserved + $2, \
+                     updated_at = $3 WHERE product_name = $1 AND on_hand >= $2",
+                )
+                .bind(&product)
+                .bind(quantity)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                if taken == 0 {
+                    let on_hand: Option<i64> =
+                        sqlx::query_scalar("SELECT on_hand FROM inventory WHERE product_name = $1")
+                            .bind(&product)
+                            .fetch_optional(&mut **tx)
+                            .await?;
+                    // No row: the product is untracked, always available.
+                    if let Some(on_hand) = on_hand {
+                        short.push(format!("{product}: {quantity} wanted, {on_hand} on hand"));
+                    }
+                }
+            }
+            Ok(short)
         }
 
         impl $store {
@@ -290,49 +391,127 @@ macro_rules! impl_store {
                 id: OrderId,
                 change: Transition,
             ) -> Result<Order, StoreError> {
-                let Some(from) = change.to.predecessor() else {
-                    return Err(StoreError::Corrupt(format!("{} is not a target", change.to)));
-                };
-                let now = Utc::now();
                 let mut tx = self.pool.begin().await?;
-                // The guard in the WHERE clause is the whole concurrency
-                // story: the row lock it takes serialises changes of one
-                // order, so its events enter the outbox in commit order.
-                let moved = sqlx::query(
-                    "UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4",
-                )
-                .bind(change.to.as_str())
-                .bind(now)
-                .bind(id.0)
-                .bind(from.as_str())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if moved == 0 {
-                    let current: Option<String> =
-                        sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
-                            .bind(id.0)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    tx.rollback().await?;
-                    return Err(match current {
-                        None => StoreError::NotFound(id),
-                        Some(s) => StoreError::Conflict {
-                            id,
-                            current: status_from_db(&s)?,
-                            target: change.to,
-                        },
-                    });
-                }
-                insert_timeline(&mut tx, id, change.to, &change.note, now).await?;
-                if let Some(event) = &change.event {
-                    insert_event(&mut tx, event).await?;
-                }
+                transition_in_tx(&mut tx, id, &change).await?;
                 tx.commit().await?;
                 if change.event.is_some() {
                     self.local_wakeup.notify_one();
                 }
                 self.get_order(id).await?.ok_or(StoreError::NotFound(id))
+            }
+
+            async fn apply(
+                &self,
+                inbox: &InboxEntry,
+                effect: &Effect,
+            ) -> Result<Applied, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                if !insert_inbox(&mut tx, inbox).await? {
+                    tx.rollback().await?;
+                    return Ok(Applied::Duplicate);
+                }
+                let mut notification = None;
+                let change = match effect {
+                    Effect::Reserve { order_id } => {
+                        let short = reserve_items(&mut tx, *order_id).await?;
+                        if short.is_empty() {
+                            (*order_id, Transition {
+                                to: OrderStatus::Reserved,
+                                note: "stock reserved".into(),
+                                event: None,
+                            })
+                        } else {
+                            // Undo the partial reservation: start over with
+                            // only the inbox row and the rejection.
+                            tx.rollback().await?;
+                            tx = self.pool.begin().await?;
+                            if !insert_inbox(&mut tx, inbox).await? {
+                                tx.rollback().await?;
+                                return Ok(Applied::Duplicate);
+                            }
+                            let reason = format!("out of stock: {}", short.join("; "));
+                            (*order_id, Transition {
+                                to: OrderStatus::Rejected,
+                                note: reason.clone(),
+                                event: Some(NewEvent::order_rejected(*order_id, reason)),
+                            })
+                        }
+                    }
+                    Effect::RequestShipment { order_id, payment_id } => {
+                        sqlx::query(
+                            "INSERT INTO shipment_requests (order_id, payment_id, requested_at) \
+                             VALUES ($1, $2, $3)",
+                        )
+                        .bind(order_id.0)
+                        .bind(payment_id)
+                        .bind(Utc::now())
+                        .execute(&mut *tx)
+                        .await?;
+                        (*order_id, Transition {
+                            to: OrderStatus::AwaitingShipment,
+                            note: format!("shipping requested (payment {payment_id})"),
+                            event: None,
+                        })
+                    }
+                    Effect::Fulfil { order_id, tracking_number } => {
+                        let customer: Option<(String, String)> = sqlx::query_as(
+                            "SELECT customer_name, customer_email FROM orders WHERE id = $1",
+                        )
+                        .bind(order_id.0)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        let (name, email) = customer.ok_or(StoreError::NotFound(*order_id))?;
+                        let text = match tracking_number {
+                            Some(t) => format!("Hello {name}, your order {order_id} is on its way (tracking {t})."),
+                            None => format!("Hello {name}, your order {order_id} is on its way."),
+                        };
+                        // Written before the guarded transition: if that
+                        // is refused, the rollback takes this row with it.
+                        sqlx::query(
+                            "INSERT INTO notifications (order_id, recipient, text, created_at) \
+                             VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(order_id.0)
+                        .bind(&email)
+                        .bind(&text)
+                        .bind(Utc::now())
+                        .execute(&mut *tx)
+                        .await?;
+                        notification = Some(Notification {
+                            order_id: *order_id,
+                            recipient: email.clone(),
+                            text,
+                        });
+                        (*order_id, Transition {
+                            to: OrderStatus::Fulfilled,
+                            note: "customer notified".into(),
+                            event: Some(NewEvent::order_fulfilled(
+                                *order_id,
+                                email,
+                                tracking_number.clone(),
+                            )),
+                        })
+                    }
+                };
+                let (order_id, transition) = change;
+                transition_in_tx(&mut tx, order_id, &transition).await?;
+                tx.commit().await?;
+                if transition.event.is_some() {
+                    self.local_wakeup.notify_one();
+                }
+                Ok(Applied::Done {
+                    status: transition.to,
+                    notification,
+                })
+            }
+
+            async fn mark_notification_sent(&self, order_id: OrderId) -> Result<(), StoreError> {
+                sqlx::query("UPDATE notifications SET sent_at = $1 WHERE order_id = $2")
+                    .bind(Utc::now())
+                    .bind(order_id.0)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn put_inventory(

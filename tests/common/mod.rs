@@ -23,6 +23,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 
 pub const TOPIC: &str = "orders";
+pub const FULFILMENT_TOPIC: &str = "order-fulfilments";
+pub const DLQ_TOPIC: &str = "orders.dlq";
 pub const PARTITIONS: i32 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +112,10 @@ pub fn env_for(db: &TestDb, bootstrap: &str) -> Vec<(String, String)> {
         ),
         ("KafkaConfiguration__MessageTimeoutMs", "3000"),
         ("Api__Listen", "127.0.0.1:0"),
+        ("Worker__AdminListen", "127.0.0.1:0"),
+        ("Worker__SessionTimeoutMs", "6000"),
+        ("Worker__BalanceIntervalMs", "1000"),
+        ("Worker__Retry__InitialBackoffMs", "50"),
         ("Outbox__PollIntervalMs", "200"),
         ("Outbox__MaxBackoffMs", "1000"),
     ]
@@ -126,12 +132,15 @@ pub fn config_from_env(env: Vec<(String, String)>) -> Config {
     Config::load_with_env(&source, env).expect("test configuration is valid")
 }
 
-/// A broker hosted by the test, with the orders topic created.
+/// A broker hosted by the test, with the topics orderflow uses created
+/// (the mock cluster does not answer CreateTopics).
 pub fn start_broker() -> EmbeddedKafka {
     let broker = EmbeddedKafka::start().expect("mock cluster");
-    broker
-        .create_topic(TOPIC, PARTITIONS)
-        .expect("create topic");
+    for topic in [TOPIC, FULFILMENT_TOPIC, DLQ_TOPIC] {
+        broker
+            .create_topic(topic, PARTITIONS)
+            .expect("create topic");
+    }
     broker
 }
 
@@ -156,7 +165,7 @@ impl TestApp {
         let app = Application::build(&config, Role::Api)
             .await
             .expect("application builds");
-        let addr = app.api_addr().expect("API bound");
+        let addr = app.http_addr().expect("API bound");
         let store = app.store().clone();
         let (trigger, shutdown) = shutdown::channel();
         let task = tokio::spawn(async move {
@@ -332,9 +341,10 @@ impl Process {
         }
     }
 
-    /// The API address the process logged after binding port 0.
-    pub fn api_addr(&mut self) -> SocketAddr {
-        let line = self.wait_for_log("order API listening", Duration::from_secs(60));
+    /// The HTTP address (API, or the worker's admin port) the process
+    /// logged after binding port 0.
+    pub fn http_addr(&mut self) -> SocketAddr {
+        let line = self.wait_for_log("HTTP listening", Duration::from_secs(60));
         line["addr"]
             .as_str()
             .and_then(|a| a.parse().ok())

@@ -1,0 +1,325 @@
+//! Typed handlers: a Kafka message is decoded into its event (by `ce_type`,
+//! or a KafkaFlow `Message-Type` header), turned into a store effect, and
+//! applied with retries; what cannot be handled goes to the dead-letter
+//! topic, and unknown types are skipped or dead-lettered as configured.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use serde_json::Value;
+
+use crate::config::{RetrySettings, UnknownTypes};
+use crate::dlq::DeadLetters;
+use crate::domain::OrderId;
+use crate::events::{self, EventType};
+use crate::notifier::Notifier;
+use crate::store::{Applied, Effect, InboxEntry, SharedStore};
+
+/// KafkaFlow's type header: an assembly-qualified .NET type name.
+pub const MESSAGE_TYPE: &str = "Message-Type";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    Event {
+        event_id: String,
+        event_type: EventType,
+        effect: Effect,
+    },
+    /// A type this worker has no handler for.
+    Unknown { type_name: String },
+}
+
+/// Counters for the operator (and `/metrics` once it lands).
+#[derive(Debug, Default)]
+pub struct HandlerStats {
+    pub handled: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub unknown: AtomicU64,
+}
+
+pub struct HandlerContext {
+    pub store: SharedStore,
+    pub consumer_group: String,
+    pub retry: RetrySettings,
+    pub unknown_types: UnknownTypes,
+    pub dead_letters: DeadLetters,
+    pub notifier: Arc<dyn Notifier>,
+    pub stats: HandlerStats,
+}
+
+fn header<'a>(message: &'a OwnedMessage, name: &str) -> Option<&'a str> {
+    message.headers().and_then(|hs| {
+        hs.iter()
+            .find(|h| h.key.eq_ignore_ascii_case(name))
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    })
+}
+
+/// `Orders.Contracts.OrderCreated, Orders.Contracts, Version=1.0.0.0` names
+/// OrderCreated: the type's simple name, ending in the event's name.
+fn type_from_message_type(value: &str) -> Option<EventType> {
+    let full_name = value.split(',').next()?.trim();
+    let simple = full_name.rsplit(['.', '+']).next()?;
+    EventType::ALL
+        .into_iter()
+        .find(|t| simple.ends_with(t.as_str()))
+}
+
+/// Payload field names are matched case-insensitively, so a .NET producer's
+/// PascalCase JSON works as well as our camelCase.
+fn field<'a>(payload: &'a Value, name: &str) -> Option<&'a Value> {
+    payload
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+fn text_field(payload: &Value, name: &str) -> Option<String> {
+    field(payload, name)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+}
+
+/// Decodes a message; an error is permanent (the message will never decode).
+pub fn decode(message: &OwnedMessage) -> Result<Decoded, String> {
+    let event_type = match (
+        header(message, events::CE_TYPE),
+        header(message, MESSAGE_TYPE),
+    ) {
+        (Some(ce_type), _) => match ce_type.parse::<EventType>() {
+            Ok(t) => t,
+            Err(_) => {
+                return Ok(Decoded::Unknown {
+                    type_name: ce_type.to_string(),
+                })
+            }
+        },
+        (None, Some(message_type)) => match type_from_message_type(message_type) {
+            Some(t) => t,
+            None => {
+                return Ok(Decoded::Unknown {
+                    type_name: message_type.to_string(),
+                })
+            }
+        },
+        (None, None) => return Err("no ce_type or Message-Type header".into()),
+    };
+    // Without a CloudEvents id the message's position identifies it: a
+    // re-delivery of the same record is still recognised.
+    let event_id = header(message, events::CE_ID)
+        .map(String::from)
+        .unwrap_or_else(|| {
+            format!(
+                "{}/{}/{}",
+                message.topic(),
+                message.partition(),
+                message.offset()
+            )
+        });
+    let payload: Value = serde_json::from_slice(message.payload().unwrap_or_default())
+        .map_err(|e| format!("payload is not JSON: {e}"))?;
+    let order_id: OrderId = text_field(&payload, "orderId")
+        .and_then(|s| s.parse().ok())
+        .ok_or("payload has no valid orderId")?;
+    let effect = match event_type {
+        EventType::OrderCreated => Effect::Reserve { order_id },
+        EventType::OrderPaid => Effect::RequestShipment {
+            order_id,
+            payment_id: text_field(&payload, "paymentId").ok_or("OrderPaid has no paymentId")?,
+        },
+        EventType::OrderShipped => Effect::Fulfil {
+            order_id,
+            tracking_number: text_field(&payload, "trackingNumber"),
+        },
+        other => {
+            return Ok(Decoded::Unknown {
+                type_name: other.to_string(),
+            })
+        }
+    };
+    Ok(Decoded::Event {
+        event_id,
+        event_type,
+        effect,
+    })
+}
+
+/// Exponential backoff with full jitter, capped.
+fn retry_delay(retry: &RetrySettings, attempt: u32) -> Duration {
+    let exp = retry
+        .initial_backoff
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(retry.max_backoff);
+    let jitter = (uuid::Uuid::new_v4().as_u128() % 1_000) as u32;
+    exp.mul_f64(0.5 + f64::from(jitter) / 2_000.0)
+}
+
+/// Handles one message to completion: applied, skipped as a duplicate or
+/// unknown, or dead-lettered. Returns only when its offset may be stored.
+pub async fn process(ctx: &HandlerContext, message: &OwnedMessage) {
+    let (event_id, event_type, effect) = match decode(message) {
+        Ok(Decoded::Event {
+            event_id,
+            event_type,
+            effect,
+        }) => (event_id, event_type, effect),
+        Ok(Decoded::Unknown { type_name }) => {
+            ctx.stats.unknown.fetch_add(1, Ordering::Relaxed);
+            match ctx.unknown_types {
+                UnknownTypes::Skip => {
+                    tracing::info!(
+                        type_name,
+                        offset = message.offset(),
+                        "no handler for this type; skipped"
+                    )
+                }
+                UnknownTypes::DeadLetter => {
+                    let error = format!("no handler for type {type_name}");
+                    dead_letter(ctx, message, &error, 1).await;
+                }
+            }
+            return;
+        }
+        Err(error) => {
+            dead_letter(ctx, message, &error, 1).await;
+            return;
+        }
+    };
+    let inbox = InboxEntry {
+        consumer_group: ctx.consumer_group.clone(),
+        event_id,
+        event_type: event_type.to_string(),
+    };
+    let mut attempt = 1;
+    loop {
+        match ctx.store.apply(&inbox, &effect).await {
+            Ok(Applied::Done {
+                status,
+                notification,
+            }) => {
+                ctx.stats.handled.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(event_id = %inbox.event_id, %event_type, %status, "handled");
+                if let Some(n) = notification {
+                    // After commit: a failed send leaves the row unsent for
+                    // a later sweep rather than undoing the fulfilment.
+                    match ctx.notifier.notify(&n).await {
+                        Ok(()) => {
+                            if let Err(e) = ctx.store.mark_notification_sent(n.order_id).await {
+                                tracing::warn!(error = %e, "cannot mark notification sent");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, order_id = %n.order_id, "notification not sent")
+                        }
+                    }
+                }
+                return;
+            }
+            Ok(Applied::Duplicate) => {
+                ctx.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(event_id = %inbox.event_id, "already handled; skipped");
+                return;
+            }
+            Err(e) if e.is_transient() && attempt < ctx.retry.max_attempts => {
+                ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
+                let delay = retry_delay(&ctx.retry, attempt);
+                tracing::warn!(error = %e, attempt, ?delay, event_id = %inbox.event_id, "handler failed; retrying");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                dead_letter(ctx, message, &e.to_string(), attempt).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn dead_letter(ctx: &HandlerContext, message: &OwnedMessage, error: &str, attempts: u32) {
+    ctx.dead_letters.send(message, error, attempts).await;
+    ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::Timestamp;
+
+    fn message(headers: &[(&str, &str)], payload: &str) -> OwnedMessage {
+        let mut hs = OwnedHeaders::new();
+        for (k, v) in headers {
+            hs = hs.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        OwnedMessage::new(
+            Some(payload.as_bytes().to_vec()),
+            Some(b"k".to_vec()),
+            "orders".into(),
+            Timestamp::NotAvailable,
+            3,
+            42,
+            Some(hs),
+        )
+    }
+
+    const ID: &str = "01a213f3-3dc1-72b8-b709-f9742926dfe4";
+
+    #[test]
+    fn decodes_cloudevents_and_kafkaflow_messages() {
+        let ce = message(
+            &[("ce_type", "OrderPaid"), ("ce_id", "e-1")],
+            &format!(r#"{{"orderId":"{ID}","paymentId":"p-1"}}"#),
+        );
+        let Ok(Decoded::Event {
+            event_id, effect, ..
+        }) = decode(&ce)
+        else {
+            panic!("decodes");
+        };
+        assert_eq!(event_id, "e-1");
+        assert!(
+            matches!(effect, Effect::RequestShipment { payment_id, .. } if payment_id == "p-1")
+        );
+
+        // A .NET producer: PascalCase fields, assembly-qualified type, no ce_id.
+        let dotnet = message(
+            &[(
+                "Message-Type",
+                "Shop.Contracts.OrderShipped, Shop.Contracts, Version=1.0.0.0",
+            )],
+            &format!(r#"{{"OrderId":"{ID}","TrackingNumber":"T-9"}}"#),
+        );
+        let Ok(Decoded::Event {
+            event_id, effect, ..
+        }) = decode(&dotnet)
+        else {
+            panic!("decodes");
+        };
+        assert_eq!(event_id, "orders/3/42");
+        assert!(matches!(effect, Effect::Fulfil { tracking_number: Some(t), .. } if t == "T-9"));
+    }
+
+    #[test]
+    fn bad_messages_are_permanent_errors_and_unknown_types_are_reported() {
+        assert!(decode(&message(&[("ce_type", "OrderPaid")], "{not json")).is_err());
+        assert!(decode(&message(&[("ce_type", "OrderPaid")], r#"{"orderId":"x"}"#)).is_err());
+        assert!(decode(&message(&[], "{}")).is_err());
+        assert_eq!(
+            decode(&message(&[("ce_type", "InvoiceSent")], "{}")),
+            Ok(Decoded::Unknown {
+                type_name: "InvoiceSent".into()
+            })
+        );
+    }
+}

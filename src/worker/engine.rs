@@ -1,0 +1,339 @@
+//! The consumer engine: one poll thread feeding a pool of worker tasks.
+//!
+//! The poll thread owns the librdkafka consumer (its rebalance callbacks run
+//! there and may block). Each worker has a bounded queue; when the chosen
+//! worker's queue is full the poll thread blocks, so it stops polling:
+//! memory stays bounded and the broker keeps the backlog. Offsets are
+//! committed from the contiguous-offset tracker on an interval, and
+//! synchronously when partitions are revoked and at shutdown.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+
+use super::balancer::desired_workers;
+use super::offsets::OffsetTracker;
+use crate::config::{Distribution, WorkerSettings};
+use crate::handlers::{self, HandlerContext};
+use crate::kafka::{Brokers, KafkaSetupError};
+use crate::shutdown::Shutdown;
+
+/// How long a revocation waits for in-flight messages of the revoked
+/// partitions; past it their offsets stay uncommitted and the new owner
+/// re-delivers them (the inbox turns that into a no-op).
+const REVOKE_DRAIN: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(100);
+
+pub struct EngineSettings {
+    pub topic: String,
+    pub group: String,
+    pub client_id: String,
+    pub worker: WorkerSettings,
+    pub session_timeout: Duration,
+}
+
+/// The tracker and the signal workers give when they finish a message.
+#[derive(Default)]
+struct Progress {
+    tracker: Mutex<OffsetTracker>,
+    finished: Condvar,
+}
+
+impl Progress {
+    fn lock(&self) -> MutexGuard<'_, OffsetTracker> {
+        // A panicking worker must not wedge offset tracking for the rest.
+        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until `done(tracker)` holds or `timeout` passes.
+    fn wait_until(&self, timeout: Duration, done: impl Fn(&OffsetTracker) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut tracker = self.lock();
+        while !done(&tracker) {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            tracker = match self.finished.wait_timeout(tracker, deadline - now) {
+                Ok((t, _)) => t,
+                Err(e) => e.into_inner().0,
+            };
+        }
+        true
+    }
+}
+
+struct EngineContext {
+    progress: Arc<Progress>,
+    topic: String,
+}
+
+impl ClientContext for EngineContext {}
+
+impl ConsumerContext for EngineContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
+        let drained = self.progress.wait_until(REVOKE_DRAIN, |t| {
+            partitions.iter().all(|p| t.in_flight(*p) == 0)
+        });
+        if !drained {
+            tracing::warn!(
+                ?partitions,
+                "revoked partitions still busy; their new owner re-delivers"
+            );
+        }
+        let mut commits = TopicPartitionList::new();
+        {
+            let mut tracker = self.progress.lock();
+            for p in &partitions {
+                if let Some(position) = tracker.position(*p) {
+                    let _ = commits.add_partition_offset(&self.topic, *p, Offset::Offset(position));
+                }
+                tracker.forget(*p);
+            }
+        }
+        if commits.count() > 0 {
+            if let Err(e) = consumer.commit(&commits, CommitMode::Sync) {
+                tracing::warn!(error = %e, "commit on revocation failed");
+            }
+        }
+        tracing::info!(?partitions, "partitions revoked");
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            let partitions: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
+            tracing::info!(?partitions, "partitions assigned");
+        }
+    }
+}
+
+struct Job {
+    message: OwnedMessage,
+}
+
+/// The worker tasks and their bounded queues.
+struct Pool {
+    runtime: Handle,
+    handlers: Arc<HandlerContext>,
+    progress: Arc<Progress>,
+    buffer: usize,
+    distribution: Distribution,
+    queues: Vec<mpsc::Sender<Job>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    next: usize,
+}
+
+impl Pool {
+    fn spawn_workers(&mut self, count: usize) {
+        for _ in 0..count {
+            let (tx, mut rx) = mpsc::channel::<Job>(self.buffer);
+            let (handlers, progress) = (self.handlers.clone(), self.progress.clone());
+            self.tasks.push(self.runtime.spawn(async move {
+                while let Some(job) = rx.recv().await {
+                    handlers::process(&handlers, &job.message).await;
+                    progress
+                        .lock()
+                        .finished(job.message.partition(), job.message.offset());
+                    progress.finished.notify_all();
+                }
+            }));
+            self.queues.push(tx);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// By key: every message of one key goes to the same worker, so one
+    /// order's events are handled in order. Free: the next worker with room.
+    fn choose(&mut self, message: &OwnedMessage) -> usize {
+        let n = self.queues.len();
+        match self.distribution {
+            Distribution::ByKey => {
+                let mut hasher = DefaultHasher::new();
+                message.key().hash(&mut hasher);
+                (hasher.finish() % n as u64) as usize
+            }
+            Distribution::Free => {
+                let start = self.next;
+                self.next = (self.next + 1) % n;
+                (0..n)
+                    .map(|i| (start + i) % n)
+                    .find(|i| self.queues[*i].capacity() > 0)
+                    .unwrap_or(start)
+            }
+        }
+    }
+
+    /// Blocks while the chosen worker's queue is full: back-pressure.
+    fn dispatch(&mut self, message: OwnedMessage) -> bool {
+        let i = self.choose(&message);
+        self.queues[i].blocking_send(Job { message }).is_ok()
+    }
+
+    /// Closes the queues and waits until every worker finished its queue.
+    fn close(&mut self) {
+        self.queues.clear();
+        let tasks = std::mem::take(&mut self.tasks);
+        self.runtime.block_on(async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        });
+    }
+
+    fn resize(&mut self, count: usize) {
+        self.close();
+        self.spawn_workers(count);
+    }
+}
+
+/// Starts the poll thread; it returns after shutdown, once in-flight
+/// messages are finished, offsets committed and the group left.
+pub fn start(
+    brokers: &Brokers,
+    settings: EngineSettings,
+    handlers: Arc<HandlerContext>,
+    shutdown: Shutdown,
+) -> Result<std::thread::JoinHandle<()>, KafkaSetupError> {
+    let progress = Arc::new(Progress::default());
+    let context = EngineContext {
+        progress: progress.clone(),
+        topic: settings.topic.clone(),
+    };
+    let consumer: BaseConsumer<EngineContext> = brokers
+        .client_config(&settings.client_id)
+        .set("group.id", &settings.group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "session.timeout.ms",
+            settings.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (settings.session_timeout.as_millis() / 3)
+                .max(100)
+                .to_string(),
+        )
+        .create_with_context(context)?;
+    consumer.subscribe(&[&settings.topic])?;
+    let pool = Pool {
+        runtime: Handle::current(),
+        handlers,
+        progress: progress.clone(),
+        buffer: settings.worker.buffer_size,
+        distribution: settings.worker.distribution,
+        queues: Vec::new(),
+        tasks: Vec::new(),
+        next: 0,
+    };
+    std::thread::Builder::new()
+        .name("kafka-consumer".into())
+        .spawn(move || run(consumer, pool, progress, settings, shutdown))
+        .map_err(|e| KafkaSetupError::Embedded(e.to_string()))
+}
+
+fn commit(
+    consumer: &BaseConsumer<EngineContext>,
+    progress: &Progress,
+    topic: &str,
+    mode: CommitMode,
+) {
+    let positions = progress.lock().take_commits();
+    if positions.is_empty() {
+        return;
+    }
+    let mut list = TopicPartitionList::new();
+    for (partition, offset) in positions {
+        let _ = list.add_partition_offset(topic, partition, Offset::Offset(offset));
+    }
+    if let Err(e) = consumer.commit(&list, mode) {
+        tracing::warn!(error = %e, "offset commit failed; retried at the next interval");
+    }
+}
+
+/// Messages between what was consumed and the partitions' ends. One small
+/// request per assigned partition, once per balance interval.
+fn total_lag(consumer: &BaseConsumer<EngineContext>, topic: &str) -> i64 {
+    let Ok(positions) = consumer.position() else {
+        return 0;
+    };
+    positions
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(position) => consumer
+                .fetch_watermarks(topic, e.partition(), Duration::from_millis(500))
+                .ok()
+                .map(|(_, high)| (high - position).max(0)),
+            _ => None,
+        })
+        .sum()
+}
+
+fn run(
+    consumer: BaseConsumer<EngineContext>,
+    mut pool: Pool,
+    progress: Arc<Progress>,
+    settings: EngineSettings,
+    shutdown: Shutdown,
+) {
+    let w = &settings.worker;
+    pool.spawn_workers(w.min_workers);
+    tracing::info!(
+        topic = %settings.topic, group = %settings.group, workers = pool.len(),
+        "consumer started"
+    );
+    let mut last_commit = Instant::now();
+    let mut last_balance = Instant::now();
+    while !shutdown.is_triggered() {
+        if last_commit.elapsed() >= w.commit_interval {
+            commit(&consumer, &progress, &settings.topic, CommitMode::Async);
+            last_commit = Instant::now();
+        }
+        if last_balance.elapsed() >= w.balance_interval {
+            last_balance = Instant::now();
+            let lag = total_lag(&consumer, &settings.topic);
+            let wanted = desired_workers(lag, w.lag_threshold, w.min_workers, w.max_workers);
+            if wanted != pool.len() {
+                // Changing the count re-maps keys to workers: let every
+                // queued message finish first so no key is handled by two
+                // workers at once, which would reorder its events.
+                pool.resize(wanted);
+                tracing::info!(workers = wanted, lag, "worker count changed");
+            }
+        }
+        match consumer.poll(POLL) {
+            None => {}
+            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            Some(Ok(message)) => {
+                let message = message.detach();
+                progress
+                    .lock()
+                    .dispatched(message.partition(), message.offset());
+                if !pool.dispatch(message) {
+                    tracing::error!("worker queue closed unexpectedly");
+                }
+            }
+        }
+    }
+    tracing::info!("consumer stopping: finishing in-flight messages");
+    pool.close();
+    commit(&consumer, &progress, &settings.topic, CommitMode::Sync);
+    consumer.unsubscribe();
+    drop(consumer); // closes the consumer: leaves the group
+    tracing::info!("consumer stopped");
+}

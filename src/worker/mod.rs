@@ -1,0 +1,75 @@
+//! The worker role: the consumer engine, the typed handlers it drives, and
+//! the dead-letter producer they share.
+
+pub mod balancer;
+mod engine;
+pub mod offsets;
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::dlq::DeadLetters;
+use crate::handlers::{HandlerContext, HandlerStats};
+use crate::kafka::{Brokers, KafkaSetupError};
+use crate::shutdown::Shutdown;
+use crate::store::SharedStore;
+
+/// Everything the consumer needs, built before the role starts running.
+pub struct Worker {
+    brokers: Brokers,
+    settings: engine::EngineSettings,
+    handlers: Arc<HandlerContext>,
+}
+
+impl Worker {
+    pub fn build(
+        config: &Config,
+        brokers: &Brokers,
+        store: SharedStore,
+    ) -> Result<Self, KafkaSetupError> {
+        let orders = &config.kafka.orders;
+        let dead_letters = DeadLetters {
+            producer: brokers.producer("orderflow-dlq", config.kafka.message_timeout)?,
+            topic: config.worker.dead_letter_topic.clone(),
+            timeout: config.kafka.message_timeout,
+        };
+        let handlers = Arc::new(HandlerContext {
+            store,
+            consumer_group: orders.consumer_group.clone(),
+            retry: config.worker.retry.clone(),
+            unknown_types: config.worker.unknown_types,
+            dead_letters,
+            notifier: crate::notifier::from_settings(&config.worker.notifier),
+            stats: HandlerStats::default(),
+        });
+        Ok(Self {
+            brokers: brokers.clone(),
+            settings: engine::EngineSettings {
+                topic: orders.name.clone(),
+                group: orders.consumer_group.clone(),
+                client_id: orders.consumer_name.clone(),
+                worker: config.worker.clone(),
+                session_timeout: config.worker.session_timeout,
+            },
+            handlers,
+        })
+    }
+
+    /// Consumes until `shutdown`, then drains, commits and leaves the group.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), KafkaSetupError> {
+        let handlers = self.handlers.clone();
+        let thread = engine::start(&self.brokers, self.settings, self.handlers, shutdown)?;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        let s = &handlers.stats;
+        use std::sync::atomic::Ordering::Relaxed;
+        tracing::info!(
+            handled = s.handled.load(Relaxed),
+            duplicates = s.duplicates.load(Relaxed),
+            retried = s.retried.load(Relaxed),
+            dead_lettered = s.dead_lettered.load(Relaxed),
+            unknown = s.unknown.load(Relaxed),
+            "worker stopped"
+        );
+        Ok(())
+    }
+}
