@@ -66,7 +66,9 @@ impl StoreError {
             Self::Database(sqlx::Error::Database(e)) => {
                 matches!(e.kind(), sqlx::error::ErrorKind::Other)
             }
-            Self::Database(_) => true,
+            Self::Database(sqlx::Error::Protocol(_)) => true,
+            // Decoding and type errors are bugs or bad data: retrying
+            // cannot help.
             _ => false,
         }
     }

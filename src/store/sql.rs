@@ -153,7 +153,7 @@ macro_rules! impl_store {
         /// stock never goes negative. Returns what was short, if anything.
         async fn reserve_items(tx: &mut Tx<'_>, id: OrderId) -> Result<Vec<String>, StoreError> {
             let wanted: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT product_name, SUM(quantity) FROM order_items WHERE order_id = $1 \
+                "SELECT product_name, CAST(SUM(quantity) AS BIGINT) FROM order_items WHERE order_id = $1 \
                  GROUP BY product_name ORDER BY product_name",
             )
             .bind(id.0)
