@@ -64,3 +64,46 @@ pub fn from_settings(settings: &NotifierSettings) -> Arc<dyn Notifier> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::OrderId;
+
+    /// A real HTTP round trip to a webhook served on loopback.
+    #[tokio::test]
+    async fn webhook_posts_the_notification() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<serde_json::Value>(1);
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(body).await;
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let notifier = from_settings(&NotifierSettings::Webhook(format!("http://{addr}/hook")));
+        let n = Notification {
+            order_id: OrderId::new(),
+            recipient: "ada@example.com".into(),
+            text: "on its way".into(),
+        };
+        notifier.notify(&n).await.expect("delivered");
+        let body = rx.recv().await.expect("received");
+        assert_eq!(body["recipient"], "ada@example.com");
+        assert_eq!(body["orderId"], n.order_id.to_string());
+
+        let missing = from_settings(&NotifierSettings::Webhook(format!("http://{addr}/nope")));
+        assert!(
+            missing.notify(&n).await.is_err(),
+            "a 404 is a failed delivery"
+        );
+    }
+}

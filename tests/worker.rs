@@ -116,7 +116,11 @@ async fn statuses(pool: &PgPool) -> Vec<(String, i64)> {
 async fn concurrent_reservations_never_oversell() {
     let db = TestDb::new(Backend::Postgres).await;
     let broker = start_broker();
-    let env = env_for(&db, broker.bootstrap_servers());
+    let mut env = env_for(&db, broker.bootstrap_servers());
+    // Reservations do not depend on each other's order: the free strategy
+    // (next free worker, several workers per partition) must hold too.
+    env.push(("Worker__DistributionStrategy".into(), "free".into()));
+    env.push(("Worker__MinWorkers".into(), "3".into()));
     let cluster = Cluster::start(env, 2);
     let put = cluster
         .http
@@ -312,6 +316,16 @@ async fn poison_messages_are_dead_lettered_and_a_fixed_one_replays() {
             .await
             .expect("shipment request");
     assert_eq!(payment, "kcat-pay");
+
+    // Graceful stop: drain, commit, leave the group, exit 0.
+    let mut cluster = cluster;
+    cluster.workers[0].signal("TERM");
+    assert_eq!(
+        cluster.workers[0].wait_exit(Duration::from_secs(30)),
+        Some(0)
+    );
+    let log = cluster.workers[0].log_text();
+    assert!(log.contains("consumer stopped"), "{log}");
 }
 
 const LIFECYCLE_ORDERS: usize = 2_000;

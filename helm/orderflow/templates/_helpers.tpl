@@ -1,0 +1,295 @@
+{{/*
+Names
+*/}}
+{{- define "orderflow.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name, at most 63 characters (DNS label). The role
+suffixes ("-api", "-worker", "-migrate") are added by the templates, so the
+base is cut to leave room for them.
+*/}}
+{{- define "orderflow.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "orderflow.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Standard labels. Call with (dict "root" $ "component" "api").
+*/}}
+{{- define "orderflow.labels" -}}
+helm.sh/chart: {{ include "orderflow.chart" .root }}
+{{ include "orderflow.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Values.image.tag | default .root.Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: {{ include "orderflow.name" .root }}
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Selector labels (immutable on a Deployment: never add anything that changes
+between upgrades). Call with (dict "root" $ "component" "api").
+*/}}
+{{- define "orderflow.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "orderflow.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- if .component }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+{{- end }}
+
+{{- define "orderflow.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "orderflow.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "orderflow.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{- define "orderflow.configMapName" -}}
+{{- printf "%s-config" (include "orderflow.fullname" .) }}
+{{- end }}
+
+{{/*
+The Secret the pods read: an existing one, or the chart's own.
+*/}}
+{{- define "orderflow.secretName" -}}
+{{- if .Values.secret.existingSecret }}
+{{- .Values.secret.existingSecret }}
+{{- else }}
+{{- printf "%s-secrets" (include "orderflow.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Ports: taken from the listen addresses in the configuration, so the
+container ports, probes and Services cannot disagree with what the process
+binds.
+*/}}
+{{- define "orderflow.apiPort" -}}
+{{- $listen := dig "Api" "Listen" "0.0.0.0:8080" .Values.config }}
+{{- splitList ":" $listen | last | int }}
+{{- end }}
+
+{{- define "orderflow.adminPort" -}}
+{{- $listen := dig "Worker" "AdminListen" "0.0.0.0:9090" .Values.config }}
+{{- splitList ":" $listen | last | int }}
+{{- end }}
+
+{{/*
+config.toml from .Values.config.
+
+Helm's own toToml is not used: values arrive as float64, which it prints as
+"10.0", and orderflow's integer settings reject that. Here whole numbers are
+written as integers, strings as basic strings, and nested maps as [a.b]
+tables (scalars first, keys sorted).
+*/}}
+{{- define "orderflow.configToml" -}}
+# orderflow configuration rendered by the Helm chart from .Values.config.
+# Secrets are not here: Database__Url and the SASL / Service Bus credentials
+# come from the Secret as environment variables, which override this file.
+{{- include "orderflow.toml.table" (dict "table" .Values.config "prefix" "") }}
+{{- end }}
+
+{{- define "orderflow.toml.table" -}}
+{{- $table := .table }}
+{{- $prefix := .prefix }}
+{{- $scalars := list }}
+{{- $tables := list }}
+{{- range $key, $value := $table }}
+{{- if kindIs "map" $value }}
+{{- $tables = append $tables $key }}
+{{- else if not (kindIs "invalid" $value) }}
+{{- $scalars = append $scalars $key }}
+{{- end }}
+{{- end }}
+{{- if and $prefix (or $scalars (not $tables)) }}
+
+[{{ $prefix }}]
+{{- end }}
+{{- range $key := $scalars }}
+{{ include "orderflow.toml.key" $key }} = {{ include "orderflow.toml.value" (index $table $key) }}
+{{- end }}
+{{- range $key := $tables }}
+{{- $child := include "orderflow.toml.key" $key }}
+{{- if $prefix }}
+{{- $child = printf "%s.%s" $prefix $child }}
+{{- end }}
+{{- include "orderflow.toml.table" (dict "table" (index $table $key) "prefix" $child) }}
+{{- end }}
+{{- end }}
+
+{{- define "orderflow.toml.key" -}}
+{{- if regexMatch "^[A-Za-z0-9_-]+$" . }}{{ . }}{{ else }}{{ toJson . }}{{ end }}
+{{- end }}
+
+{{- define "orderflow.toml.value" -}}
+{{- if kindIs "string" . }}{{ toJson . }}
+{{- else if kindIs "bool" . }}{{ . }}
+{{- else if kindIs "float64" . }}{{ if eq (floor .) . }}{{ int64 . }}{{ else }}{{ . }}{{ end }}
+{{- else if or (kindIs "int" .) (kindIs "int64" .) }}{{ . }}
+{{- else if kindIs "slice" . }}[{{ range $i, $v := . }}{{ if $i }}, {{ end }}{{ include "orderflow.toml.value" $v }}{{ end }}]
+{{- else }}{{ fail (printf "config: a %s cannot be written to config.toml" (kindOf .)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Environment shared by every role (api, worker, migrate). Call with
+(dict "root" $ "secretName" "..." "extraEnv" list).
+*/}}
+{{- define "orderflow.env" -}}
+{{- $root := .root }}
+{{- $keys := $root.Values.secret.keys }}
+- name: ORDERFLOW_CONFIG
+  value: /etc/orderflow/config.toml
+{{- with $root.Values.logLevel }}
+- name: RUST_LOG
+  value: {{ . | quote }}
+{{- end }}
+- name: Database__Url
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: {{ $keys.databaseUrl }}
+- name: KafkaConfiguration__Security__Username
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: {{ $keys.kafkaUsername }}
+      optional: true
+- name: KafkaConfiguration__Security__Password
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: {{ $keys.kafkaPassword }}
+      optional: true
+- name: Fulfilment__ConnectionString
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: {{ $keys.serviceBusConnectionString }}
+      optional: true
+{{- with $root.Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- with .extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Secret data (keys with empty values are left out, so the optional env vars
+above stay unset instead of being set to "").
+*/}}
+{{- define "orderflow.secretData" -}}
+{{- $s := .Values.secret }}
+{{- $keys := $s.keys }}
+{{ $keys.databaseUrl }}: {{ required "secret.databaseUrl is required unless secret.existingSecret is set" $s.databaseUrl | b64enc | quote }}
+{{- with $s.kafkaUsername }}
+{{ $keys.kafkaUsername }}: {{ . | b64enc | quote }}
+{{- end }}
+{{- with $s.kafkaPassword }}
+{{ $keys.kafkaPassword }}: {{ . | b64enc | quote }}
+{{- end }}
+{{- with $s.serviceBusConnectionString }}
+{{ $keys.serviceBusConnectionString }}: {{ . | b64enc | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "orderflow.configVolume" -}}
+- name: config
+  configMap:
+    name: {{ . }}
+    items:
+      - key: config.toml
+        path: config.toml
+- name: tmp
+  emptyDir: {}
+{{- end }}
+
+{{- define "orderflow.configVolumeMounts" -}}
+- name: config
+  mountPath: /etc/orderflow
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- end }}
+
+{{/*
+Pod-level fields shared by the roles. Call with (dict "root" $ "role" .Values.api).
+With "hook" true (the migrate Job) the chart's own ServiceAccount is not used:
+a pre-install hook runs before it exists, so the namespace's default one is.
+*/}}
+{{- define "orderflow.podCommon" -}}
+{{- $root := .root }}
+{{- $role := .role }}
+{{- with $root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if not .hook }}
+serviceAccountName: {{ include "orderflow.serviceAccountName" $root }}
+{{- else if not $root.Values.serviceAccount.create }}
+serviceAccountName: {{ include "orderflow.serviceAccountName" $root }}
+{{- end }}
+automountServiceAccountToken: {{ $root.Values.serviceAccount.automountServiceAccountToken }}
+{{- with $root.Values.podSecurityContext }}
+securityContext:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $role.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with $role.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $role.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $role.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $role.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod annotations: a checksum of the rendered config and secret, so that a
+change to either rolls both roles.
+*/}}
+{{- define "orderflow.podAnnotations" -}}
+checksum/config: {{ include "orderflow.configToml" .root | sha256sum }}
+{{- if not .root.Values.secret.existingSecret }}
+checksum/secret: {{ include "orderflow.secretData" .root | sha256sum }}
+{{- end }}
+{{- with .root.Values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- with .role.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
