@@ -7,10 +7,14 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, ApiState, Readiness};
 use crate::config::Config;
+use crate::config::FulfilmentSink;
 use crate::domain::OrderLimits;
 use crate::kafka::{required_topics, Brokers, EmbeddedKafka, KafkaSetupError};
 use crate::outbox::{self, Relay};
 use crate::shutdown::{self, Shutdown};
+use crate::sink::kafka::KafkaSink;
+use crate::sink::servicebus::ServiceBusSink;
+use crate::store::OutboxFilter;
 use crate::store::{self, SharedStore, StoreError};
 use crate::worker::Worker;
 
@@ -45,7 +49,7 @@ pub struct Application {
     store: SharedStore,
     /// The order API (API role) or the health endpoints (worker role).
     http: (TcpListener, axum::Router),
-    relay: Relay,
+    relays: Vec<Relay>,
     worker: Option<Worker>,
     // Kept alive for as long as the clients that connect to it.
     _embedded: Option<EmbeddedKafka>,
@@ -104,19 +108,41 @@ impl Application {
             Role::Api => None,
             Role::Worker | Role::All => Some(Worker::build(config, &brokers, store.clone())?),
         };
-        let relay = Relay {
+        let mut relays = vec![Relay {
             store: store.clone(),
-            producer,
-            brokers,
-            topics,
-            destinations: outbox::destinations(config),
+            sink: Box::new(KafkaSink {
+                producer,
+                brokers,
+                client_id: format!("{client_id}-relay"),
+                topics,
+                topics_ready: false,
+                destinations: outbox::kafka_destinations(config),
+                timeout: config.kafka.message_timeout,
+            }),
+            filter: outbox::kafka_filter(config),
+            lease: outbox::MAIN_LEASE,
             settings: config.outbox.clone(),
-            kafka_timeout: config.kafka.message_timeout,
-        };
+        }];
+        // Fulfilment events for Service Bus are delivered by the worker
+        // role, which emits them.
+        if let (FulfilmentSink::ServiceBus { connection, queue }, Role::Worker | Role::All) =
+            (&config.fulfilment.sink, role)
+        {
+            relays.push(Relay {
+                store: store.clone(),
+                sink: Box::new(ServiceBusSink::new(connection.clone(), queue.clone())),
+                filter: OutboxFilter {
+                    only: Some(crate::events::DESTINATION_FULFILMENT),
+                    except: None,
+                },
+                lease: outbox::FULFILMENT_LEASE,
+                settings: config.outbox.clone(),
+            });
+        }
         Ok(Self {
             store,
             http,
-            relay,
+            relays,
             worker,
             _embedded: embedded,
         })
@@ -137,7 +163,11 @@ impl Application {
     /// emitted before it stops too.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), AppError> {
         let (relay_stop, relay_shutdown) = shutdown::channel();
-        let relay = tokio::spawn(self.relay.run(relay_shutdown));
+        let relays: Vec<_> = self
+            .relays
+            .into_iter()
+            .map(|r| tokio::spawn(r.run(relay_shutdown.clone())))
+            .collect();
         let worker = self.worker.map(|w| tokio::spawn(w.run(shutdown.clone())));
         let (listener, router) = self.http;
         if let Ok(addr) = listener.local_addr() {
@@ -154,7 +184,9 @@ impl Application {
             }
         }
         relay_stop.trigger();
-        let _ = relay.await;
+        for relay in relays {
+            let _ = relay.await;
+        }
         served
     }
 }

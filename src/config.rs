@@ -22,7 +22,14 @@ use serde::{Deserialize, Serialize};
 
 /// Top-level sections taken from the environment; everything else in the
 /// process environment (PATH, HOME, ...) is not configuration.
-const SECTIONS: &[&str] = &["kafkaconfiguration", "database", "api", "worker", "outbox"];
+const SECTIONS: &[&str] = &[
+    "kafkaconfiguration",
+    "database",
+    "api",
+    "worker",
+    "outbox",
+    "fulfilment",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -237,9 +244,17 @@ impl Default for RawNotifier {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, rename_all(serialize = "PascalCase"))]
 pub struct RawFulfilment {
-    /// "kafka" or "none".
+    /// "kafka", "servicebus" or "none".
     pub kind: String,
+    /// The Kafka topic, for kind "kafka".
     pub topic: String,
+    /// The Service Bus connection string, for kind "servicebus": a secret,
+    /// from the environment (`Fulfilment__ConnectionString`) or a mounted
+    /// secret, never from a committed file.
+    #[serde(alias = "connectionstring")]
+    pub connection_string: String,
+    /// The Service Bus queue (an AMQP target address), for "servicebus".
+    pub queue: String,
 }
 
 impl Default for RawFulfilment {
@@ -247,6 +262,8 @@ impl Default for RawFulfilment {
         Self {
             kind: "kafka".into(),
             topic: "order-fulfilments".into(),
+            connection_string: String::new(),
+            queue: "order-fulfilments".into(),
         }
     }
 }
@@ -413,10 +430,117 @@ pub struct WorkerSettings {
     pub notifier: NotifierSettings,
 }
 
+/// Where `OrderFulfilled` and `OrderRejected` are delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FulfilmentSink {
+    Kafka {
+        topic: String,
+    },
+    ServiceBus {
+        connection: ServiceBusConnection,
+        queue: String,
+    },
+    None,
+}
+
+/// A parsed Service Bus connection string. Debug never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServiceBusConnection {
+    pub host: String,
+    pub port: Option<u16>,
+    pub key_name: String,
+    pub key: String,
+    /// `UseDevelopmentEmulator=true`: plain AMQP, no TLS.
+    pub emulator: bool,
+}
+
+impl fmt::Debug for ServiceBusConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceBusConnection")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("key_name", &self.key_name)
+            .field("key", &"***")
+            .field("emulator", &self.emulator)
+            .finish()
+    }
+}
+
+impl ServiceBusConnection {
+    /// `Endpoint=sb://<ns>.servicebus.windows.net/;SharedAccessKeyName=...;
+    /// SharedAccessKey=...[;UseDevelopmentEmulator=true]`. Errors name the
+    /// missing or bad part and never echo the key.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let mut endpoint = None;
+        let mut key_name = None;
+        let mut key = None;
+        let mut emulator = false;
+        for part in raw.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((name, value)) = part.split_once('=') else {
+                return Err(format!(
+                    "part {:?} is not Name=Value",
+                    part.split('=').next().unwrap_or("")
+                ));
+            };
+            match name.trim().to_ascii_lowercase().as_str() {
+                "endpoint" => endpoint = Some(value.trim().to_string()),
+                "sharedaccesskeyname" => key_name = Some(value.trim().to_string()),
+                // The key is base64 and may itself end in '='.
+                "sharedaccesskey" => key = Some(value.trim().to_string()),
+                "usedevelopmentemulator" => emulator = value.trim().eq_ignore_ascii_case("true"),
+                "entitypath" => {}
+                other => return Err(format!("unknown part {other:?}")),
+            }
+        }
+        let endpoint = endpoint
+            .filter(|e| !e.is_empty())
+            .ok_or("missing Endpoint (Endpoint=sb://<namespace>.servicebus.windows.net/)")?;
+        let address = endpoint
+            .strip_prefix("sb://")
+            .ok_or("Endpoint must start with sb://")?
+            .trim_end_matches('/');
+        let (host, port) = match address.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                Some(
+                    p.parse::<u16>()
+                        .map_err(|_| format!("Endpoint port {p:?} is not a number"))?,
+                ),
+            ),
+            None => (address.to_string(), None),
+        };
+        if host.is_empty() {
+            return Err("Endpoint has no host".into());
+        }
+        let key_name = key_name
+            .filter(|k| !k.is_empty())
+            .ok_or("missing SharedAccessKeyName")?;
+        let key = key
+            .filter(|k| !k.is_empty())
+            .ok_or("missing SharedAccessKey")?;
+        Ok(Self {
+            host,
+            port,
+            key_name,
+            key,
+            emulator,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct FulfilmentSettings {
-    /// None when fulfilment events are not published anywhere.
-    pub topic: Option<String>,
+    pub sink: FulfilmentSink,
+}
+
+impl FulfilmentSettings {
+    /// The Kafka topic fulfilment events go to, if they go to Kafka.
+    pub fn kafka_topic(&self) -> Option<&str> {
+        match &self.sink {
+            FulfilmentSink::Kafka { topic } => Some(topic),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -475,6 +599,9 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.raw.clone();
         shown.database.url = redact_url(&shown.database.url);
+        if !shown.fulfilment.connection_string.is_empty() {
+            shown.fulfilment.connection_string = "***".into();
+        }
         if let KafkaServers::Brokers(list) = &self.kafka.servers {
             shown.kafka_configuration.server_url = list.join(",");
         }
@@ -686,6 +813,8 @@ fn canonical(segment: &str) -> &str {
         "Kind",
         "Fulfilment",
         "Topic",
+        "ConnectionString",
+        "Queue",
     ];
     NAMES
         .iter()
@@ -919,14 +1048,22 @@ impl Validator<'_> {
                 }
             },
         };
+        let f = &raw.fulfilment;
         let fulfilment = FulfilmentSettings {
-            topic: match raw.fulfilment.kind.trim().to_ascii_lowercase().as_str() {
-                "kafka" => Some(self.non_empty("fulfilment.topic", &raw.fulfilment.topic)?),
-                "none" => None,
+            sink: match f.kind.trim().to_ascii_lowercase().as_str() {
+                "kafka" => FulfilmentSink::Kafka {
+                    topic: self.non_empty("fulfilment.topic", &f.topic)?,
+                },
+                "servicebus" => FulfilmentSink::ServiceBus {
+                    connection: ServiceBusConnection::parse(&f.connection_string)
+                        .map_err(|m| self.error("fulfilment.connectionstring", m))?,
+                    queue: self.non_empty("fulfilment.queue", &f.queue)?,
+                },
+                "none" => FulfilmentSink::None,
                 other => {
                     return Err(self.error(
                         "fulfilment.kind",
-                        format!("{other:?} is not supported (\"kafka\" or \"none\")"),
+                        format!("{other:?} is not one of \"kafka\", \"servicebus\", \"none\""),
                     ))
                 }
             },
@@ -1022,6 +1159,33 @@ mod tests {
                 && err.contains("environment variable"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn service_bus_connection_strings_parse_and_name_missing_parts() {
+        let c = ServiceBusConnection::parse(
+            "Endpoint=sb://shop.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=abc==",
+        )
+        .expect("valid");
+        assert_eq!(
+            (c.host.as_str(), c.port, c.key.as_str()),
+            ("shop.servicebus.windows.net", None, "abc==")
+        );
+        assert!(!c.emulator);
+        assert!(!format!("{c:?}").contains("abc=="));
+        let e = ServiceBusConnection::parse(
+            "Endpoint=sb://localhost:5673;SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true",
+        )
+        .expect("emulator");
+        assert_eq!((e.port, e.emulator), (Some(5673), true));
+        for (raw, missing) in [
+            ("SharedAccessKeyName=k;SharedAccessKey=v", "Endpoint"),
+            ("Endpoint=sb://x/;SharedAccessKey=v", "SharedAccessKeyName"),
+            ("Endpoint=sb://x/;SharedAccessKeyName=k", "SharedAccessKey"),
+        ] {
+            let err = ServiceBusConnection::parse(raw).expect_err(missing);
+            assert!(err.contains(missing), "{err}");
+        }
     }
 
     #[test]

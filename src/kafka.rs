@@ -33,7 +33,7 @@ pub fn required_topics(config: &Config) -> Vec<TopicSpec> {
         replication: orders.replication_factor,
     };
     let mut topics = vec![spec(&orders.name), spec(&config.worker.dead_letter_topic)];
-    if let Some(fulfilment) = &config.fulfilment.topic {
+    if let Some(fulfilment) = config.fulfilment.kafka_topic() {
         topics.push(spec(fulfilment));
     }
     topics

@@ -13,6 +13,7 @@ pub mod kafka;
 pub mod notifier;
 pub mod outbox;
 pub mod shutdown;
+pub mod sink;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

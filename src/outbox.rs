@@ -1,5 +1,6 @@
-//! The outbox relay: publishes committed outbox rows to Kafka and marks them
-//! only after the broker acknowledged them.
+//! The outbox relay: delivers committed outbox rows to a sink (Kafka, or the
+//! Service Bus queue for fulfilment events) and marks them only after the
+//! far side acknowledged them.
 //!
 //! Ordering across processes: one relay is active at a time, elected with the
 //! store's lease (a PostgreSQL advisory lock); the others stand by and take
@@ -10,20 +11,16 @@
 //! key hash would scale further but multiply locks and producers; one relay
 //! batching hundreds of rows per round trip is far from the bottleneck.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
-use futures::future::join_all;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use std::collections::HashMap;
-
-use crate::config::{Config, OutboxSettings};
-use crate::events::{self, DESTINATION_FULFILMENT, DESTINATION_ORDERS};
-use crate::kafka::{Brokers, TopicSpec};
+use crate::config::{Config, FulfilmentSink, OutboxSettings};
+use crate::events::{DESTINATION_FULFILMENT, DESTINATION_ORDERS};
 use crate::shutdown::Shutdown;
-use crate::store::{OutboxRecord, RelayLease, SharedStore};
+use crate::sink::Sink;
+use crate::store::{OutboxFilter, RelayLease, SharedStore};
 
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -31,27 +28,43 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// again later: a duplicate the consumer's inbox absorbs, never a loss.
 const MARK_ATTEMPTS: u32 = 20;
 
+/// The relay of the orders topic and, with fulfilment on Kafka, of the
+/// fulfilment topic; lease name shared by every process.
+pub const MAIN_LEASE: &str = "outbox-relay";
+/// The relay of the Service Bus fulfilment sink (worker role).
+pub const FULFILMENT_LEASE: &str = "fulfilment-sink";
+
 pub struct Relay {
     pub store: SharedStore,
-    /// Replaced when librdkafka reports a fatal (idempotence) error: such a
-    /// producer refuses every later message.
-    pub producer: FutureProducer,
-    pub brokers: Brokers,
-    /// Topics created before the first publish.
-    pub topics: Vec<TopicSpec>,
-    /// Outbox destination → topic; `None` drops the destination's events
-    /// (fulfilment configured as "none").
-    pub destinations: HashMap<&'static str, Option<String>>,
+    pub sink: Box<dyn Sink>,
+    /// Which rows this relay delivers.
+    pub filter: OutboxFilter,
+    pub lease: &'static str,
     pub settings: OutboxSettings,
-    pub kafka_timeout: Duration,
 }
 
-/// Where each outbox destination is published under `config`.
-pub fn destinations(config: &Config) -> HashMap<&'static str, Option<String>> {
+/// Where each outbox destination is published by the Kafka relay under
+/// `config`: `None` drops the rows (fulfilment "none"); with fulfilment on
+/// Service Bus the Kafka relay never reads fulfilment rows at all.
+pub fn kafka_destinations(config: &Config) -> HashMap<&'static str, Option<String>> {
     HashMap::from([
         (DESTINATION_ORDERS, Some(config.kafka.orders.name.clone())),
-        (DESTINATION_FULFILMENT, config.fulfilment.topic.clone()),
+        (
+            DESTINATION_FULFILMENT,
+            config.fulfilment.kafka_topic().map(String::from),
+        ),
     ])
+}
+
+/// The rows the Kafka relay delivers under `config`.
+pub fn kafka_filter(config: &Config) -> OutboxFilter {
+    match config.fulfilment.sink {
+        FulfilmentSink::ServiceBus { .. } => OutboxFilter {
+            only: None,
+            except: Some(DESTINATION_FULFILMENT),
+        },
+        _ => OutboxFilter::default(),
+    }
 }
 
 /// Doubles up to a ceiling; reset after a success.
@@ -97,31 +110,11 @@ enum Round {
 impl Relay {
     pub async fn run(mut self, mut shutdown: Shutdown) {
         let mut backoff = Backoff::new(self.settings.max_backoff);
-        for topic in &self.topics {
-            while !shutdown.is_triggered() {
-                match self
-                    .brokers
-                    .ensure_topic(
-                        &topic.name,
-                        topic.partitions,
-                        topic.replication,
-                        self.kafka_timeout,
-                    )
-                    .await
-                {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, topic = %topic.name, "topic not ready; retrying");
-                        backoff.wait(&mut shutdown).await;
-                    }
-                }
-            }
-        }
         let mut standing_by_logged = false;
         while !shutdown.is_triggered() {
-            match self.store.try_relay_lease().await {
+            match self.store.try_relay_lease(self.lease).await {
                 Ok(Some(lease)) => {
-                    tracing::info!("outbox relay active");
+                    tracing::info!(lease = self.lease, "outbox relay active");
                     standing_by_logged = false;
                     self.lead(lease, &mut shutdown).await;
                 }
@@ -138,22 +131,10 @@ impl Relay {
                 }
             }
         }
-        // Whatever is still queued in librdkafka gets its chance to land
-        // before the process exits; rows not yet marked are re-sent by the
-        // next leader (the consumer's inbox absorbs the duplicate).
-        let _ = self.producer.flush(self.kafka_timeout);
-        tracing::info!("outbox relay stopped");
-    }
-
-    fn renew_producer_if_fatal(&mut self) {
-        let Some((code, reason)) = self.producer.client().fatal_error() else {
-            return;
-        };
-        tracing::error!(?code, %reason, "Kafka producer failed fatally; creating a new one");
-        match self.brokers.producer("orderflow-relay", self.kafka_timeout) {
-            Ok(producer) => self.producer = producer,
-            Err(e) => tracing::error!(error = %e, "cannot create a new Kafka producer"),
-        }
+        // Rows not yet marked are re-sent by the next leader (the
+        // consumer's inbox absorbs the duplicate).
+        self.sink.close().await;
+        tracing::info!(lease = self.lease, "outbox relay stopped");
     }
 
     async fn idle(&self, shutdown: &mut Shutdown) {
@@ -183,10 +164,7 @@ impl Relay {
                         _ = shutdown.wait() => {}
                     }
                 }
-                Round::Failed => {
-                    self.renew_producer_if_fatal();
-                    backoff.wait(shutdown).await
-                }
+                Round::Failed => backoff.wait(shutdown).await,
                 Round::LeaseLost => {
                     tracing::warn!("relay lease lost; standing by");
                     return;
@@ -195,11 +173,15 @@ impl Relay {
         }
     }
 
-    async fn round(&self, lease: &mut dyn RelayLease) -> Round {
+    async fn round(&mut self, lease: &mut dyn RelayLease) -> Round {
         if !lease.still_held().await {
             return Round::LeaseLost;
         }
-        let batch = match self.store.outbox_pending(self.settings.batch_size).await {
+        let batch = match self
+            .store
+            .outbox_pending(self.settings.batch_size, &self.filter)
+            .await
+        {
             Ok(batch) if batch.is_empty() => return Round::Empty,
             Ok(batch) => batch,
             Err(e) => {
@@ -207,7 +189,8 @@ impl Relay {
                 return Round::Failed;
             }
         };
-        let (acked, failure) = self.publish(&batch).await;
+        let delivered = self.sink.deliver(&batch).await;
+        let (acked, failure) = (delivered.acked, delivered.failure);
         let published = acked.len();
         if !acked.is_empty() {
             self.mark(&acked).await;
@@ -224,56 +207,6 @@ impl Relay {
             }
             None => Round::Published(published),
         }
-    }
-
-    /// Sends the batch and waits for every acknowledgement. Returns the ids
-    /// the broker acknowledged and the first error, if any.
-    async fn publish(&self, batch: &[OutboxRecord]) -> (Vec<i64>, Option<String>) {
-        let mut pending = Vec::with_capacity(batch.len());
-        let mut dropped = Vec::new();
-        let mut failure = None;
-        for record in batch {
-            let topic = match self.destinations.get(record.destination.as_str()) {
-                Some(Some(topic)) => topic.as_str(),
-                Some(None) => {
-                    dropped.push(record.id);
-                    continue;
-                }
-                None => {
-                    failure.get_or_insert_with(|| {
-                        format!("unknown outbox destination {:?}", record.destination)
-                    });
-                    continue;
-                }
-            };
-            let kafka_record = FutureRecord::to(topic)
-                .key(record.key.as_bytes())
-                .payload(record.payload.as_bytes())
-                .headers(headers(record));
-            match self.producer.send_result(kafka_record) {
-                Ok(delivery) => pending.push((record.id, delivery)),
-                Err((e, _)) => {
-                    // Stop here: sending later rows now could overtake this
-                    // one if it is for the same order.
-                    failure = Some(e.to_string());
-                    break;
-                }
-            }
-        }
-        let (ids, deliveries): (Vec<i64>, Vec<_>) = pending.into_iter().unzip();
-        let mut acked = dropped;
-        for (id, outcome) in ids.into_iter().zip(join_all(deliveries).await) {
-            match outcome {
-                Ok(Ok(_)) => acked.push(id),
-                Ok(Err((e, _))) => {
-                    failure.get_or_insert_with(|| e.to_string());
-                }
-                Err(_) => {
-                    failure.get_or_insert_with(|| "producer dropped the delivery".into());
-                }
-            }
-        }
-        (acked, failure)
     }
 
     /// Marks published rows, retrying until the database takes it: rows left
@@ -306,43 +239,4 @@ impl Relay {
             Err(e) => tracing::warn!(error = %e, "outbox purge failed"),
         }
     }
-}
-
-/// CloudEvents Kafka binary mode: metadata in `ce_*` headers, the payload as
-/// the value.
-fn headers(record: &OutboxRecord) -> OwnedHeaders {
-    let id = record.event_id.to_string();
-    let time = record.created_at.to_rfc3339();
-    let mut headers = OwnedHeaders::new_with_capacity(7)
-        .insert(Header {
-            key: events::CE_SPECVERSION,
-            value: Some(events::SPEC_VERSION),
-        })
-        .insert(Header {
-            key: events::CE_ID,
-            value: Some(&id),
-        })
-        .insert(Header {
-            key: events::CE_TYPE,
-            value: Some(&record.event_type),
-        })
-        .insert(Header {
-            key: events::CE_SOURCE,
-            value: Some(events::SOURCE),
-        })
-        .insert(Header {
-            key: events::CE_TIME,
-            value: Some(&time),
-        })
-        .insert(Header {
-            key: events::CONTENT_TYPE,
-            value: Some(events::JSON),
-        });
-    if let Some(traceparent) = &record.traceparent {
-        headers = headers.insert(Header {
-            key: events::TRACEPARENT,
-            value: Some(traceparent),
-        });
-    }
-    headers
 }

@@ -467,7 +467,10 @@ async fn malformed(backend: Backend) {
         .expect("page");
     assert_eq!(list["items"], json!([]), "no order written");
     assert_eq!(
-        app.store.outbox_pending(10).await.expect("outbox"),
+        app.store
+            .outbox_pending(10, &Default::default())
+            .await
+            .expect("outbox"),
         vec![],
         "no event written"
     );

@@ -167,6 +167,67 @@ fn malformed_configs_exit_2_naming_the_key() {
     }
 }
 
+/// A malformed Service Bus connection string stops the program at start,
+/// naming the missing part and never echoing the key.
+#[test]
+fn malformed_service_bus_connection_strings_exit_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (connection, missing) in [
+        (
+            "SharedAccessKeyName=send;SharedAccessKey=s3cr3t-key",
+            "Endpoint",
+        ),
+        (
+            "Endpoint=sb://shop.servicebus.windows.net/;SharedAccessKey=s3cr3t-key",
+            "SharedAccessKeyName",
+        ),
+        (
+            "Endpoint=sb://shop.servicebus.windows.net/;SharedAccessKeyName=send",
+            "SharedAccessKey",
+        ),
+    ] {
+        let run = orderflow(
+            dir.path(),
+            &["all"],
+            &[
+                ("Fulfilment__Kind", "servicebus"),
+                ("Fulfilment__ConnectionString", connection),
+                ("Database__Url", "sqlite://never-created.db"),
+            ],
+        );
+        assert_eq!(run.code, Some(2), "{missing}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("Fulfilment.ConnectionString") && run.stderr.contains(missing),
+            "{missing}: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("s3cr3t-key"), "{}", run.stderr);
+    }
+    assert!(
+        !dir.path().join("never-created.db").exists(),
+        "nothing started"
+    );
+
+    let run = orderflow(
+        dir.path(),
+        &["config"],
+        &[
+            ("Fulfilment__Kind", "servicebus"),
+            (
+                "Fulfilment__ConnectionString",
+                "Endpoint=sb://shop.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=s3cr3t-key",
+            ),
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stdout.contains("ConnectionString = \"***\""),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("s3cr3t-key"));
+}
+
 #[test]
 fn a_missing_or_broken_config_file_exits_2() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -47,15 +47,6 @@ fn kcat_header(event: &Value, name: &str) -> Option<String> {
         .map(|kv| kv[1].to_string())
 }
 
-async fn wait_for_status(http: &reqwest::Client, url: &str, status: &str) -> Value {
-    common::eventually(Duration::from_secs(30), || async {
-        let order: Value = http.get(url).send().await.ok()?.json().await.ok()?;
-        (order["status"] == status).then_some(order)
-    })
-    .await
-    .unwrap_or_else(|| panic!("order never reached {status}"))
-}
-
 fn kcat_available() {
     let found = Command::new("kcat").arg("-V").output().is_ok();
     assert!(
@@ -116,8 +107,10 @@ async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() 
     assert_eq!(ready.status(), 200);
 
     // The worker half reserves stock (notebook is untracked: available).
-    let url = format!("http://{addr}/api/orders/{id}");
-    wait_for_status(&http, &url, "Reserved").await;
+    let base = format!("http://{addr}");
+    let url = format!("{base}/api/orders/{id}");
+    let within = Duration::from_secs(30);
+    common::wait_for_status(&http, &base, &id, "Reserved", within).await;
     let paid = http
         .post(format!("{url}/payments"))
         .json(&json!({"paymentId": "pay-1"}))
@@ -125,7 +118,7 @@ async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() 
         .await
         .expect("pay");
     assert_eq!(paid.status(), 200);
-    wait_for_status(&http, &url, "AwaitingShipment").await;
+    common::wait_for_status(&http, &base, &id, "AwaitingShipment", within).await;
     let shipped = http
         .post(format!("{url}/shipments"))
         .json(&json!({"trackingNumber": "1Z999"}))
@@ -133,7 +126,7 @@ async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() 
         .await
         .expect("ship");
     assert_eq!(shipped.status(), 200);
-    let fulfilled = wait_for_status(&http, &url, "Fulfilled").await;
+    let fulfilled = common::wait_for_status(&http, &base, &id, "Fulfilled", within).await;
     let steps: Vec<&str> = fulfilled["timeline"]
         .as_array()
         .expect("timeline")

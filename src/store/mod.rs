@@ -116,6 +116,13 @@ pub struct OutboxBacklog {
     pub oldest: Option<DateTime<Utc>>,
 }
 
+/// Which outbox rows a relay reads: one destination only, or all but one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxFilter {
+    pub only: Option<&'static str>,
+    pub except: Option<&'static str>,
+}
+
 /// The inbox row that makes a handled event's re-delivery a no-op.
 #[derive(Debug, Clone)]
 pub struct InboxEntry {
@@ -203,14 +210,18 @@ pub trait Store: Send + Sync + 'static {
     async fn get_inventory(&self, product: &str) -> Result<Option<InventoryLevel>, StoreError>;
 
     /// Unpublished rows in commit order of each order's events.
-    async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError>;
+    async fn outbox_pending(
+        &self,
+        limit: usize,
+        filter: &OutboxFilter,
+    ) -> Result<Vec<OutboxRecord>, StoreError>;
     async fn outbox_mark_published(&self, ids: &[i64]) -> Result<(), StoreError>;
     async fn outbox_purge(&self, published_before: DateTime<Utc>) -> Result<u64, StoreError>;
     async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError>;
     /// Returns when new outbox rows may be waiting, or after `timeout`.
     async fn wait_for_outbox(&self, timeout: Duration);
-    /// The relay lease, if no other process holds it.
-    async fn try_relay_lease(&self) -> Result<Option<Box<dyn RelayLease>>, StoreError>;
+    /// The relay lease called `name`, if no other process holds it.
+    async fn try_relay_lease(&self, name: &str) -> Result<Option<Box<dyn RelayLease>>, StoreError>;
 }
 
 pub type SharedStore = Arc<dyn Store>;

@@ -11,8 +11,14 @@ use tokio::sync::{Mutex, Notify};
 type Db = sqlx::Postgres;
 
 const OUTBOX_CHANNEL: &str = "orderflow_outbox";
-/// Arbitrary, fixed: every orderflow process contends for the same lock.
-const RELAY_LOCK_KEY: i64 = 0x6f72_6465_7266_6c77;
+/// The advisory lock key of a lease: every orderflow process derives the
+/// same key from the same name (FNV-1a, stable across builds).
+fn lease_key(name: &str) -> i64 {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    hash as i64
+}
 const MARK_PUBLISHED_SQL: &str = "UPDATE outbox SET published_at = $1 WHERE id = ANY($2)";
 
 fn money_to_db(amount: rust_decimal::Decimal) -> Decimal {
@@ -100,13 +106,16 @@ impl PgStore {
         }
     }
 
-    async fn relay_lease(&self) -> Result<Option<Box<dyn super::RelayLease>>, super::StoreError> {
+    async fn relay_lease(
+        &self,
+        name: &str,
+    ) -> Result<Option<Box<dyn super::RelayLease>>, super::StoreError> {
         // A session-level advisory lock on a connection of its own: the lock
         // lives exactly as long as that session, so a crashed or partitioned
         // leader loses it and another process takes over within one poll.
         let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
         let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(RELAY_LOCK_KEY)
+            .bind(lease_key(name))
             .fetch_one(&mut conn)
             .await?;
         if acquired {

