@@ -71,6 +71,8 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
 
 impl Application {
     pub async fn build(config: &Config, role: Role) -> Result<Self, AppError> {
+        // Installed before anything records, so no early figure is lost.
+        crate::prometheus::handle();
         let store = migrate(config).await?;
         let topics = required_topics(config);
         let (brokers, embedded) = Brokers::resolve(&config.kafka, &topics)?;
@@ -170,6 +172,7 @@ impl Application {
             .collect();
         let worker = self.worker.map(|w| tokio::spawn(w.run(shutdown.clone())));
         let (listener, router) = self.http;
+        let router = router.layer(axum::middleware::from_fn(crate::prometheus::track_http));
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "HTTP listening");
         }

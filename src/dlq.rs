@@ -39,37 +39,21 @@ impl DeadLetters {
         let failed_at = Utc::now().to_rfc3339();
         let mut backoff = Duration::from_millis(100);
         loop {
-            let mut headers = OwnedHeaders::new();
-            if let Some(original) = message.headers() {
-                for h in original.iter().filter(|h| !h.key.starts_with("x-")) {
-                    headers = headers.insert(Header {
-                        key: h.key,
-                        value: h.value,
-                    });
-                }
-            }
-            for (key, value) in [
-                (X_ERROR, error),
-                (X_ATTEMPTS, attempts.as_str()),
-                (X_ORIGINAL_TOPIC, message.topic()),
-                (X_ORIGINAL_PARTITION, partition.as_str()),
-                (X_ORIGINAL_OFFSET, offset.as_str()),
-                (X_FAILED_AT, failed_at.as_str()),
-            ] {
-                headers = headers.insert(Header {
-                    key,
-                    value: Some(value),
-                });
-            }
-            let mut record = FutureRecord::to(&self.topic).headers(headers);
-            if let Some(key) = message.key() {
-                record = record.key(key);
-            }
-            if let Some(payload) = message.payload() {
-                record = record.payload(payload);
-            }
+            let record = republished(
+                message,
+                &self.topic,
+                &[
+                    (X_ERROR, error),
+                    (X_ATTEMPTS, attempts.as_str()),
+                    (X_ORIGINAL_TOPIC, message.topic()),
+                    (X_ORIGINAL_PARTITION, partition.as_str()),
+                    (X_ORIGINAL_OFFSET, offset.as_str()),
+                    (X_FAILED_AT, failed_at.as_str()),
+                ],
+            );
             match self.producer.send(record, self.timeout).await {
                 Ok(_) => {
+                    metrics::counter!(crate::prometheus::DEAD_LETTERS).increment(1);
                     tracing::warn!(
                         topic = message.topic(), partition = message.partition(),
                         offset = message.offset(), %error, "message dead-lettered"
@@ -84,6 +68,38 @@ impl DeadLetters {
             }
         }
     }
+}
+
+/// `message` for `topic` with its key, value and headers, less earlier
+/// `x-*` failure headers, plus `extra`.
+fn republished<'a>(
+    message: &'a OwnedMessage,
+    topic: &'a str,
+    extra: &[(&str, &str)],
+) -> FutureRecord<'a, [u8], [u8]> {
+    let mut headers = OwnedHeaders::new();
+    if let Some(original) = message.headers() {
+        for h in original.iter().filter(|h| !h.key.starts_with("x-")) {
+            headers = headers.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+    }
+    for (key, value) in extra {
+        headers = headers.insert(Header {
+            key,
+            value: Some(*value),
+        });
+    }
+    let mut record = FutureRecord::to(topic).headers(headers);
+    if let Some(key) = message.key() {
+        record = record.key(key);
+    }
+    if let Some(payload) = message.payload() {
+        record = record.payload(payload);
+    }
+    record
 }
 
 /// One dead-lettered message, as `dlq list` shows it.
@@ -192,22 +208,7 @@ pub async fn replay(
             continue;
         };
         let topic = letter.original_topic.as_deref().unwrap_or(fallback_topic);
-        let mut headers = OwnedHeaders::new();
-        if let Some(original) = message.headers() {
-            for h in original.iter().filter(|h| !h.key.starts_with("x-")) {
-                headers = headers.insert(Header {
-                    key: h.key,
-                    value: h.value,
-                });
-            }
-        }
-        let mut record = FutureRecord::to(topic).headers(headers);
-        if let Some(key) = message.key() {
-            record = record.key(key);
-        }
-        if let Some(payload) = message.payload() {
-            record = record.payload(payload);
-        }
+        let record = republished(message, topic, &[]);
         producer
             .send(record, timeout)
             .await

@@ -162,9 +162,33 @@ fn retry_delay(retry: &RetrySettings, attempt: u32) -> Duration {
     exp.mul_f64(0.5 + f64::from(jitter) / 2_000.0)
 }
 
+fn count(event_type: &str, outcome: &'static str) {
+    metrics::counter!(
+        crate::prometheus::EVENTS_HANDLED,
+        "type" => event_type.to_string(),
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
 /// Handles one message to completion: applied, skipped as a duplicate or
 /// unknown, or dead-lettered. Returns only when its offset may be stored.
 pub async fn process(ctx: &HandlerContext, message: &OwnedMessage) {
+    let started = std::time::Instant::now();
+    let type_label = header(message, events::CE_TYPE)
+        .or_else(|| header(message, MESSAGE_TYPE))
+        .unwrap_or("none")
+        .to_string();
+    metrics::counter!(crate::prometheus::EVENTS_CONSUMED, "type" => type_label.clone())
+        .increment(1);
+    let outcome = handle(ctx, message, &type_label).await;
+    count(&type_label, outcome);
+    metrics::histogram!(crate::prometheus::HANDLER_DURATION, "type" => type_label)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Returns the outcome label: ok, duplicate, unknown or dead_lettered.
+async fn handle(ctx: &HandlerContext, message: &OwnedMessage, type_label: &str) -> &'static str {
     let (event_id, event_type, effect) = match decode(message) {
         Ok(Decoded::Event {
             event_id,
@@ -184,13 +208,14 @@ pub async fn process(ctx: &HandlerContext, message: &OwnedMessage) {
                 UnknownTypes::DeadLetter => {
                     let error = format!("no handler for type {type_name}");
                     dead_letter(ctx, message, &error, 1).await;
+                    return "dead_lettered";
                 }
             }
-            return;
+            return "unknown";
         }
         Err(error) => {
             dead_letter(ctx, message, &error, 1).await;
-            return;
+            return "dead_lettered";
         }
     };
     let inbox = InboxEntry {
@@ -221,15 +246,16 @@ pub async fn process(ctx: &HandlerContext, message: &OwnedMessage) {
                         }
                     }
                 }
-                return;
+                return "ok";
             }
             Ok(Applied::Duplicate) => {
                 ctx.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(event_id = %inbox.event_id, "already handled; skipped");
-                return;
+                return "duplicate";
             }
             Err(e) if e.is_transient() && attempt < ctx.retry.max_attempts => {
                 ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
+                count(type_label, "retried");
                 let delay = retry_delay(&ctx.retry, attempt);
                 tracing::warn!(error = %e, attempt, ?delay, event_id = %inbox.event_id, "handler failed; retrying");
                 tokio::time::sleep(delay).await;
@@ -237,7 +263,7 @@ pub async fn process(ctx: &HandlerContext, message: &OwnedMessage) {
             }
             Err(e) => {
                 dead_letter(ctx, message, &e.to_string(), attempt).await;
-                return;
+                return "dead_lettered";
             }
         }
     }

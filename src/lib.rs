@@ -12,6 +12,7 @@ pub mod handlers;
 pub mod kafka;
 pub mod notifier;
 pub mod outbox;
+pub mod prometheus;
 pub mod shutdown;
 pub mod sink;
 pub mod store;

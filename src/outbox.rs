@@ -191,6 +191,17 @@ impl Relay {
         };
         let delivered = self.sink.deliver(&batch).await;
         let (acked, failure) = (delivered.acked, delivered.failure);
+        for record in batch.iter().filter(|r| acked.contains(&r.id)) {
+            metrics::counter!(
+                crate::prometheus::EVENTS_PUBLISHED,
+                "type" => record.event_type.clone(),
+                "destination" => record.destination.clone()
+            )
+            .increment(1);
+        }
+        if failure.is_some() {
+            metrics::counter!(crate::prometheus::SINK_FAILURES, "relay" => self.lease).increment(1);
+        }
         let published = acked.len();
         if !acked.is_empty() {
             self.mark(&acked).await;

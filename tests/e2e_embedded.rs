@@ -47,6 +47,21 @@ fn kcat_header(event: &Value, name: &str) -> Option<String> {
         .map(|kv| kv[1].to_string())
 }
 
+/// The value of the Prometheus sample `name{labels…}` (label order free).
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 fn kcat_available() {
     let found = Command::new("kcat").arg("-V").output().is_ok();
     assert!(
@@ -183,6 +198,77 @@ async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() 
     assert_eq!(
         kcat_header(&fulfilments[0], "ce_type").as_deref(),
         Some("OrderFulfilled")
+    );
+
+    // The figures of this run on /metrics: one order, three order events
+    // published and handled, one fulfilment event, nothing left behind.
+    let metrics = common::eventually(Duration::from_secs(20), || async {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let published = sample(
+            &text,
+            "orderflow_events_published_total",
+            &[("destination", "fulfilment"), ("type", "OrderFulfilled")],
+        );
+        (published == Some(1.0)).then_some(text)
+    })
+    .await
+    .expect("the fulfilment event is counted as published");
+    for event in ["OrderCreated", "OrderPaid", "OrderShipped"] {
+        let published = sample(
+            &metrics,
+            "orderflow_events_published_total",
+            &[("destination", "orders"), ("type", event)],
+        );
+        assert_eq!(published, Some(1.0), "{event} published\n{metrics}");
+        let handled = sample(
+            &metrics,
+            "orderflow_events_handled_total",
+            &[("outcome", "ok"), ("type", event)],
+        );
+        assert_eq!(handled, Some(1.0), "{event} handled\n{metrics}");
+    }
+    let created = sample(
+        &metrics,
+        "orderflow_http_requests_total",
+        &[
+            ("method", "POST"),
+            ("route", "/api/orders"),
+            ("status", "201"),
+        ],
+    );
+    assert_eq!(created, Some(1.0), "{metrics}");
+    assert!(
+        sample(
+            &metrics,
+            "orderflow_http_request_duration_seconds_count",
+            &[("route", "/api/orders/{id}")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            "orderflow_handler_duration_seconds_count",
+            &[("type", "OrderCreated")]
+        ) == Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "orderflow_outbox_backlog_rows", &[]),
+        Some(0.0)
+    );
+    assert_eq!(sample(&metrics, "orderflow_workers_active", &[]), Some(1.0));
+    assert!(
+        sample(&metrics, "orderflow_consumer_lag", &[("partition", "0")]).is_some(),
+        "{metrics}"
     );
 
     process.signal("TERM");

@@ -80,18 +80,12 @@ async fn three_api_processes_relay_every_event_exactly_once_in_order() {
         .map(|i| {
             let (http, base) = (http.clone(), addrs[i % 3].clone());
             async move {
-                let response = http
-                    .post(format!("{base}/api/orders"))
-                    .json(&order_body(&format!("Customer {i}"), "widget", 1))
-                    .send()
-                    .await
-                    .expect("POST");
-                assert_eq!(response.status(), 201);
-                let order: Value = response.json().await.expect("order");
-                order["id"]
-                    .as_str()
-                    .and_then(|s| s.parse::<OrderId>().ok())
-                    .expect("id")
+                common::create_order_at(
+                    &http,
+                    &base,
+                    &order_body(&format!("Customer {i}"), "widget", 1),
+                )
+                .await
             }
         })
         .buffer_unordered(CONCURRENCY)

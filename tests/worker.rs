@@ -50,19 +50,7 @@ impl Cluster {
     }
 
     async fn create(&self, body: &Value) -> OrderId {
-        let response = self
-            .http
-            .post(format!("{}/api/orders", self.base))
-            .json(body)
-            .send()
-            .await
-            .expect("POST");
-        assert_eq!(response.status(), 201);
-        let order: Value = response.json().await.expect("order");
-        order["id"]
-            .as_str()
-            .and_then(|s| s.parse::<OrderId>().ok())
-            .expect("id")
+        common::create_order_at(&self.http, &self.base, body).await
     }
 
     async fn post(&self, path: &str, body: Value) -> u16 {

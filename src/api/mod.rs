@@ -34,12 +34,13 @@ pub struct Readiness {
     pub topic: String,
 }
 
-/// `/healthz` and `/readyz`, served by every role (the worker on its admin
-/// port).
+/// `/healthz`, `/readyz` and `/metrics`, served by every role (the worker
+/// on its admin port).
 pub fn health_router(readiness: Arc<Readiness>) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(crate::prometheus::metrics_page))
         .with_state(readiness)
 }
 

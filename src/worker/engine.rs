@@ -150,6 +150,7 @@ impl Pool {
             }));
             self.queues.push(tx);
         }
+        metrics::gauge!(crate::prometheus::WORKERS_ACTIVE).set(self.queues.len() as f64);
     }
 
     fn len(&self) -> usize {
@@ -265,8 +266,9 @@ fn commit(
     }
 }
 
-/// Messages between what was consumed and the partitions' ends. One small
-/// request per assigned partition, once per balance interval.
+/// Messages between what was consumed and the partitions' ends, published
+/// per partition as a gauge. One small request per assigned partition, once
+/// per balance interval.
 fn total_lag(consumer: &BaseConsumer<EngineContext>, topic: &str) -> i64 {
     let Ok(positions) = consumer.position() else {
         return 0;
@@ -274,12 +276,19 @@ fn total_lag(consumer: &BaseConsumer<EngineContext>, topic: &str) -> i64 {
     positions
         .elements()
         .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(position) => consumer
+        .filter_map(|e| {
+            let (_, high) = consumer
                 .fetch_watermarks(topic, e.partition(), Duration::from_millis(500))
-                .ok()
-                .map(|(_, high)| (high - position).max(0)),
-            _ => None,
+                .ok()?;
+            // Nothing consumed yet: the whole partition is lag.
+            let position = match e.offset() {
+                Offset::Offset(p) => p,
+                _ => 0,
+            };
+            let lag = (high - position).max(0);
+            metrics::gauge!(crate::prometheus::CONSUMER_LAG, "partition" => e.partition().to_string())
+                .set(lag as f64);
+            Some(lag)
         })
         .sum()
 }

@@ -407,6 +407,26 @@ where
     }
 }
 
+/// `POST {base}/api/orders`, expecting 201; returns the new order's id.
+pub async fn create_order_at(
+    http: &reqwest::Client,
+    base: &str,
+    body: &Value,
+) -> orderflow::domain::OrderId {
+    let response = http
+        .post(format!("{base}/api/orders"))
+        .json(body)
+        .send()
+        .await
+        .expect("POST /api/orders");
+    assert_eq!(response.status(), 201);
+    let order: Value = response.json().await.expect("order");
+    order["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("order id")
+}
+
 /// Polls `GET {base}/api/orders/{id}` until the order has `status`.
 pub async fn wait_for_status(
     http: &reqwest::Client,
@@ -428,15 +448,9 @@ pub async fn wait_for_status(
 /// reserves, ships and fulfils); returns its id.
 pub async fn run_order_to_fulfilment(http: &reqwest::Client, base: &str, customer: &str) -> String {
     let within = Duration::from_secs(60);
-    let response = http
-        .post(format!("{base}/api/orders"))
-        .json(&order_body(customer, "untracked-gadget", 1))
-        .send()
+    let id = create_order_at(http, base, &order_body(customer, "untracked-gadget", 1))
         .await
-        .expect("POST");
-    assert_eq!(response.status(), 201);
-    let order: Value = response.json().await.expect("order");
-    let id = order["id"].as_str().expect("id").to_string();
+        .to_string();
     wait_for_status(http, base, &id, "Reserved", within).await;
     let paid = http
         .post(format!("{base}/api/orders/{id}/payments"))
