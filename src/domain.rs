@@ -11,8 +11,21 @@ use uuid::Uuid;
 
 /// Order ids are UUIDv7: time-ordered, so keyset pagination by id lists
 /// orders in creation order without a second sort key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(transparent)]
+#[schema(value_type = String, format = Uuid)]
 pub struct OrderId(pub Uuid);
 
 impl OrderId {
@@ -42,7 +55,7 @@ impl FromStr for OrderId {
 
 /// Status only moves forward; each status has exactly one predecessor, which
 /// makes every transition a single guarded `UPDATE ... WHERE status = $from`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum OrderStatus {
     Pending,
     Reserved,
@@ -109,7 +122,7 @@ impl FromStr for OrderStatus {
 }
 
 /// One problem with one field of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -164,20 +177,29 @@ impl NewOrder {
 
 /// The request body of `POST /api/orders`, as sent; [`CreateOrderRequest::parse`]
 /// turns it into a [`NewOrder`] or the list of field errors.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateOrderRequest {
+    #[schema(required = true, max_length = 200, example = "Ada Lovelace")]
     pub customer_name: Option<String>,
+    #[schema(required = true, max_length = 254, example = "ada@example.com")]
     pub customer_email: Option<String>,
+    #[schema(max_length = 200)]
     pub customer_id: Option<String>,
+    /// At least one; at most `Api.MaxItemsPerOrder` (100 by default).
+    #[schema(required = true, min_items = 1)]
     pub items: Option<Vec<CreateItemRequest>>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateItemRequest {
+    #[schema(required = true, max_length = 200, example = "notebook")]
     pub product_name: Option<String>,
+    #[schema(required = true, minimum = 1, maximum = 1_000_000)]
     pub quantity: Option<i64>,
+    /// An exact decimal with at most two places, as a string or a number.
+    #[schema(required = true, value_type = String, example = "4.25")]
     pub unit_price: Option<Decimal>,
 }
 
@@ -337,7 +359,7 @@ fn is_plausible_email(email: &str) -> bool {
 }
 
 /// An order as stored, with its items and timeline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Order {
     pub id: OrderId,
@@ -345,6 +367,7 @@ pub struct Order {
     pub customer_name: String,
     pub customer_email: String,
     pub customer_id: Option<String>,
+    #[schema(value_type = String, example = "8.50")]
     pub total_amount: Decimal,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -352,15 +375,16 @@ pub struct Order {
     pub timeline: Vec<TimelineEntry>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderItem {
     pub product_name: String,
     pub quantity: i64,
+    #[schema(value_type = String, example = "4.25")]
     pub unit_price: Decimal,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TimelineEntry {
     pub status: OrderStatus,
@@ -369,19 +393,20 @@ pub struct TimelineEntry {
 }
 
 /// A row of the order list: the order without items and timeline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderSummary {
     pub id: OrderId,
     pub status: OrderStatus,
     pub customer_name: String,
     pub customer_email: String,
+    #[schema(value_type = String, example = "8.50")]
     pub total_amount: Decimal,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InventoryLevel {
     pub product_name: String,

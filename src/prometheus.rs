@@ -67,6 +67,8 @@ pub async fn track_http(request: Request, next: Next) -> Response {
 }
 
 /// `/metrics`: samples the outbox backlog at scrape time, then renders.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 pub async fn metrics_page(State(readiness): State<std::sync::Arc<Readiness>>) -> Response {
     if let Ok(backlog) = readiness.store.outbox_backlog().await {
         metrics::gauge!(OUTBOX_BACKLOG).set(backlog.rows as f64);

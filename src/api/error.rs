@@ -33,16 +33,19 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
+/// An RFC 9457 problem document.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Problem<'a> {
+pub struct Problem {
     #[serde(rename = "type")]
+    #[schema(example = "about:blank")]
     kind: &'static str,
     title: &'static str,
     status: u16,
     detail: String,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    errors: &'a [FieldError],
+    /// The offending fields, for 400.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<FieldError>,
 }
 
 impl ApiError {
@@ -99,9 +102,9 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let errors: &[FieldError] = match &self {
+        let errors = match self {
             Self::Validation(errors) => errors,
-            _ => &[],
+            _ => Vec::new(),
         };
         let problem = Problem {
             kind: "about:blank",

@@ -11,10 +11,17 @@ use std::sync::Arc;
 use super::Readiness;
 use crate::kafka::topic_reachable;
 
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations",
+    responses((status = 200, description = "The process is up")))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Database reachable and Kafka metadata fetched"),
+        (status = 503, description = "Not ready: a check failed"),
+    ))]
 pub async fn readyz(State(readiness): State<Arc<Readiness>>) -> (StatusCode, Json<Value>) {
     let (database, kafka) = tokio::join!(readiness.store.ping(), async {
         topic_reachable(&readiness.producer, &readiness.topic).await

@@ -8,12 +8,14 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
 
+use super::error::Problem;
 use super::{json, ApiError, ApiState};
 use crate::domain::{InventoryLevel, MAX_NAME_LEN};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PutInventory {
+    #[schema(required = true, minimum = 0, example = 50)]
     on_hand: Option<i64>,
 }
 
@@ -28,6 +30,17 @@ fn product_name(raw: &str) -> Result<&str, ApiError> {
     Ok(name)
 }
 
+#[utoipa::path(
+    put, path = "/api/inventory/{product}", operation_id = "putInventory", tag = "inventory",
+    params(("product" = String, Path, description = "Product name")),
+    request_body = PutInventory,
+    responses(
+        (status = 200, description = "The stock level", body = InventoryLevel),
+        (status = 400, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn put(
     State(state): State<ApiState>,
     Path(product): Path<String>,
@@ -44,6 +57,15 @@ pub async fn put(
     Ok(Json(state.store.put_inventory(product, on_hand).await?))
 }
 
+#[utoipa::path(
+    get, path = "/api/inventory/{product}", operation_id = "getInventory", tag = "inventory",
+    params(("product" = String, Path, description = "Product name")),
+    responses(
+        (status = 200, description = "The stock level", body = InventoryLevel),
+        (status = 400, description = "Invalid product name", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Untracked product", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn get(
     State(state): State<ApiState>,
     Path(product): Path<String>,

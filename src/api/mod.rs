@@ -4,6 +4,7 @@ mod error;
 mod health;
 mod inventory;
 mod json;
+pub mod openapi;
 mod orders;
 
 use std::sync::Arc;
@@ -62,6 +63,8 @@ pub fn router(state: ApiState, readiness: Arc<Readiness>) -> Router {
             get(inventory::get).put(inventory::put),
         )
         .with_state(state)
+        .route("/api/openapi.json", get(openapi::document))
+        .route("/api/docs", get(openapi::docs_page))
         .merge(health_router(readiness))
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
         .layer(axum::middleware::from_fn(move |req, next| {

@@ -12,6 +12,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::error::Problem;
 use super::{json, ApiError, ApiState};
 use crate::domain::{CreateOrderRequest, Order, OrderId, OrderStatus, OrderSummary, MAX_NAME_LEN};
 use crate::events::NewEvent;
@@ -55,6 +56,20 @@ fn idempotency_key(
     }))
 }
 
+#[utoipa::path(
+    post, path = "/api/orders", operation_id = "createOrder", tag = "orders",
+    request_body = CreateOrderRequest,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Makes a retried POST return the same order (1..=255 characters)")),
+    responses(
+        (status = 201, description = "Created; Location names the order", body = Order),
+        (status = 400, description = "Invalid field(s)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Idempotency key reused with another request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unreachable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn create(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -86,6 +101,14 @@ pub async fn create(
     Ok(response)
 }
 
+#[utoipa::path(
+    get, path = "/api/orders/{id}", operation_id = "getOrder", tag = "orders",
+    params(("id" = String, Path, description = "Order id")),
+    responses(
+        (status = 200, description = "The order with items and timeline", body = Order),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn get(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -99,7 +122,7 @@ pub async fn get(
         .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Page {
     items: Vec<OrderSummary>,
@@ -108,6 +131,18 @@ pub struct Page {
     next_cursor: Option<OrderId>,
 }
 
+#[utoipa::path(
+    get, path = "/api/orders", operation_id = "listOrders", tag = "orders",
+    params(
+        ("status" = Option<OrderStatus>, Query, description = "Only orders in this status"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1..=100 (20)"),
+        ("after" = Option<String>, Query, description = "The nextCursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "Newest first", body = Page),
+        (status = 400, description = "Bad parameter", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn list(
     State(state): State<ApiState>,
     Query(query): Query<HashMap<String, String>>,
@@ -155,15 +190,17 @@ pub async fn list(
     Ok(Json(Page { items, next_cursor }))
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentRequest {
+    #[schema(required = true, max_length = 200, example = "pay-1")]
     payment_id: Option<String>,
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ShipmentRequest {
+    #[schema(required = true, max_length = 200, example = "1Z999")]
     tracking_number: Option<String>,
 }
 
@@ -198,6 +235,19 @@ async fn apply(
     Ok(Json(state.store.transition(id, change).await?))
 }
 
+#[utoipa::path(
+    post, path = "/api/orders/{id}/payments", operation_id = "payOrder", tag = "orders",
+    params(("id" = String, Path, description = "Order id")),
+    request_body = PaymentRequest,
+    responses(
+        (status = 200, description = "Paid; emits OrderPaid", body = Order),
+        (status = 400, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order's status forbids payment", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn pay(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -212,6 +262,19 @@ pub async fn pay(
     apply(&state, &headers, id, OrderStatus::Paid, note, event).await
 }
 
+#[utoipa::path(
+    post, path = "/api/orders/{id}/shipments", operation_id = "shipOrder", tag = "orders",
+    params(("id" = String, Path, description = "Order id")),
+    request_body = ShipmentRequest,
+    responses(
+        (status = 200, description = "Shipped; emits OrderShipped", body = Order),
+        (status = 400, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order's status forbids shipping", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn ship(
     State(state): State<ApiState>,
     Path(id): Path<String>,
