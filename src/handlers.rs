@@ -181,7 +181,20 @@ pub async fn process(ctx: &HandlerContext, message: &OwnedMessage) {
         .to_string();
     metrics::counter!(crate::prometheus::EVENTS_CONSUMED, "type" => type_label.clone())
         .increment(1);
-    let outcome = handle(ctx, message, &type_label).await;
+    // The producer's W3C trace continues here: every log line of the
+    // handler carries its trace id.
+    let trace_id = header(message, events::TRACEPARENT)
+        .and_then(|tp| tp.split('-').nth(1))
+        .unwrap_or_default()
+        .to_string();
+    let span = tracing::info_span!(
+        "handle",
+        trace_id = %trace_id,
+        event_type = %type_label,
+        partition = message.partition(),
+        offset = message.offset()
+    );
+    let outcome = tracing::Instrument::instrument(handle(ctx, message, &type_label), span).await;
     count(&type_label, outcome);
     metrics::histogram!(crate::prometheus::HANDLER_DURATION, "type" => type_label)
         .record(started.elapsed().as_secs_f64());
@@ -231,7 +244,7 @@ async fn handle(ctx: &HandlerContext, message: &OwnedMessage, type_label: &str) 
                 notification,
             }) => {
                 ctx.stats.handled.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(event_id = %inbox.event_id, %event_type, %status, "handled");
+                tracing::info!(event_id = %inbox.event_id, %event_type, %status, "event handled");
                 if let Some(n) = notification {
                     // After commit: a failed send leaves the row unsent for
                     // a later sweep rather than undoing the fulfilment.

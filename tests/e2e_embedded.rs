@@ -12,6 +12,11 @@ use std::time::Duration;
 use common::Process;
 use serde_json::{json, Value};
 
+/// The client's trace: the API continues it into the events, the worker's
+/// handler logs carry its trace id.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
 /// Every message of `topic` on the broker, as kcat's JSON lines.
 fn kcat_read(bootstrap: &str, topic: &str) -> Vec<Value> {
     let output = Command::new("kcat")
@@ -94,6 +99,7 @@ async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() 
     let http = reqwest::Client::new();
     let response = http
         .post(format!("http://{addr}/api/orders"))
+        .header("traceparent", TRACEPARENT)
         .json(&json!({
             "customerName": "Ada Lovelace",
             "customerEmail": "ada@example.com",
@@ -103,6 +109,7 @@ async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() 
         .await
         .expect("POST");
     assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["traceparent"], TRACEPARENT);
     let order: Value = response.json().await.expect("order");
     let id = order["id"].as_str().expect("id").to_string();
     let fetched: Value = http
@@ -128,6 +135,7 @@ async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() 
     common::wait_for_status(&http, &base, &id, "Reserved", within).await;
     let paid = http
         .post(format!("{url}/payments"))
+        .header("traceparent", TRACEPARENT)
         .json(&json!({"paymentId": "pay-1"}))
         .send()
         .await
@@ -136,6 +144,7 @@ async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() 
     common::wait_for_status(&http, &base, &id, "AwaitingShipment", within).await;
     let shipped = http
         .post(format!("{url}/shipments"))
+        .header("traceparent", TRACEPARENT)
         .json(&json!({"trackingNumber": "1Z999"}))
         .send()
         .await
@@ -177,7 +186,10 @@ async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() 
         Some("application/json")
     );
     assert!(kcat_header(created, "ce_id").is_some_and(|v| !v.is_empty()));
-    assert!(kcat_header(created, "traceparent").is_some_and(|v| v.starts_with("00-")));
+    assert_eq!(
+        kcat_header(created, "traceparent").as_deref(),
+        Some(TRACEPARENT)
+    );
     let payload: Value =
         serde_json::from_str(created["payload"].as_str().expect("payload")).expect("JSON payload");
     assert_eq!(payload["orderId"], id.as_str());
@@ -269,6 +281,19 @@ async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() 
     assert!(
         sample(&metrics, "orderflow_consumer_lag", &[("partition", "0")]).is_some(),
         "{metrics}"
+    );
+
+    // One trace from the HTTP request through the worker: each handled
+    // event logged with the client's trace id.
+    let logs = process.log_text();
+    let handled: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"event handled\"") && l.contains(TRACE_ID))
+        .collect();
+    assert_eq!(
+        handled.len(),
+        3,
+        "handler log lines with the trace id:\n{logs}"
     );
 
     process.signal("TERM");

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
-use fe2o3_amqp::types::messaging::{Message, Outcome, Properties};
+use fe2o3_amqp::types::messaging::{ApplicationProperties, Message, Outcome, Properties};
 use fe2o3_amqp::types::primitives::Binary;
 use fe2o3_amqp::{Connection, Sender, Session};
 
@@ -84,9 +84,18 @@ impl ServiceBusSink {
 }
 
 /// The properties the seed sets: message-id = event id (receivers
-/// deduplicate on it), subject = event type, content type JSON.
+/// deduplicate on it), subject = event type, content type JSON; and the
+/// trace context as the application property `traceparent` (and
+/// `Diagnostic-Id`, where Azure SDKs look for it).
 fn message(record: &OutboxRecord) -> Message<fe2o3_amqp::types::messaging::Data> {
+    let mut application = ApplicationProperties::builder();
+    if let Some(traceparent) = &record.traceparent {
+        application = application
+            .insert("traceparent", traceparent.clone())
+            .insert("Diagnostic-Id", traceparent.clone());
+    }
     Message::builder()
+        .application_properties(application.build())
         .properties(
             Properties::builder()
                 .message_id(record.event_id.to_string())
