@@ -96,9 +96,21 @@ impl Application {
                     },
                     max_body_bytes: config.api.max_body_bytes,
                 };
+                let admin = config.admin.enabled.then(|| {
+                    Arc::new(api::admin::AdminState {
+                        store: store.clone(),
+                        brokers: brokers.clone(),
+                        producer: producer.clone(),
+                        topic: config.kafka.orders.name.clone(),
+                        group: config.kafka.orders.consumer_group.clone(),
+                        dead_letter_topic: config.worker.dead_letter_topic.clone(),
+                        control_topic: config.admin.control_topic.clone(),
+                        timeout: config.kafka.message_timeout,
+                    })
+                });
                 (
                     bind(config.api.listen).await?,
-                    api::router(state, readiness),
+                    api::router(state, readiness, admin),
                 )
             }
             Role::Worker => (

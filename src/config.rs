@@ -29,6 +29,7 @@ const SECTIONS: &[&str] = &[
     "worker",
     "outbox",
     "fulfilment",
+    "admin",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,7 @@ pub struct RawConfig {
     pub worker: RawWorker,
     pub outbox: RawOutbox,
     pub fulfilment: RawFulfilment,
+    pub admin: RawAdmin,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -237,6 +239,26 @@ impl Default for RawNotifier {
         Self {
             kind: "log".into(),
             url: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawAdmin {
+    /// The dashboard and its endpoints on the API role. Off by default
+    /// until API authentication lands: they can pause the whole pipeline.
+    pub enabled: bool,
+    /// The compacted topic workers follow for pause/resume.
+    #[serde(alias = "controltopic")]
+    pub control_topic: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            control_topic: "orderflow.control".into(),
         }
     }
 }
@@ -529,6 +551,12 @@ impl ServiceBusConnection {
 }
 
 #[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub enabled: bool,
+    pub control_topic: String,
+}
+
+#[derive(Debug, Clone)]
 pub struct FulfilmentSettings {
     pub sink: FulfilmentSink,
 }
@@ -559,6 +587,7 @@ pub struct Config {
     pub worker: WorkerSettings,
     pub outbox: OutboxSettings,
     pub fulfilment: FulfilmentSettings,
+    pub admin: AdminSettings,
     /// The merged raw values, kept for `orderflow config`.
     pub raw: RawConfig,
 }
@@ -815,6 +844,9 @@ fn canonical(segment: &str) -> &str {
         "Topic",
         "ConnectionString",
         "Queue",
+        "Admin",
+        "Enabled",
+        "ControlTopic",
     ];
     NAMES
         .iter()
@@ -1087,6 +1119,10 @@ impl Validator<'_> {
             worker,
             outbox,
             fulfilment,
+            admin: AdminSettings {
+                enabled: raw.admin.enabled,
+                control_topic: self.non_empty("admin.controltopic", &raw.admin.control_topic)?,
+            },
             raw,
         })
     }

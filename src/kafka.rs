@@ -21,6 +21,8 @@ pub struct TopicSpec {
     pub name: String,
     pub partitions: i32,
     pub replication: i32,
+    /// Log compaction: only the latest value per key is kept.
+    pub compacted: bool,
 }
 
 /// The orders topic, the fulfilment topic (if fulfilment goes to Kafka) and
@@ -31,8 +33,19 @@ pub fn required_topics(config: &Config) -> Vec<TopicSpec> {
         name: name.to_string(),
         partitions: orders.partitions,
         replication: orders.replication_factor,
+        compacted: false,
     };
-    let mut topics = vec![spec(&orders.name), spec(&config.worker.dead_letter_topic)];
+    let mut topics = vec![
+        spec(&orders.name),
+        spec(&config.worker.dead_letter_topic),
+        // One partition: the pause switch is one key, read in order.
+        TopicSpec {
+            name: config.admin.control_topic.clone(),
+            partitions: 1,
+            replication: orders.replication_factor,
+            compacted: true,
+        },
+    ];
     if let Some(fulfilment) = config.fulfilment.kafka_topic() {
         topics.push(spec(fulfilment));
     }
@@ -225,11 +238,11 @@ impl Brokers {
     /// success, so any number of roles may race here.
     pub async fn ensure_topic(
         &self,
-        topic: &str,
-        partitions: i32,
-        replication: i32,
+        spec: &TopicSpec,
         timeout: Duration,
     ) -> Result<(), KafkaSetupError> {
+        let (topic, partitions, replication) =
+            (spec.name.as_str(), spec.partitions, spec.replication);
         let admin: AdminClient<DefaultClientContext> =
             self.client_config("orderflow-admin").create()?;
         let admin = std::sync::Arc::new(admin);
@@ -249,7 +262,10 @@ impl Brokers {
         if exists {
             return Ok(());
         }
-        let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+        let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+        if spec.compacted {
+            new_topic = new_topic.set("cleanup.policy", "compact");
+        }
         let options = AdminOptions::new().operation_timeout(Some(timeout));
         let results = admin.create_topics([&new_topic], &options).await?;
         for result in results {

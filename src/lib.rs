@@ -5,6 +5,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod dlq;
 pub mod domain;
 pub mod events;

@@ -24,6 +24,7 @@ pub const HANDLER_DURATION: &str = "orderflow_handler_duration_seconds";
 pub const CONSUMER_LAG: &str = "orderflow_consumer_lag";
 pub const WORKERS_ACTIVE: &str = "orderflow_workers_active";
 pub const DEAD_LETTERS: &str = "orderflow_dead_letters_total";
+pub const CONSUMPTION_PAUSED: &str = "orderflow_consumption_paused";
 
 /// Latency buckets from 1 ms to 10 s.
 const SECONDS_BUCKETS: &[f64] = &[

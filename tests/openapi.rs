@@ -10,7 +10,8 @@ use std::process::Command;
 use common::{start_broker, Backend, TestApp, TestDb};
 use serde_json::Value;
 
-/// Every (method, route) the API role serves.
+/// Every (method, route) the API role serves (the admin routes with
+/// `Admin.Enabled`).
 const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/orders"),
     ("get", "/api/orders"),
@@ -24,6 +25,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/metrics"),
     ("get", "/api/openapi.json"),
     ("get", "/api/docs"),
+    ("get", "/admin"),
+    ("get", "/admin/api/overview"),
+    ("post", "/admin/api/pause"),
+    ("post", "/admin/api/resume"),
+    ("post", "/admin/api/dlq/replay"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

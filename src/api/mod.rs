@@ -1,5 +1,6 @@
 //! The HTTP API: one module per resource, one shared state, one error type.
 
+pub mod admin;
 mod error;
 mod health;
 mod inventory;
@@ -45,8 +46,15 @@ pub fn health_router(readiness: Arc<Readiness>) -> Router {
         .with_state(readiness)
 }
 
-pub fn router(state: ApiState, readiness: Arc<Readiness>) -> Router {
+/// The order API, health endpoints, the OpenAPI document and, when
+/// enabled, the admin dashboard.
+pub fn router(
+    state: ApiState,
+    readiness: Arc<Readiness>,
+    admin: Option<Arc<admin::AdminState>>,
+) -> Router {
     let body_limit = state.max_body_bytes;
+    let admin = admin.map(admin::router).unwrap_or_default();
     Router::new()
         .route("/api/orders", get(orders::list).post(orders::create))
         .route("/api/orders/{id}", get(orders::get))
@@ -66,6 +74,7 @@ pub fn router(state: ApiState, readiness: Arc<Readiness>) -> Router {
         .route("/api/openapi.json", get(openapi::document))
         .route("/api/docs", get(openapi::docs_page))
         .merge(health_router(readiness))
+        .merge(admin)
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
         .layer(axum::middleware::from_fn(move |req, next| {
             reject_declared_oversize(req, next, body_limit)

@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use super::error::Problem;
-use super::{health, inventory, orders};
+use super::{admin, health, inventory, orders};
 use crate::domain::{
     CreateItemRequest, CreateOrderRequest, FieldError, InventoryLevel, Order, OrderId, OrderItem,
     OrderStatus, OrderSummary, TimelineEntry,
@@ -25,16 +25,20 @@ use crate::domain::{
         inventory::put, inventory::get,
         health::healthz, health::readyz, crate::prometheus::metrics_page,
         document, docs_page,
+        admin::page, admin::overview, admin::pause, admin::resume, admin::replay,
     ),
     components(schemas(
         CreateOrderRequest, CreateItemRequest, Order, OrderItem, TimelineEntry, OrderSummary,
         OrderStatus, OrderId, InventoryLevel, FieldError, Problem,
         orders::Page, orders::PaymentRequest, orders::ShipmentRequest, inventory::PutInventory,
+        admin::Overview, admin::StatusCount, admin::PartitionView, admin::DeadLetterView,
+        admin::ReplayRequest, admin::Replayed, crate::control::ConsumptionState,
     )),
     tags(
         (name = "orders", description = "Create, read and advance orders"),
         (name = "inventory", description = "Stock levels the worker reserves from"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
+        (name = "admin", description = "Dashboard, pause/resume, dead letters (only with Admin.Enabled)"),
     )
 )]
 pub struct ApiDoc;

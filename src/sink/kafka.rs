@@ -35,12 +35,7 @@ impl KafkaSink {
     async fn ensure_topics(&mut self) -> Result<(), String> {
         for topic in &self.topics {
             self.brokers
-                .ensure_topic(
-                    &topic.name,
-                    topic.partitions,
-                    topic.replication,
-                    self.timeout,
-                )
+                .ensure_topic(topic, self.timeout)
                 .await
                 .map_err(|e| format!("topic {} not ready: {e}", topic.name))?;
         }

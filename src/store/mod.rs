@@ -190,6 +190,8 @@ pub trait Store: Send + Sync + 'static {
         traceparent: Option<String>,
     ) -> Result<Created, StoreError>;
     async fn get_order(&self, id: OrderId) -> Result<Option<Order>, StoreError>;
+    /// How many orders are in each status (statuses without orders absent).
+    async fn count_by_status(&self) -> Result<Vec<(OrderStatus, i64)>, StoreError>;
     /// Newest first; `after` is the last id of the previous page.
     async fn list_orders(
         &self,

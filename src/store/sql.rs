@@ -354,6 +354,17 @@ macro_rules! impl_store {
                 }))
             }
 
+            async fn count_by_status(&self) -> Result<Vec<(OrderStatus, i64)>, StoreError> {
+                let rows: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT status, COUNT(*) FROM orders GROUP BY status ORDER BY status",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter()
+                    .map(|(s, n)| Ok((status_from_db(&s)?, n)))
+                    .collect()
+            }
+
             async fn list_orders(
                 &self,
                 status: Option<OrderStatus>,

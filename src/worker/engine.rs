@@ -9,6 +9,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,9 @@ pub struct EngineSettings {
     pub client_id: String,
     pub worker: WorkerSettings,
     pub session_timeout: Duration,
+    /// Set by the control topic: stop fetching (the group membership and
+    /// the assignment stay; in-flight messages finish).
+    pub paused: Arc<AtomicBool>,
 }
 
 /// The tracker and the signal workers give when they finish a message.
@@ -73,6 +77,7 @@ impl Progress {
 struct EngineContext {
     progress: Arc<Progress>,
     topic: String,
+    paused: Arc<AtomicBool>,
 }
 
 impl ClientContext for EngineContext {}
@@ -110,8 +115,14 @@ impl ConsumerContext for EngineContext {
         tracing::info!(?partitions, "partitions revoked");
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(assigned) = rebalance {
+            // Partitions gained while paused stay paused.
+            if self.paused.load(Ordering::SeqCst) {
+                if let Err(e) = consumer.pause(assigned) {
+                    tracing::warn!(error = %e, "cannot pause newly assigned partitions");
+                }
+            }
             let partitions: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
             tracing::info!(?partitions, "partitions assigned");
         }
@@ -213,6 +224,7 @@ pub fn start(
     let context = EngineContext {
         progress: progress.clone(),
         topic: settings.topic.clone(),
+        paused: settings.paused.clone(),
     };
     let consumer: BaseConsumer<EngineContext> = brokers
         .client_config(&settings.client_id)
@@ -308,7 +320,30 @@ fn run(
     );
     let mut last_commit = Instant::now();
     let mut last_balance = Instant::now();
+    let mut paused = false;
     while !shutdown.is_triggered() {
+        let want_paused = settings.paused.load(Ordering::SeqCst);
+        if want_paused != paused {
+            if let Ok(assignment) = consumer.assignment() {
+                let switched = if want_paused {
+                    consumer.pause(&assignment)
+                } else {
+                    consumer.resume(&assignment)
+                };
+                match switched {
+                    Ok(()) => {
+                        paused = want_paused;
+                        metrics::gauge!(crate::prometheus::CONSUMPTION_PAUSED).set(if paused {
+                            1.0
+                        } else {
+                            0.0
+                        });
+                        tracing::info!(paused, "consumption switched");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot switch consumption"),
+                }
+            }
+        }
         if last_commit.elapsed() >= w.commit_interval {
             commit(&consumer, &progress, &settings.topic, CommitMode::Async);
             last_commit = Instant::now();

@@ -5,6 +5,7 @@ pub mod balancer;
 mod engine;
 pub mod offsets;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::config::Config;
@@ -17,6 +18,7 @@ use crate::store::SharedStore;
 /// Everything the consumer needs, built before the role starts running.
 pub struct Worker {
     brokers: Brokers,
+    control_topic: String,
     settings: engine::EngineSettings,
     handlers: Arc<HandlerContext>,
 }
@@ -44,12 +46,14 @@ impl Worker {
         });
         Ok(Self {
             brokers: brokers.clone(),
+            control_topic: config.admin.control_topic.clone(),
             settings: engine::EngineSettings {
                 topic: orders.name.clone(),
                 group: orders.consumer_group.clone(),
                 client_id: orders.consumer_name.clone(),
                 worker: config.worker.clone(),
                 session_timeout: config.worker.session_timeout,
+                paused: Arc::new(AtomicBool::new(false)),
             },
             handlers,
         })
@@ -58,8 +62,18 @@ impl Worker {
     /// Consumes until `shutdown`, then drains, commits and leaves the group.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), KafkaSetupError> {
         let handlers = self.handlers.clone();
+        let control = crate::control::follow(
+            &self.brokers,
+            &self.control_topic,
+            self.settings.paused.clone(),
+            shutdown.clone(),
+        )?;
         let thread = engine::start(&self.brokers, self.settings, self.handlers, shutdown)?;
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = thread.join();
+            let _ = control.join();
+        })
+        .await;
         let s = &handlers.stats;
         use std::sync::atomic::Ordering::Relaxed;
         tracing::info!(

@@ -25,6 +25,7 @@ use serde_json::Value;
 pub const TOPIC: &str = "orders";
 pub const FULFILMENT_TOPIC: &str = "order-fulfilments";
 pub const DLQ_TOPIC: &str = "orders.dlq";
+pub const CONTROL_TOPIC: &str = "orderflow.control";
 pub const PARTITIONS: i32 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +142,9 @@ pub fn start_broker() -> EmbeddedKafka {
             .create_topic(topic, PARTITIONS)
             .expect("create topic");
     }
+    broker
+        .create_topic(CONTROL_TOPIC, 1)
+        .expect("create control topic");
     broker
 }
 

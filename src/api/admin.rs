@@ -1,0 +1,261 @@
+//! The admin dashboard (`/admin`) and its JSON endpoints: orders by status,
+//! outbox backlog, the consumer group's committed offsets and lag per
+//! partition, dead letters with replay, and pause/resume of consumption on
+//! every worker (through the control topic). Off unless `Admin.Enabled`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::Html;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use super::error::Problem;
+use super::ApiError;
+use crate::control::{self, ConsumptionState};
+use crate::dlq::{self, DeadLetter};
+use crate::kafka::Brokers;
+use crate::store::SharedStore;
+
+pub struct AdminState {
+    pub store: SharedStore,
+    pub brokers: Brokers,
+    pub producer: FutureProducer,
+    pub topic: String,
+    pub group: String,
+    pub dead_letter_topic: String,
+    pub control_topic: String,
+    pub timeout: Duration,
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/admin", get(page))
+        .route("/admin/api/overview", get(overview))
+        .route("/admin/api/pause", post(pause))
+        .route("/admin/api/resume", post(resume))
+        .route("/admin/api/dlq/replay", post(replay))
+        .with_state(state)
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusCount {
+    status: String,
+    orders: i64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionView {
+    partition: i32,
+    committed: Option<i64>,
+    high_watermark: i64,
+    lag: i64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterView {
+    partition: i32,
+    offset: i64,
+    event_id: Option<String>,
+    event_type: Option<String>,
+    error: Option<String>,
+    attempts: Option<String>,
+    failed_at: Option<String>,
+}
+
+impl From<&DeadLetter> for DeadLetterView {
+    fn from(d: &DeadLetter) -> Self {
+        Self {
+            partition: d.partition,
+            offset: d.offset,
+            event_id: d.event_id.clone(),
+            event_type: d.event_type.clone(),
+            error: d.error.clone(),
+            attempts: d.attempts.clone(),
+            failed_at: d.failed_at.clone(),
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Overview {
+    orders_by_status: Vec<StatusCount>,
+    outbox_backlog: i64,
+    outbox_oldest_age_seconds: f64,
+    consumer_group: String,
+    partitions: Vec<PartitionView>,
+    paused: bool,
+    dead_letters: Vec<DeadLetterView>,
+}
+
+fn kafka_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Unavailable(format!("Kafka: {e}"))
+}
+
+/// The group's committed offset and the log end of every partition.
+fn partitions(brokers: &Brokers, topic: &str, group: &str) -> Result<Vec<PartitionView>, String> {
+    let timeout = Duration::from_secs(5);
+    let consumer: BaseConsumer = brokers
+        .client_config("orderflow-admin")
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| e.to_string())?;
+    let mut list = TopicPartitionList::new();
+    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        list.add_partition(topic, p.id());
+    }
+    let committed = consumer
+        .committed_offsets(list, timeout)
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for e in committed.elements() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, e.partition(), timeout)
+            .map_err(|e| e.to_string())?;
+        let committed = match e.offset() {
+            Offset::Offset(n) => Some(n),
+            _ => None,
+        };
+        out.push(PartitionView {
+            partition: e.partition(),
+            committed,
+            high_watermark: high,
+            lag: (high - committed.unwrap_or(low)).max(0),
+        });
+    }
+    out.sort_by_key(|p| p.partition);
+    Ok(out)
+}
+
+#[utoipa::path(get, path = "/admin/api/overview", operation_id = "adminOverview", tag = "admin",
+    responses(
+        (status = 200, description = "Pipeline state at a glance", body = Overview),
+        (status = 503, description = "Database or Kafka unreachable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn overview(State(admin): State<Arc<AdminState>>) -> Result<Json<Overview>, ApiError> {
+    let orders_by_status = admin
+        .store
+        .count_by_status()
+        .await?
+        .into_iter()
+        .map(|(s, n)| StatusCount {
+            status: s.to_string(),
+            orders: n,
+        })
+        .collect();
+    let backlog = admin.store.outbox_backlog().await?;
+    let (brokers, topic, group) = (
+        admin.brokers.clone(),
+        admin.topic.clone(),
+        admin.group.clone(),
+    );
+    let partitions = tokio::task::spawn_blocking(move || partitions(&brokers, &topic, &group))
+        .await
+        .map_err(kafka_error)?
+        .map_err(|e| kafka_error(format!("consumer group offsets: {e}")))?;
+    let paused = control::current(&admin.brokers, &admin.control_topic)
+        .await
+        .map_err(|e| kafka_error(format!("control topic: {e}")))?
+        .is_some_and(|s| s.paused);
+    let dead_letters = dlq::read_all(&admin.brokers, &admin.dead_letter_topic)
+        .await
+        .map_err(|e| kafka_error(format!("dead-letter topic: {e}")))?
+        .iter()
+        .map(DeadLetterView::from)
+        .collect();
+    Ok(Json(Overview {
+        orders_by_status,
+        outbox_backlog: backlog.rows,
+        outbox_oldest_age_seconds: backlog
+            .oldest
+            .map(|t| (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0)
+            .unwrap_or(0.0),
+        consumer_group: admin.group.clone(),
+        partitions,
+        paused,
+        dead_letters,
+    }))
+}
+
+async fn switch(admin: &AdminState, paused: bool) -> Result<Json<ConsumptionState>, ApiError> {
+    let state = control::publish(&admin.producer, &admin.control_topic, paused, admin.timeout)
+        .await
+        .map_err(kafka_error)?;
+    tracing::warn!(paused, "consumption switched from the admin dashboard");
+    Ok(Json(state))
+}
+
+#[utoipa::path(post, path = "/admin/api/pause", operation_id = "adminPause", tag = "admin",
+    responses((status = 200, description = "Every worker stops fetching", body = ConsumptionState)))]
+pub async fn pause(
+    State(admin): State<Arc<AdminState>>,
+) -> Result<Json<ConsumptionState>, ApiError> {
+    switch(&admin, true).await
+}
+
+#[utoipa::path(post, path = "/admin/api/resume", operation_id = "adminResume", tag = "admin",
+    responses((status = 200, description = "Every worker fetches again", body = ConsumptionState)))]
+pub async fn resume(
+    State(admin): State<Arc<AdminState>>,
+) -> Result<Json<ConsumptionState>, ApiError> {
+    switch(&admin, false).await
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayRequest {
+    /// The ce_id of the dead letter to re-publish.
+    event_id: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Replayed {
+    replayed: usize,
+}
+
+#[utoipa::path(post, path = "/admin/api/dlq/replay", operation_id = "adminReplay", tag = "admin",
+    request_body = ReplayRequest,
+    responses(
+        (status = 200, description = "Re-published to the orders topic", body = Replayed),
+        (status = 404, description = "No dead letter with that event id", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn replay(
+    State(admin): State<Arc<AdminState>>,
+    Json(request): Json<ReplayRequest>,
+) -> Result<Json<Replayed>, ApiError> {
+    let letters: Vec<DeadLetter> = dlq::read_all(&admin.brokers, &admin.dead_letter_topic)
+        .await
+        .map_err(kafka_error)?
+        .into_iter()
+        .filter(|l| l.event_id.as_deref() == Some(request.event_id.as_str()))
+        .collect();
+    if letters.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "no dead letter with event id {:?}",
+            request.event_id
+        )));
+    }
+    let replayed = dlq::replay(&admin.producer, &letters, &admin.topic, admin.timeout)
+        .await
+        .map_err(kafka_error)?;
+    Ok(Json(Replayed { replayed }))
+}
+
+#[utoipa::path(get, path = "/admin", operation_id = "adminDashboard", tag = "admin",
+    responses((status = 200, description = "The dashboard page", content_type = "text/html")))]
+pub async fn page() -> Html<&'static str> {
+    Html(include_str!("admin.html"))
+}

@@ -1,0 +1,126 @@
+//! The pause switch that reaches every worker pod, as KafkaFlow's admin
+//! does it: a compacted control topic holding the latest consumption state
+//! under one key. The dashboard writes it; every worker follows it from the
+//! beginning, so a worker started later still learns the current state.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::kafka::{Brokers, KafkaSetupError};
+use crate::shutdown::Shutdown;
+
+const CONSUMPTION_KEY: &str = "consumption";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumptionState {
+    pub paused: bool,
+    pub changed_at: DateTime<Utc>,
+}
+
+pub async fn publish(
+    producer: &FutureProducer,
+    topic: &str,
+    paused: bool,
+    timeout: Duration,
+) -> Result<ConsumptionState, KafkaSetupError> {
+    let state = ConsumptionState {
+        paused,
+        changed_at: Utc::now(),
+    };
+    let payload = serde_json::to_vec(&state).unwrap_or_default();
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key(CONSUMPTION_KEY)
+                .payload(&payload),
+            timeout,
+        )
+        .await
+        .map_err(|(e, _)| KafkaSetupError::Client(e))?;
+    Ok(state)
+}
+
+fn reader(brokers: &Brokers, topic: &str, offset: Offset) -> Result<BaseConsumer, KafkaSetupError> {
+    // Assigned, not subscribed: every worker reads the whole topic.
+    let consumer: BaseConsumer = brokers
+        .client_config("orderflow-control")
+        .set("group.id", "orderflow-control-reader")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, 0, offset)?;
+    consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+fn parse(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<ConsumptionState> {
+    (message.key() == Some(CONSUMPTION_KEY.as_bytes()))
+        .then(|| serde_json::from_slice(message.payload()?).ok())
+        .flatten()
+}
+
+/// Follows the control topic on a thread of its own and keeps `paused` up
+/// to date until shutdown.
+pub fn follow(
+    brokers: &Brokers,
+    topic: &str,
+    paused: Arc<AtomicBool>,
+    shutdown: Shutdown,
+) -> Result<std::thread::JoinHandle<()>, KafkaSetupError> {
+    let consumer = reader(brokers, topic, Offset::Beginning)?;
+    std::thread::Builder::new()
+        .name("kafka-control".into())
+        .spawn(move || {
+            while !shutdown.is_triggered() {
+                let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
+                    continue;
+                };
+                if let Some(state) = parse(&message) {
+                    if paused.swap(state.paused, Ordering::SeqCst) != state.paused {
+                        tracing::warn!(paused = state.paused, changed_at = %state.changed_at,
+                            "consumption {} by the control topic",
+                            if state.paused { "paused" } else { "resumed" });
+                    }
+                }
+            }
+        })
+        .map_err(|e| KafkaSetupError::Embedded(e.to_string()))
+}
+
+/// The current state as the control topic holds it (not paused when the
+/// topic is empty).
+pub async fn current(
+    brokers: &Brokers,
+    topic: &str,
+) -> Result<Option<ConsumptionState>, KafkaSetupError> {
+    let brokers = brokers.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let probe = reader(&brokers, &topic, Offset::End)?;
+        // Watermarks need the partition's leader, which metadata tells.
+        probe.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
+        let (low, high) = probe.fetch_watermarks(&topic, 0, Duration::from_secs(5))?;
+        if high <= low {
+            return Ok(None);
+        }
+        let consumer = reader(&brokers, &topic, Offset::Offset(high - 1))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+                return Ok(parse(&message));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .map_err(|e| KafkaSetupError::Embedded(e.to_string()))?
+}

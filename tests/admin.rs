@@ -1,0 +1,230 @@
+//! The admin dashboard's endpoints with one API and two worker processes:
+//! the overview, pause/resume reaching every worker through the control
+//! topic, and dead-letter replay.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{env_for, order_body, start_broker, Backend, Process, TestDb};
+use serde_json::{json, Value};
+
+/// The sum of every sample of `name` on a /metrics page.
+fn total(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn scrape(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics")
+}
+
+async fn overview(http: &reqwest::Client, base: &str) -> Value {
+    let response = http
+        .get(format!("{base}/admin/api/overview"))
+        .send()
+        .await
+        .expect("overview");
+    let status = response.status();
+    let body: Value = response.json().await.expect("overview JSON");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn count(overview: &Value, status: &str) -> i64 {
+    overview["ordersByStatus"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["status"] == status)
+        .and_then(|s| s["orders"].as_i64())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_reaches_every_worker_and_resume_drains_the_lag() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let broker = start_broker();
+    let mut env = env_for(&db, broker.bootstrap_servers());
+    env.push(("Admin__Enabled".into(), "true".into()));
+    env.push(("Worker__CommitIntervalMs".into(), "200".into()));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut api = Process::spawn(&["serve-api"], &env, dir.path());
+    let base = format!("http://{}", api.http_addr());
+    let mut workers: Vec<Process> = (0..2)
+        .map(|_| Process::spawn(&["run-worker"], &env, dir.path()))
+        .collect();
+    let admin_ports: Vec<String> = workers
+        .iter_mut()
+        .map(|w| format!("http://{}", w.http_addr()))
+        .collect();
+    for w in &mut workers {
+        w.wait_for_log("partitions assigned", Duration::from_secs(60));
+    }
+    let http = reqwest::Client::new();
+
+    let page = http
+        .get(format!("{base}/admin"))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.expect("html").contains("Pause"));
+
+    for i in 0..20 {
+        common::create_order_at(&http, &base, &order_body(&format!("Early {i}"), "pen", 1)).await;
+    }
+    let settled = common::eventually(Duration::from_secs(60), || async {
+        let o = overview(&http, &base).await;
+        let lag: i64 = o["partitions"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["lag"].as_i64())
+            .sum();
+        (count(&o, "Reserved") == 20 && lag == 0).then_some(o)
+    })
+    .await
+    .expect("20 orders reserved, offsets committed");
+    assert_eq!(
+        settled["partitions"].as_array().map(Vec::len),
+        Some(common::PARTITIONS as usize)
+    );
+    assert_eq!(settled["paused"], false);
+
+    let paused = http
+        .post(format!("{base}/admin/api/pause"))
+        .send()
+        .await
+        .expect("pause");
+    assert_eq!(paused.status(), 200);
+    for admin in &admin_ports {
+        let switched = common::eventually(Duration::from_secs(20), || async {
+            (total(&scrape(&http, admin).await, "orderflow_consumption_paused") == 1.0)
+                .then_some(())
+        })
+        .await;
+        assert!(switched.is_some(), "worker {admin} paused");
+    }
+    let mut consumed_before = 0.0;
+    for admin in &admin_ports {
+        consumed_before += total(
+            &scrape(&http, admin).await,
+            "orderflow_events_consumed_total",
+        );
+    }
+    for i in 0..10 {
+        common::create_order_at(&http, &base, &order_body(&format!("Late {i}"), "pen", 1)).await;
+    }
+    // The events reach Kafka; nobody consumes them.
+    let waiting = common::eventually(Duration::from_secs(30), || async {
+        let o = overview(&http, &base).await;
+        let lag: i64 = o["partitions"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["lag"].as_i64())
+            .sum();
+        (lag == 10).then_some(o)
+    })
+    .await
+    .expect("lag of 10 while paused");
+    assert_eq!(waiting["paused"], true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut consumed_paused = 0.0;
+    for admin in &admin_ports {
+        consumed_paused += total(
+            &scrape(&http, admin).await,
+            "orderflow_events_consumed_total",
+        );
+    }
+    assert_eq!(
+        consumed_paused, consumed_before,
+        "no worker consumed while paused"
+    );
+    assert_eq!(count(&overview(&http, &base).await, "Pending"), 10);
+
+    let resumed = http
+        .post(format!("{base}/admin/api/resume"))
+        .send()
+        .await
+        .expect("resume");
+    assert_eq!(resumed.status(), 200);
+    let drained = common::eventually(Duration::from_secs(60), || async {
+        let o = overview(&http, &base).await;
+        (count(&o, "Reserved") == 30).then_some(o)
+    })
+    .await
+    .expect("all 30 reserved after resume");
+    assert_eq!(drained["paused"], false);
+    let mut consumed_after = 0.0;
+    for admin in &admin_ports {
+        consumed_after += total(
+            &scrape(&http, admin).await,
+            "orderflow_events_consumed_total",
+        );
+    }
+    assert_eq!(consumed_after - consumed_before, 10.0);
+
+    // A poison message shows up as a dead letter; replay re-publishes it.
+    let mut kcat = Command::new("kcat")
+        .args([
+            "-b",
+            broker.bootstrap_servers(),
+            "-P",
+            "-t",
+            "orders",
+            "-k",
+            "poison",
+        ])
+        .args(["-H", "ce_type=OrderPaid", "-H", "ce_id=poison-admin"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("kcat is installed (apt-get install -y kcat)");
+    {
+        use std::io::Write;
+        let mut stdin = kcat.stdin.take().expect("stdin");
+        writeln!(stdin, "not json").expect("write");
+    }
+    assert!(kcat.wait().expect("kcat").success());
+    let letter = common::eventually(Duration::from_secs(30), || async {
+        let o = overview(&http, &base).await;
+        o["deadLetters"]
+            .as_array()?
+            .iter()
+            .find(|d| d["eventId"] == "poison-admin")
+            .cloned()
+    })
+    .await
+    .expect("the poison message is listed");
+    assert!(
+        letter["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not JSON")),
+        "{letter}"
+    );
+    let replay = http
+        .post(format!("{base}/admin/api/dlq/replay"))
+        .json(&json!({"eventId": "poison-admin"}))
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(replay.status(), 200);
+    assert_eq!(replay.json::<Value>().await.expect("body")["replayed"], 1);
+    let missing = http
+        .post(format!("{base}/admin/api/dlq/replay"))
+        .json(&json!({"eventId": "no-such-event"}))
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(missing.status(), 404);
+    let _ = api.child.kill();
+}
