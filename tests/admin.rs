@@ -1,6 +1,7 @@
-//! The admin dashboard's endpoints with one API and two worker processes:
-//! the overview, pause/resume reaching every worker through the control
-//! topic, and dead-letter replay.
+//! The admin dashboard with one API and two worker processes: its
+//! endpoints (overview, pause/resume reaching every worker through the
+//! control topic, dead-letter replay), and the page itself driven in
+//! headless Chromium.
 
 mod common;
 
@@ -51,8 +52,19 @@ fn count(overview: &Value, status: &str) -> i64 {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_reaches_every_worker_and_resume_drains_the_lag() {
+/// One `serve-api` with the dashboard on and two `run-worker` processes on a
+/// fresh PostgreSQL database and the test's broker.
+struct Cluster {
+    _db: TestDb,
+    broker: orderflow::kafka::EmbeddedKafka,
+    _dir: tempfile::TempDir,
+    api: Process,
+    _workers: Vec<Process>,
+    base: String,
+    worker_admins: Vec<String>,
+}
+
+async fn start_cluster() -> Cluster {
     let db = TestDb::new(Backend::Postgres).await;
     let broker = start_broker();
     let mut env = env_for(&db, broker.bootstrap_servers());
@@ -64,13 +76,48 @@ async fn pause_reaches_every_worker_and_resume_drains_the_lag() {
     let mut workers: Vec<Process> = (0..2)
         .map(|_| Process::spawn(&["run-worker"], &env, dir.path()))
         .collect();
-    let admin_ports: Vec<String> = workers
+    let worker_admins = workers
         .iter_mut()
         .map(|w| format!("http://{}", w.http_addr()))
         .collect();
     for w in &mut workers {
         w.wait_for_log("partitions assigned", Duration::from_secs(60));
     }
+    Cluster {
+        _db: db,
+        broker,
+        _dir: dir,
+        api,
+        _workers: workers,
+        base,
+        worker_admins,
+    }
+}
+
+fn produce_poison(bootstrap: &str, event_id: &str) {
+    let mut kcat = Command::new("kcat")
+        .args(["-b", bootstrap, "-P", "-t", "orders", "-k", "poison"])
+        .args([
+            "-H",
+            "ce_type=OrderPaid",
+            "-H",
+            &format!("ce_id={event_id}"),
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("kcat is installed (apt-get install -y kcat)");
+    {
+        use std::io::Write;
+        let mut stdin = kcat.stdin.take().expect("stdin");
+        writeln!(stdin, "not json").expect("write");
+    }
+    assert!(kcat.wait().expect("kcat").success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_reaches_every_worker_and_resume_drains_the_lag() {
+    let cluster = start_cluster().await;
+    let (base, admin_ports) = (cluster.base.clone(), cluster.worker_admins.clone());
     let http = reqwest::Client::new();
 
     let page = http
@@ -175,26 +222,7 @@ async fn pause_reaches_every_worker_and_resume_drains_the_lag() {
     assert_eq!(consumed_after - consumed_before, 10.0);
 
     // A poison message shows up as a dead letter; replay re-publishes it.
-    let mut kcat = Command::new("kcat")
-        .args([
-            "-b",
-            broker.bootstrap_servers(),
-            "-P",
-            "-t",
-            "orders",
-            "-k",
-            "poison",
-        ])
-        .args(["-H", "ce_type=OrderPaid", "-H", "ce_id=poison-admin"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("kcat is installed (apt-get install -y kcat)");
-    {
-        use std::io::Write;
-        let mut stdin = kcat.stdin.take().expect("stdin");
-        writeln!(stdin, "not json").expect("write");
-    }
-    assert!(kcat.wait().expect("kcat").success());
+    produce_poison(cluster.broker.bootstrap_servers(), "poison-admin");
     let letter = common::eventually(Duration::from_secs(30), || async {
         let o = overview(&http, &base).await;
         o["deadLetters"]
@@ -226,5 +254,67 @@ async fn pause_reaches_every_worker_and_resume_drains_the_lag() {
         .await
         .expect("replay");
     assert_eq!(missing.status(), 404);
-    let _ = api.child.kill();
+}
+
+/// The page in a real browser: headless Chromium driven by playwright-core
+/// (tests/browser/admin.mjs) sees the tables, pauses both workers, resumes
+/// them, and leaves a screenshot in target/.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_pauses_and_resumes_workers_in_a_browser() {
+    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is not installed: (cd tests/browser && npm ci) (.ci/run does this)"
+    );
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "Chromium is not installed: apt-get install -y chromium (.ci/run does this)"
+    );
+    let cluster = start_cluster().await;
+    let http = reqwest::Client::new();
+    for i in 0..3 {
+        common::create_order_at(
+            &http,
+            &cluster.base,
+            &order_body(&format!("Before {i}"), "pen", 1),
+        )
+        .await;
+    }
+    produce_poison(cluster.broker.bootstrap_servers(), "poison-browser");
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&target).expect("target dir");
+    let screenshot = target.join("admin-dashboard.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let (base, admins, shot) = (
+        cluster.base.clone(),
+        cluster.worker_admins.clone(),
+        screenshot.clone(),
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg("admin.mjs")
+            .arg(&base)
+            .args(&admins)
+            .arg(&shot)
+            .current_dir(&browser_dir)
+            .output()
+            .expect("node")
+    })
+    .await
+    .expect("browser run");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{text}");
+    assert!(
+        output.status.success(),
+        "browser test failed:\n{text}\nAPI log:\n{}",
+        cluster.api.log_text()
+    );
+    assert!(
+        std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 10_000),
+        "screenshot saved"
+    );
 }

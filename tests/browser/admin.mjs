@@ -1,0 +1,70 @@
+// Drives /admin in headless Chromium: sees the lag and dead-letter tables,
+// clicks Pause, checks that both workers stop consuming (their counters stay
+// put while new orders wait), clicks Resume, checks they drain, and saves a
+// screenshot. Usage: node admin.mjs <api base> <worker A admin> <worker B admin> <screenshot.png>
+import { chromium } from 'playwright-core';
+
+const [base, workerA, workerB, screenshot] = process.argv.slice(2);
+const workers = [workerA, workerB];
+const sleep = ms => new Promise(r => setTimeout(r, ms));
+
+async function sample(url, name) {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  return text.split('\n')
+    .filter(l => l.split(/[{ ]/)[0] === name)
+    .reduce((sum, l) => sum + parseFloat(l.split(' ').pop()), 0);
+}
+const consumed = async () => (await Promise.all(workers.map(w => sample(w, 'orderflow_events_consumed_total')))).reduce((a, b) => a + b, 0);
+
+async function until(check, what, ms = 30000) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await check()) return;
+    await sleep(200);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+async function createOrder(i) {
+  const r = await fetch(`${base}/api/orders`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ customerName: `Browser ${i}`, customerEmail: `browser${i}@example.com`,
+      items: [{ productName: 'pen', quantity: 1, unitPrice: '1.00' }] }),
+  });
+  if (r.status !== 201) throw new Error(`create order: ${r.status}`);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+  await page.goto(`${base}/admin`);
+  await page.waitForSelector('#lag tbody tr', { timeout: 30000 });
+  const lagRows = await page.locator('#lag tbody tr').count();
+  await page.waitForSelector('#dlq tbody tr button.replay', { timeout: 30000 });
+  const dlqRows = await page.locator('#dlq tbody tr').count();
+  await until(async () => (await page.textContent('#state')) === 'running', 'state running');
+
+  await page.click('#pause');
+  await until(async () => (await page.textContent('#state')) === 'paused', 'the page to show paused');
+  await until(async () => (await Promise.all(workers.map(w => sample(w, 'orderflow_consumption_paused')))).every(v => v === 1),
+    'both workers to report paused');
+  const before = await consumed();
+  for (let i = 0; i < 5; i++) await createOrder(i);
+  await sleep(3000);
+  const during = await consumed();
+  if (during !== before) throw new Error(`workers consumed while paused: ${before} -> ${during}`);
+
+  await page.click('#resume');
+  await until(async () => (await page.textContent('#state')) === 'running', 'the page to show running');
+  await until(async () => (await consumed()) >= before + 5, 'the five waiting orders to be consumed');
+  const after = await consumed();
+  await page.waitForTimeout(2500); // one refresh with the drained lag
+  await page.screenshot({ path: screenshot, fullPage: true });
+  console.log(`browser summary: lag rows=${lagRows} dead letters=${dlqRows} consumed before pause=${before} while paused=${during} after resume=${after} screenshot=${screenshot}`);
+} finally {
+  await browser.close();
+}
