@@ -42,6 +42,28 @@ async fn overview(http: &reqwest::Client, base: &str) -> Value {
     body
 }
 
+fn total_lag(overview: &Value) -> Option<i64> {
+    Some(
+        overview["partitions"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["lag"].as_i64())
+            .sum(),
+    )
+}
+
+/// Events consumed so far by all the workers, from their /metrics.
+async fn consumed(http: &reqwest::Client, admins: &[String]) -> f64 {
+    let mut sum = 0.0;
+    for admin in admins {
+        sum += total(
+            &scrape(http, admin).await,
+            "orderflow_events_consumed_total",
+        );
+    }
+    sum
+}
+
 fn count(overview: &Value, status: &str) -> i64 {
     overview["ordersByStatus"]
         .as_array()
@@ -133,11 +155,7 @@ async fn pause_reaches_every_worker_and_resume_drains_the_lag() {
     }
     let settled = common::eventually(Duration::from_secs(60), || async {
         let o = overview(&http, &base).await;
-        let lag: i64 = o["partitions"]
-            .as_array()?
-            .iter()
-            .filter_map(|p| p["lag"].as_i64())
-            .sum();
+        let lag = total_lag(&o)?;
         (count(&o, "Reserved") == 20 && lag == 0).then_some(o)
     })
     .await
@@ -162,37 +180,21 @@ async fn pause_reaches_every_worker_and_resume_drains_the_lag() {
         .await;
         assert!(switched.is_some(), "worker {admin} paused");
     }
-    let mut consumed_before = 0.0;
-    for admin in &admin_ports {
-        consumed_before += total(
-            &scrape(&http, admin).await,
-            "orderflow_events_consumed_total",
-        );
-    }
+    let consumed_before = consumed(&http, &admin_ports).await;
     for i in 0..10 {
         common::create_order_at(&http, &base, &order_body(&format!("Late {i}"), "pen", 1)).await;
     }
     // The events reach Kafka; nobody consumes them.
     let waiting = common::eventually(Duration::from_secs(30), || async {
         let o = overview(&http, &base).await;
-        let lag: i64 = o["partitions"]
-            .as_array()?
-            .iter()
-            .filter_map(|p| p["lag"].as_i64())
-            .sum();
+        let lag = total_lag(&o)?;
         (lag == 10).then_some(o)
     })
     .await
     .expect("lag of 10 while paused");
     assert_eq!(waiting["paused"], true);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut consumed_paused = 0.0;
-    for admin in &admin_ports {
-        consumed_paused += total(
-            &scrape(&http, admin).await,
-            "orderflow_events_consumed_total",
-        );
-    }
+    let consumed_paused = consumed(&http, &admin_ports).await;
     assert_eq!(
         consumed_paused, consumed_before,
         "no worker consumed while paused"
@@ -212,13 +214,7 @@ async fn pause_reaches_every_worker_and_resume_drains_the_lag() {
     .await
     .expect("all 30 reserved after resume");
     assert_eq!(drained["paused"], false);
-    let mut consumed_after = 0.0;
-    for admin in &admin_ports {
-        consumed_after += total(
-            &scrape(&http, admin).await,
-            "orderflow_events_consumed_total",
-        );
-    }
+    let consumed_after = consumed(&http, &admin_ports).await;
     assert_eq!(consumed_after - consumed_before, 10.0);
 
     // A poison message shows up as a dead letter; replay re-publishes it.
