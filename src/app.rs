@@ -9,7 +9,7 @@ use crate::api::{self, ApiState, Readiness};
 use crate::config::Config;
 use crate::config::FulfilmentSink;
 use crate::domain::OrderLimits;
-use crate::kafka::{required_topics, Brokers, EmbeddedKafka, KafkaSetupError};
+use crate::kafka::{Brokers, EmbeddedKafka, KafkaSetupError, Topics};
 use crate::outbox::{self, Relay};
 use crate::shutdown::{self, Shutdown};
 use crate::sink::kafka::KafkaSink;
@@ -74,8 +74,8 @@ impl Application {
         // Installed before anything records, so no early figure is lost.
         crate::prometheus::handle();
         let store = migrate(config).await?;
-        let topics = required_topics(config);
-        let (brokers, embedded) = Brokers::resolve(&config.kafka, &topics)?;
+        let topics = Topics::of(config);
+        let (brokers, embedded) = Brokers::resolve(&config.kafka, &topics.all())?;
         let client_id = match role {
             Role::Api => "orderflow-api",
             Role::Worker => "orderflow-worker",
@@ -120,7 +120,12 @@ impl Application {
         };
         let worker = match role {
             Role::Api => None,
-            Role::Worker | Role::All => Some(Worker::build(config, &brokers, store.clone())?),
+            Role::Worker | Role::All => Some(Worker::build(
+                config,
+                &brokers,
+                store.clone(),
+                topics.auxiliary.clone(),
+            )?),
         };
         let mut relays = vec![Relay {
             store: store.clone(),
@@ -128,7 +133,7 @@ impl Application {
                 producer,
                 brokers,
                 client_id: format!("{client_id}-relay"),
-                topics,
+                topics: topics.published,
                 topics_ready: false,
                 destinations: outbox::kafka_destinations(config),
                 timeout: config.kafka.message_timeout,

@@ -25,31 +25,53 @@ pub struct TopicSpec {
     pub compacted: bool,
 }
 
-/// The orders topic, the fulfilment topic (if fulfilment goes to Kafka) and
-/// the dead-letter topic, all with the orders topic's sizing.
-pub fn required_topics(config: &Config) -> Vec<TopicSpec> {
-    let orders = &config.kafka.orders;
-    let spec = |name: &str| TopicSpec {
-        name: name.to_string(),
-        partitions: orders.partitions,
-        replication: orders.replication_factor,
-        compacted: false,
-    };
-    let mut topics = vec![
-        spec(&orders.name),
-        spec(&config.worker.dead_letter_topic),
-        // One partition: the pause switch is one key, read in order.
-        TopicSpec {
-            name: config.admin.control_topic.clone(),
-            partitions: 1,
+/// Which topics a deployment uses, all sized like the orders topic.
+pub struct Topics {
+    /// Where the Kafka relay publishes: orders, and fulfilment when it goes
+    /// to Kafka. Order events wait until these exist.
+    pub published: Vec<TopicSpec>,
+    /// What the worker role and the admin use: the dead-letter topic and the
+    /// compacted control topic. Created by the worker role, in the
+    /// background, so a broker refusing them never holds up order events.
+    pub auxiliary: Vec<TopicSpec>,
+}
+
+impl Topics {
+    pub fn of(config: &Config) -> Self {
+        let orders = &config.kafka.orders;
+        let spec = |name: &str| TopicSpec {
+            name: name.to_string(),
+            partitions: orders.partitions,
             replication: orders.replication_factor,
-            compacted: true,
-        },
-    ];
-    if let Some(fulfilment) = config.fulfilment.kafka_topic() {
-        topics.push(spec(fulfilment));
+            compacted: false,
+        };
+        let mut published = vec![spec(&orders.name)];
+        if let Some(fulfilment) = config.fulfilment.kafka_topic() {
+            published.push(spec(fulfilment));
+        }
+        let auxiliary = vec![
+            spec(&config.worker.dead_letter_topic),
+            // One partition: the pause switch is one key, read in order.
+            TopicSpec {
+                name: config.admin.control_topic.clone(),
+                partitions: 1,
+                replication: orders.replication_factor,
+                compacted: true,
+            },
+        ];
+        Self {
+            published,
+            auxiliary,
+        }
     }
-    topics
+
+    pub fn all(&self) -> Vec<TopicSpec> {
+        self.published
+            .iter()
+            .chain(&self.auxiliary)
+            .cloned()
+            .collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

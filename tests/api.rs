@@ -89,7 +89,10 @@ both_backends!(create_then_read_an_order, create_then_read);
 
 async fn idempotency(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let broker = start_broker();
+    // No dead-letter or control topic: the API role publishes order events
+    // without waiting for the worker's topics (which this mock broker could
+    // not create on request).
+    let broker = common::start_broker_with(&[common::TOPIC, common::FULFILMENT_TOPIC]);
     let app = TestApp::spawn(&db, &broker).await;
     let body = order_body("Grace Hopper", "compiler", 1);
     let post = |body: Value| {

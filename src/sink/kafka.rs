@@ -1,6 +1,7 @@
 //! The Kafka sink: an idempotent producer with acks from all in-sync
 //! replicas; retries inside librdkafka neither duplicate nor reorder the
-//! messages of a partition. Topics are created before the first delivery.
+//! messages of a partition. The topics it publishes to are created before
+//! its first delivery.
 
 use std::collections::HashMap;
 use std::time::Duration;

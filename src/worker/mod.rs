@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::dlq::DeadLetters;
 use crate::handlers::{HandlerContext, HandlerStats};
-use crate::kafka::{Brokers, KafkaSetupError};
+use crate::kafka::{Brokers, KafkaSetupError, TopicSpec};
 use crate::shutdown::Shutdown;
 use crate::store::SharedStore;
 
@@ -19,6 +19,9 @@ use crate::store::SharedStore;
 pub struct Worker {
     brokers: Brokers,
     control_topic: String,
+    /// The dead-letter and control topics, created in the background.
+    topics: Vec<TopicSpec>,
+    kafka_timeout: std::time::Duration,
     settings: engine::EngineSettings,
     handlers: Arc<HandlerContext>,
 }
@@ -28,6 +31,7 @@ impl Worker {
         config: &Config,
         brokers: &Brokers,
         store: SharedStore,
+        topics: Vec<TopicSpec>,
     ) -> Result<Self, KafkaSetupError> {
         let orders = &config.kafka.orders;
         let dead_letters = DeadLetters {
@@ -47,6 +51,8 @@ impl Worker {
         Ok(Self {
             brokers: brokers.clone(),
             control_topic: config.admin.control_topic.clone(),
+            topics,
+            kafka_timeout: config.kafka.message_timeout,
             settings: engine::EngineSettings {
                 topic: orders.name.clone(),
                 group: orders.consumer_group.clone(),
@@ -62,6 +68,12 @@ impl Worker {
     /// Consumes until `shutdown`, then drains, commits and leaves the group.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), KafkaSetupError> {
         let handlers = self.handlers.clone();
+        tokio::spawn(ensure_topics(
+            self.brokers.clone(),
+            self.topics,
+            self.kafka_timeout,
+            shutdown.clone(),
+        ));
         let control = crate::control::follow(
             &self.brokers,
             &self.control_topic,
@@ -85,5 +97,31 @@ impl Worker {
             "worker stopped"
         );
         Ok(())
+    }
+}
+
+/// Creates the worker's auxiliary topics, retrying with backoff until they
+/// exist or the role stops; dead letters wait for their topic meanwhile.
+async fn ensure_topics(
+    brokers: Brokers,
+    topics: Vec<TopicSpec>,
+    timeout: std::time::Duration,
+    mut shutdown: Shutdown,
+) {
+    let mut delay = std::time::Duration::from_secs(1);
+    for topic in &topics {
+        while !shutdown.is_triggered() {
+            match brokers.ensure_topic(topic, timeout).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic = %topic.name, "topic not ready; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.wait() => {}
+                    }
+                    delay = (delay * 2).min(std::time::Duration::from_secs(60));
+                }
+            }
+        }
     }
 }

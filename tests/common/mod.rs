@@ -136,15 +136,23 @@ pub fn config_from_env(env: Vec<(String, String)>) -> Config {
 /// A broker hosted by the test, with the topics orderflow uses created
 /// (the mock cluster does not answer CreateTopics).
 pub fn start_broker() -> EmbeddedKafka {
+    start_broker_with(&[TOPIC, FULFILMENT_TOPIC, DLQ_TOPIC, CONTROL_TOPIC])
+}
+
+/// A broker hosted by the test with only `topics` (the control topic with
+/// one partition, the others with `PARTITIONS`).
+pub fn start_broker_with(topics: &[&str]) -> EmbeddedKafka {
     let broker = EmbeddedKafka::start().expect("mock cluster");
-    for topic in [TOPIC, FULFILMENT_TOPIC, DLQ_TOPIC] {
+    for topic in topics {
+        let partitions = if *topic == CONTROL_TOPIC {
+            1
+        } else {
+            PARTITIONS
+        };
         broker
-            .create_topic(topic, PARTITIONS)
+            .create_topic(topic, partitions)
             .expect("create topic");
     }
-    broker
-        .create_topic(CONTROL_TOPIC, 1)
-        .expect("create control topic");
     broker
 }
 
