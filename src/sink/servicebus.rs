@@ -23,6 +23,8 @@ use crate::store::OutboxRecord;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Each step of the closing handshake; a peer that is gone never answers.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 struct Link {
     connection: ConnectionHandle<()>,
@@ -81,6 +83,14 @@ impl ServiceBusSink {
             sender,
         })
     }
+}
+
+/// Closes sender, session and connection in order, each step bounded: an
+/// unreachable peer must not hold up shutdown or the reconnect.
+async fn close_link(mut link: Link) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, link.sender.close()).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, link.session.end()).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, link.connection.close()).await;
 }
 
 /// The properties the seed sets: message-id = event id (receivers
@@ -154,16 +164,16 @@ impl Sink for ServiceBusSink {
         if broken {
             // Reconnect from scratch next time; the unsettled message is
             // sent again then (at-least-once, deduplicated on message-id).
-            self.link = None;
+            if let Some(link) = self.link.take() {
+                close_link(link).await;
+            }
         }
         out
     }
 
     async fn close(&mut self) {
-        if let Some(mut link) = self.link.take() {
-            let _ = link.sender.close().await;
-            let _ = link.session.end().await;
-            let _ = link.connection.close().await;
+        if let Some(link) = self.link.take() {
+            close_link(link).await;
         }
     }
 }
