@@ -63,25 +63,12 @@ async fn create_then_read(backend: Backend) {
     // Exact decimals: 3 × 0.10 + 19.99, no float rounding.
     assert_eq!(created["totalAmount"], "20.29");
 
-    let fetched: Value = app
-        .http
-        .get(app.url(&location))
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("order");
+    let fetched: Value = app.get_json(&location).await;
     assert_eq!(fetched["customerId"], "c-42");
     assert_eq!(fetched["items"][1]["unitPrice"], "19.99");
     assert_eq!(fetched["timeline"][0]["status"], "Pending");
 
-    let missing = app
-        .http
-        .get(app.url(&format!("/api/orders/{}", OrderId::new())))
-        .send()
-        .await
-        .expect("GET");
+    let missing = app.get(&format!("/api/orders/{}", OrderId::new())).await;
     assert_eq!(problem(missing).await.0, StatusCode::NOT_FOUND);
     app.stop().await;
 }
@@ -116,15 +103,7 @@ async fn idempotency(backend: Backend) {
         .expect("other");
     assert_eq!(problem(other).await.0, StatusCode::UNPROCESSABLE_ENTITY);
 
-    let list: Value = app
-        .http
-        .get(app.url("/api/orders"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("page");
+    let list: Value = app.get_json("/api/orders").await;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
     // One order, one OrderCreated event on the topic.
     let bootstrap = broker.bootstrap_servers().to_string();
@@ -254,33 +233,12 @@ async fn pagination(backend: Backend) {
     }
     assert_eq!(seen, ids);
 
-    let pending: Value = app
-        .http
-        .get(app.url("/api/orders?status=pending&limit=100"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("page");
+    let pending: Value = app.get_json("/api/orders?status=pending&limit=100").await;
     assert_eq!(pending["items"].as_array().map(Vec::len), Some(5));
-    let paid: Value = app
-        .http
-        .get(app.url("/api/orders?status=Paid"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("page");
+    let paid: Value = app.get_json("/api/orders?status=Paid").await;
     assert_eq!(paid["items"].as_array().map(Vec::len), Some(0));
 
-    let bad = app
-        .http
-        .get(app.url("/api/orders?limit=0&status=Lost&after=xyz"))
-        .send()
-        .await
-        .expect("list");
+    let bad = app.get("/api/orders?limit=0&status=Lost&after=xyz").await;
     let (status, body) = problem(bad).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(fields(&body), ["status", "limit", "after"]);
@@ -312,15 +270,7 @@ async fn inventory(backend: Backend) {
         .await
         .expect("level");
     assert_eq!(level["onHand"], 7);
-    let got: Value = app
-        .http
-        .get(app.url("/api/inventory/widget"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("level");
+    let got: Value = app.get_json("/api/inventory/widget").await;
     assert_eq!(
         (got["productName"].clone(), got["onHand"].clone()),
         (json!("widget"), json!(7))
@@ -330,12 +280,7 @@ async fn inventory(backend: Backend) {
         (status, fields(&body)),
         (StatusCode::BAD_REQUEST, vec!["onHand".to_string()])
     );
-    let unknown = app
-        .http
-        .get(app.url("/api/inventory/gadget"))
-        .send()
-        .await
-        .expect("get");
+    let unknown = app.get("/api/inventory/gadget").await;
     assert_eq!(problem(unknown).await.0, StatusCode::NOT_FOUND);
     app.stop().await;
 }
@@ -459,15 +404,7 @@ async fn malformed(backend: Backend) {
         "{head}"
     );
 
-    let list: Value = app
-        .http
-        .get(app.url("/api/orders"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("page");
+    let list: Value = app.get_json("/api/orders").await;
     assert_eq!(list["items"], json!([]), "no order written");
     assert_eq!(
         app.store

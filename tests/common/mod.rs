@@ -205,6 +205,24 @@ impl TestApp {
             .expect("POST /api/orders")
     }
 
+    /// `GET path`, the response as it came.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// `GET path`, the body as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path)
+            .await
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
+    }
+
     pub async fn stop(self) {
         self.trigger.trigger();
         self.task.await.expect("application task");
