@@ -189,7 +189,9 @@ impl Application {
             .collect();
         let worker = self.worker.map(|w| tokio::spawn(w.run(shutdown.clone())));
         let (listener, router) = self.http;
-        let router = router.layer(axum::middleware::from_fn(crate::prometheus::track_http));
+        let router = router
+            .layer(axum::middleware::from_fn(crate::telemetry::trace_http))
+            .layer(axum::middleware::from_fn(crate::prometheus::track_http));
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "HTTP listening");
         }

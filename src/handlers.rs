@@ -182,26 +182,32 @@ pub async fn process(ctx: &HandlerContext, message: &OwnedMessage) {
     metrics::counter!(crate::prometheus::EVENTS_CONSUMED, "type" => type_label.clone())
         .increment(1);
     // The producer's W3C trace continues here: every log line of the
-    // handler carries its trace id.
-    let trace_id = header(message, events::TRACEPARENT)
-        .and_then(|tp| tp.split('-').nth(1))
-        .unwrap_or_default()
-        .to_string();
+    // handler carries its trace id, and the events it emits carry it on.
     let span = tracing::info_span!(
         "handle",
-        trace_id = %trace_id,
+        otel.name = %format!("{type_label} process"),
+        otel.kind = "consumer",
+        messaging.destination.name = message.topic(),
+        trace_id = tracing::field::Empty,
         event_type = %type_label,
         partition = message.partition(),
         offset = message.offset()
     );
-    let outcome = tracing::Instrument::instrument(handle(ctx, message, &type_label), span).await;
+    let traceparent = crate::telemetry::continue_trace(&span, header(message, events::TRACEPARENT));
+    let handling = handle(ctx, message, &type_label, traceparent);
+    let outcome = tracing::Instrument::instrument(handling, span).await;
     count(&type_label, outcome);
     metrics::histogram!(crate::prometheus::HANDLER_DURATION, "type" => type_label)
         .record(started.elapsed().as_secs_f64());
 }
 
 /// Returns the outcome label: ok, duplicate, unknown or dead_lettered.
-async fn handle(ctx: &HandlerContext, message: &OwnedMessage, type_label: &str) -> &'static str {
+async fn handle(
+    ctx: &HandlerContext,
+    message: &OwnedMessage,
+    type_label: &str,
+    traceparent: String,
+) -> &'static str {
     let (event_id, event_type, effect) = match decode(message) {
         Ok(Decoded::Event {
             event_id,
@@ -235,6 +241,7 @@ async fn handle(ctx: &HandlerContext, message: &OwnedMessage, type_label: &str) 
         consumer_group: ctx.consumer_group.clone(),
         event_id,
         event_type: event_type.to_string(),
+        traceparent: Some(traceparent),
     };
     let mut attempt = 1;
     loop {

@@ -69,7 +69,14 @@ enum DlqAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    let telemetry = telemetry::init(cli.log_format);
+    let code = run_command(cli);
+    // Outside the runtime: the exporter's flush blocks.
+    telemetry.shutdown();
+    code
+}
+
+fn run_command(cli: Cli) -> ExitCode {
     let source = match cli.config {
         Some(path) => ConfigSource {
             path,

@@ -211,6 +211,11 @@ async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() 
         kcat_header(&fulfilments[0], "ce_type").as_deref(),
         Some("OrderFulfilled")
     );
+    // The trace reaches the downstream consumer too.
+    assert_eq!(
+        kcat_header(&fulfilments[0], "traceparent").as_deref(),
+        Some(TRACEPARENT)
+    );
 
     // The figures of this run on /metrics: one order, three order events
     // published and handled, one fulfilment event, nothing left behind.

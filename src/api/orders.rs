@@ -17,7 +17,7 @@ use super::{json, ApiError, ApiState};
 use crate::domain::{CreateOrderRequest, Order, OrderId, OrderStatus, OrderSummary, MAX_NAME_LEN};
 use crate::events::NewEvent;
 use crate::store::{IdempotencyKey, Transition};
-use crate::telemetry;
+use crate::telemetry::RequestTrace;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
@@ -72,25 +72,22 @@ fn idempotency_key(
 )]
 pub async fn create(
     State(state): State<ApiState>,
+    trace: RequestTrace,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: CreateOrderRequest = json::parse(&headers, body, state.max_body_bytes)?;
     let idempotency = idempotency_key(&headers, &request)?;
     let new_order = request.parse(state.limits).map_err(ApiError::Validation)?;
-    let traceparent = telemetry::traceparent(&headers);
     let created = state
         .store
-        .create_order(&new_order, idempotency.as_ref(), Some(traceparent.clone()))
+        .create_order(&new_order, idempotency.as_ref(), Some(trace.0))
         .await?;
     let location = format!("/api/orders/{}", created.order.id);
     let mut response = (StatusCode::CREATED, Json(created.order)).into_response();
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&location) {
         h.insert(header::LOCATION, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&traceparent) {
-        h.insert(HeaderName::from_static("traceparent"), v);
     }
     if created.replayed {
         h.insert(
@@ -220,13 +217,13 @@ fn reference(field: &str, value: Option<String>) -> Result<String, ApiError> {
 
 async fn apply(
     state: &ApiState,
-    headers: &HeaderMap,
+    trace: RequestTrace,
     id: OrderId,
     to: OrderStatus,
     note: String,
     event: NewEvent,
 ) -> Result<Json<Order>, ApiError> {
-    let event = event.with_traceparent(Some(telemetry::traceparent(headers)));
+    let event = event.with_traceparent(Some(trace.0));
     let change = Transition {
         to,
         note,
@@ -251,6 +248,7 @@ async fn apply(
 pub async fn pay(
     State(state): State<ApiState>,
     Path(id): Path<String>,
+    trace: RequestTrace,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Order>, ApiError> {
@@ -259,7 +257,7 @@ pub async fn pay(
     let payment_id = reference("paymentId", request.payment_id)?;
     let note = format!("paid (payment {payment_id})");
     let event = NewEvent::order_paid(id, payment_id);
-    apply(&state, &headers, id, OrderStatus::Paid, note, event).await
+    apply(&state, trace, id, OrderStatus::Paid, note, event).await
 }
 
 #[utoipa::path(
@@ -278,6 +276,7 @@ pub async fn pay(
 pub async fn ship(
     State(state): State<ApiState>,
     Path(id): Path<String>,
+    trace: RequestTrace,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Order>, ApiError> {
@@ -286,5 +285,5 @@ pub async fn ship(
     let tracking = reference("trackingNumber", request.tracking_number)?;
     let note = format!("shipped (tracking {tracking})");
     let event = NewEvent::order_shipped(id, tracking);
-    apply(&state, &headers, id, OrderStatus::Shipped, note, event).await
+    apply(&state, trace, id, OrderStatus::Shipped, note, event).await
 }

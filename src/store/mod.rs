@@ -129,6 +129,8 @@ pub struct InboxEntry {
     pub consumer_group: String,
     pub event_id: String,
     pub event_type: String,
+    /// The trace context the events this effect emits carry on.
+    pub traceparent: Option<String>,
 }
 
 /// What a handler does to the database, applied in one transaction with its

@@ -444,7 +444,10 @@ macro_rules! impl_store {
                             (*order_id, Transition {
                                 to: OrderStatus::Rejected,
                                 note: reason.clone(),
-                                event: Some(NewEvent::order_rejected(*order_id, reason)),
+                                event: Some(
+                                    NewEvent::order_rejected(*order_id, reason)
+                                        .with_traceparent(inbox.traceparent.clone()),
+                                ),
                             })
                         }
                     }
@@ -496,11 +499,10 @@ macro_rules! impl_store {
                         (*order_id, Transition {
                             to: OrderStatus::Fulfilled,
                             note: "customer notified".into(),
-                            event: Some(NewEvent::order_fulfilled(
-                                *order_id,
-                                email,
-                                tracking_number.clone(),
-                            )),
+                            event: Some(
+                                NewEvent::order_fulfilled(*order_id, email, tracking_number.clone())
+                                    .with_traceparent(inbox.traceparent.clone()),
+                            ),
                         })
                     }
                 };
