@@ -226,14 +226,7 @@ pub enum Selection {
 }
 
 fn brokers_for_cli(config: &crate::config::Config) -> Result<Brokers, KafkaSetupError> {
-    match &config.kafka.servers {
-        crate::config::KafkaServers::Embedded => Err(KafkaSetupError::Embedded(
-            "the embedded broker lives inside the running process; point \
-             KafkaConfiguration.ServerUrl at a broker to inspect its dead letters"
-                .into(),
-        )),
-        crate::config::KafkaServers::Brokers(list) => Ok(Brokers(list.join(","))),
-    }
+    Brokers::configured(&config.kafka)
 }
 
 /// `orderflow dlq list`.

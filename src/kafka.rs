@@ -13,7 +13,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::{Config, KafkaServers, KafkaSettings};
+use crate::config::{Config, KafkaSecurity, KafkaServers, KafkaSettings, PropertyValue};
 
 /// A topic this deployment needs, created if missing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,10 +196,14 @@ impl Drop for EmbeddedKafka {
     }
 }
 
-/// Where the clients of this process connect: the configured brokers, or the
-/// embedded cluster started for this process.
+/// Where the clients of this process connect, and how: the configured
+/// brokers with the configured security, or the embedded cluster started
+/// for this process (plaintext on loopback).
 #[derive(Debug, Clone)]
-pub struct Brokers(pub String);
+pub struct Brokers {
+    servers: String,
+    security: KafkaSecurity,
+}
 
 impl Brokers {
     /// Starts the embedded cluster when the configuration asks for it; the
@@ -209,7 +213,7 @@ impl Brokers {
         topics: &[TopicSpec],
     ) -> Result<(Self, Option<EmbeddedKafka>), KafkaSetupError> {
         match &settings.servers {
-            KafkaServers::Brokers(list) => Ok((Self(list.join(",")), None)),
+            KafkaServers::Brokers(_) => Ok((Self::configured(settings)?, None)),
             KafkaServers::Embedded => {
                 let embedded = EmbeddedKafka::start()?;
                 for topic in topics {
@@ -221,18 +225,51 @@ impl Brokers {
                      everything on it is lost at exit"
                 );
                 Ok((
-                    Self(embedded.bootstrap_servers().to_string()),
+                    Self {
+                        servers: embedded.bootstrap_servers().to_string(),
+                        security: KafkaSecurity::default(),
+                    },
                     Some(embedded),
                 ))
             }
         }
     }
 
+    /// The configured brokers, for tools that do not host the embedded one
+    /// (`orderflow dlq`).
+    pub fn configured(settings: &KafkaSettings) -> Result<Self, KafkaSetupError> {
+        match &settings.servers {
+            KafkaServers::Brokers(list) => Ok(Self {
+                servers: list.join(","),
+                security: settings.security.clone(),
+            }),
+            KafkaServers::Embedded => Err(KafkaSetupError::Embedded(
+                "the embedded broker lives inside the running process; point \
+                 KafkaConfiguration.ServerUrl at a broker"
+                    .into(),
+            )),
+        }
+    }
+
+    pub fn servers(&self) -> &str {
+        &self.servers
+    }
+
+    /// The base of every client's configuration: one place sets the
+    /// brokers and the security, so no producer, consumer or admin client
+    /// can connect without it. The result holds secrets: never log it
+    /// (its Debug prints every property).
     pub fn client_config(&self, client_id: &str) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
-            .set("bootstrap.servers", &self.0)
+            .set("bootstrap.servers", &self.servers)
             .set("client.id", client_id);
+        for (key, value) in self.security.properties() {
+            match value {
+                PropertyValue::Plain(v) => config.set(key, v),
+                PropertyValue::Secret(v) => config.set(key, v.expose()),
+            };
+        }
         config
     }
 

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod dlq;
@@ -14,6 +15,7 @@ pub mod kafka;
 pub mod notifier;
 pub mod outbox;
 pub mod prometheus;
+pub mod secret;
 pub mod shutdown;
 pub mod sink;
 pub mod store;

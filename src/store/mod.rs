@@ -235,7 +235,16 @@ pub type SharedStore = Arc<dyn Store>;
 pub async fn connect(settings: &DatabaseSettings) -> Result<SharedStore, StoreError> {
     Ok(match &settings.url {
         DatabaseUrl::Postgres(url) => {
-            Arc::new(PgStore::connect(url, settings.max_connections).await?)
+            let mut options: sqlx::postgres::PgConnectOptions = url.parse()?;
+            // Config keys win over the URL's sslmode/sslrootcert, so a
+            // secret URL and a mounted CA file can come from separate places.
+            if let Some(mode) = settings.ssl_mode {
+                options = options.ssl_mode(mode);
+            }
+            if let Some(root) = &settings.ssl_root_cert {
+                options = options.ssl_root_cert(root);
+            }
+            Arc::new(PgStore::connect(options, settings.max_connections).await?)
         }
         DatabaseUrl::Sqlite(url) => Arc::new(SqliteStore::connect(url).await?),
     })

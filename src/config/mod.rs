@@ -15,6 +15,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod security;
+
+pub use security::*;
+
 use figment::providers::{Format, Json, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
@@ -74,6 +78,7 @@ pub struct RawKafka {
     /// treats it as failed and backs off.
     #[serde(alias = "messagetimeoutms")]
     pub message_timeout_ms: u64,
+    pub security: RawKafkaSecurity,
 }
 
 impl Default for RawKafka {
@@ -82,6 +87,7 @@ impl Default for RawKafka {
             server_url: "embedded".into(),
             orders: RawTopic::default(),
             message_timeout_ms: 30_000,
+            security: RawKafkaSecurity::default(),
         }
     }
 }
@@ -118,6 +124,13 @@ pub struct RawDatabase {
     pub url: String,
     #[serde(alias = "maxconnections")]
     pub max_connections: u32,
+    /// PostgreSQL TLS: disable, allow, prefer, require, verify-ca or
+    /// verify-full; empty leaves it to the URL's `sslmode` (default prefer).
+    #[serde(alias = "sslmode")]
+    pub ssl_mode: String,
+    /// PEM file of the CA that signs the server's certificate.
+    #[serde(alias = "sslrootcert")]
+    pub ssl_root_cert: String,
 }
 
 impl Default for RawDatabase {
@@ -125,6 +138,8 @@ impl Default for RawDatabase {
         Self {
             url: "sqlite://orderflow.db".into(),
             max_connections: 10,
+            ssl_mode: String::new(),
+            ssl_root_cert: String::new(),
         }
     }
 }
@@ -137,6 +152,18 @@ pub struct RawApi {
     pub max_body_bytes: u64,
     #[serde(alias = "maxitemsperorder")]
     pub max_items_per_order: u64,
+    /// A request still running after this gets 503.
+    #[serde(alias = "requesttimeoutms")]
+    pub request_timeout_ms: u64,
+    /// Requests in progress at once; beyond it, 503 with Retry-After.
+    #[serde(alias = "maxconcurrentrequests")]
+    pub max_concurrent_requests: u64,
+    /// Open client connections; further ones wait to be accepted.
+    #[serde(alias = "maxconnections")]
+    pub max_connections: u64,
+    #[serde(alias = "ratelimit")]
+    pub rate_limit: RawRateLimit,
+    pub auth: RawAuth,
 }
 
 impl Default for RawApi {
@@ -145,6 +172,11 @@ impl Default for RawApi {
             listen: "0.0.0.0:8080".into(),
             max_body_bytes: 256 * 1024,
             max_items_per_order: 100,
+            request_timeout_ms: 30_000,
+            max_concurrent_requests: 1_024,
+            max_connections: 10_000,
+            rate_limit: RawRateLimit::default(),
+            auth: RawAuth::default(),
         }
     }
 }
@@ -357,6 +389,7 @@ pub struct KafkaSettings {
     pub servers: KafkaServers,
     pub orders: TopicSettings,
     pub message_timeout: Duration,
+    pub security: KafkaSecurity,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -401,6 +434,8 @@ impl fmt::Debug for DatabaseUrl {
 pub struct DatabaseSettings {
     pub url: DatabaseUrl,
     pub max_connections: u32,
+    pub ssl_mode: Option<sqlx::postgres::PgSslMode>,
+    pub ssl_root_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -408,6 +443,11 @@ pub struct ApiSettings {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub max_items_per_order: usize,
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: usize,
+    pub max_connections: usize,
+    pub rate_limit: Option<RateLimitSettings>,
+    pub auth: AuthSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -628,6 +668,7 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.raw.clone();
         shown.database.url = redact_url(&shown.database.url);
+        shown.worker.notifier.url = redact_url(&shown.worker.notifier.url);
         if !shown.fulfilment.connection_string.is_empty() {
             shown.fulfilment.connection_string = "***".into();
         }
@@ -847,6 +888,33 @@ fn canonical(segment: &str) -> &str {
         "Admin",
         "Enabled",
         "ControlTopic",
+        "Security",
+        "Protocol",
+        "SaslMechanism",
+        "Username",
+        "Password",
+        "CaFile",
+        "CertificateFile",
+        "KeyFile",
+        "KeyPassword",
+        "EndpointIdentification",
+        "SslMode",
+        "SslRootCert",
+        "RequestTimeoutMs",
+        "MaxConcurrentRequests",
+        "RateLimit",
+        "PerSecond",
+        "Burst",
+        "Auth",
+        "Tokens",
+        "Token",
+        "Scopes",
+        "Jwt",
+        "Issuer",
+        "Audience",
+        "JwksFile",
+        "JwksUrl",
+        "AnonymousPaths",
     ];
     NAMES
         .iter()
@@ -934,6 +1002,27 @@ impl Validator<'_> {
         Ok(Duration::from_millis(value))
     }
 
+    fn ssl_mode(
+        &self,
+        raw: &RawDatabase,
+    ) -> Result<Option<sqlx::postgres::PgSslMode>, ConfigError> {
+        let mode = raw.ssl_mode.trim();
+        if mode.is_empty() {
+            return Ok(None);
+        }
+        if raw.url.trim().starts_with("sqlite:") {
+            return Err(self.error("database.sslmode", "applies to PostgreSQL only"));
+        }
+        mode.parse().map(Some).map_err(|_| {
+            self.error(
+                "database.sslmode",
+                format!(
+                    "{mode:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"
+                ),
+            )
+        })
+    }
+
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let k = &raw.kafka_configuration;
         let servers = KafkaServers::parse(&k.server_url).ok_or_else(|| {
@@ -973,6 +1062,7 @@ impl Validator<'_> {
                 k.message_timeout_ms,
                 100,
             )?,
+            security: self.kafka_security(&k.security)?,
         };
         let database = DatabaseSettings {
             url: DatabaseUrl::parse(&raw.database.url)
@@ -983,6 +1073,17 @@ impl Validator<'_> {
                 1,
                 1_000,
             )? as u32,
+            ssl_mode: self.ssl_mode(&raw.database)?,
+            ssl_root_cert: match raw.database.ssl_root_cert.trim() {
+                "" => None,
+                path if PathBuf::from(path).is_file() => Some(PathBuf::from(path)),
+                path => {
+                    return Err(self.error(
+                        "database.sslrootcert",
+                        format!("{path:?} is not a readable file"),
+                    ))
+                }
+            },
         };
         let api = ApiSettings {
             listen: self.socket_addr("api.listen", &raw.api.listen)?,
@@ -998,6 +1099,25 @@ impl Validator<'_> {
                 1,
                 10_000,
             )? as usize,
+            request_timeout: self.millis(
+                "api.requesttimeoutms",
+                raw.api.request_timeout_ms,
+                100,
+            )?,
+            max_concurrent_requests: self.in_range(
+                "api.maxconcurrentrequests",
+                raw.api.max_concurrent_requests.min(i64::MAX as u64) as i64,
+                1,
+                1_000_000,
+            )? as usize,
+            max_connections: self.in_range(
+                "api.maxconnections",
+                raw.api.max_connections.min(i64::MAX as u64) as i64,
+                1,
+                1_000_000,
+            )? as usize,
+            rate_limit: self.rate_limit(&raw.api.rate_limit)?,
+            auth: self.auth(&raw.api.auth)?,
         };
         let w = &raw.worker;
         let min_workers = self.in_range("worker.minworkers", w.min_workers, 1, 256)? as usize;

@@ -1,0 +1,506 @@
+//! The security sections: how the Kafka clients authenticate and encrypt
+//! (`KafkaConfiguration.Security`), PostgreSQL TLS (`Database.SslMode`,
+//! `Database.SslRootCert`), who may call the API (`Api.Auth`) and how much
+//! (`Api.RateLimit` and the request limits).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{ConfigError, Validator};
+use crate::auth::Scope;
+use crate::secret::Secret;
+
+// ---------------------------------------------------------------------------
+// Raw shape
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawKafkaSecurity {
+    /// PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
+    pub protocol: String,
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (for the SASL protocols).
+    #[serde(alias = "saslmechanism")]
+    pub sasl_mechanism: String,
+    /// Confluent Cloud: the API key; Event Hubs: `$ConnectionString`.
+    pub username: String,
+    /// Confluent Cloud: the API secret; Event Hubs: the connection string.
+    pub password: Secret,
+    /// PEM file of the CA(s) that sign the brokers' certificates; empty
+    /// means the system's roots.
+    #[serde(alias = "cafile")]
+    pub ca_file: String,
+    /// mTLS: the client's certificate and key (PEM).
+    #[serde(alias = "certificatefile")]
+    pub certificate_file: String,
+    #[serde(alias = "keyfile")]
+    pub key_file: String,
+    #[serde(alias = "keypassword")]
+    pub key_password: Secret,
+    /// Check that the broker's certificate names the host connected to.
+    #[serde(alias = "endpointidentification")]
+    pub endpoint_identification: bool,
+}
+
+impl Default for RawKafkaSecurity {
+    fn default() -> Self {
+        Self {
+            protocol: "PLAINTEXT".into(),
+            sasl_mechanism: "PLAIN".into(),
+            username: String::new(),
+            password: Secret::default(),
+            ca_file: String::new(),
+            certificate_file: String::new(),
+            key_file: String::new(),
+            key_password: Secret::default(),
+            endpoint_identification: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawAuth {
+    /// Off on the embedded default; the Helm chart turns it on.
+    pub enabled: bool,
+    /// Static bearer tokens by name (the name is what logs and rate limits
+    /// show, never the token).
+    pub tokens: BTreeMap<String, RawToken>,
+    pub jwt: RawJwt,
+    /// Paths served without a token (exact, or a prefix ending in `*`).
+    #[serde(alias = "anonymouspaths", deserialize_with = "string_or_list")]
+    pub anonymous_paths: Vec<String>,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            tokens: BTreeMap::new(),
+            jwt: RawJwt::default(),
+            anonymous_paths: [
+                "/healthz",
+                "/readyz",
+                "/metrics",
+                "/api/openapi.json",
+                "/api/docs",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawToken {
+    pub token: Secret,
+    /// `orders:read`, `orders:write`, `admin`: a list, or one string
+    /// separated by spaces or commas (as an environment variable is).
+    #[serde(deserialize_with = "string_or_list")]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawJwt {
+    /// Required `iss`; empty turns JWT validation off.
+    pub issuer: String,
+    /// Required `aud`.
+    pub audience: String,
+    /// The issuer's signing keys: a JWKS document on disk, or its URL.
+    #[serde(alias = "jwksfile")]
+    pub jwks_file: String,
+    #[serde(alias = "jwksurl")]
+    pub jwks_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawRateLimit {
+    /// Sustained requests per second per client; 0 turns the limit off.
+    #[serde(alias = "persecond")]
+    pub per_second: u32,
+    /// Requests a client may send at once above the sustained rate.
+    pub burst: u32,
+}
+
+impl Default for RawRateLimit {
+    fn default() -> Self {
+        Self {
+            per_second: 0,
+            burst: 50,
+        }
+    }
+}
+
+/// Accepts `["a", "b"]` or `"a b"` / `"a,b"`.
+fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Either::deserialize(deserializer)? {
+        Either::One(s) => s
+            .split([' ', ','])
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        Either::Many(v) => v,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Typed settings
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl KafkaProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+            Self::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    pub fn uses_tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+
+    pub fn uses_sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslMechanism {
+    Plain,
+    ScramSha256,
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SaslCredentials {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub ca_file: Option<PathBuf>,
+    pub certificate_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub key_password: Option<Secret>,
+    pub endpoint_identification: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaSecurity {
+    pub protocol: KafkaProtocol,
+    pub sasl: Option<SaslCredentials>,
+    pub tls: Option<TlsFiles>,
+}
+
+impl Default for KafkaSecurity {
+    fn default() -> Self {
+        Self {
+            protocol: KafkaProtocol::Plaintext,
+            sasl: None,
+            tls: None,
+        }
+    }
+}
+
+/// What one librdkafka property is set to; secrets stay wrapped until the
+/// moment they are handed to the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PropertyValue {
+    Plain(String),
+    Secret(Secret),
+}
+
+impl KafkaSecurity {
+    /// The librdkafka properties for every client (producer, consumer,
+    /// admin): one list, so no client can miss one.
+    pub fn properties(&self) -> Vec<(&'static str, PropertyValue)> {
+        let plain = |v: &str| PropertyValue::Plain(v.to_string());
+        let mut props = vec![("security.protocol", plain(self.protocol.as_str()))];
+        if let Some(sasl) = &self.sasl {
+            props.push(("sasl.mechanism", plain(sasl.mechanism.as_str())));
+            props.push(("sasl.username", plain(&sasl.username)));
+            props.push((
+                "sasl.password",
+                PropertyValue::Secret(sasl.password.clone()),
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            let path = |p: &PathBuf| plain(&p.display().to_string());
+            if let Some(ca) = &tls.ca_file {
+                props.push(("ssl.ca.location", path(ca)));
+            }
+            if let Some(cert) = &tls.certificate_file {
+                props.push(("ssl.certificate.location", path(cert)));
+            }
+            if let Some(key) = &tls.key_file {
+                props.push(("ssl.key.location", path(key)));
+            }
+            if let Some(pass) = &tls.key_password {
+                props.push(("ssl.key.password", PropertyValue::Secret(pass.clone())));
+            }
+            let algorithm = if tls.endpoint_identification {
+                "https"
+            } else {
+                "none"
+            };
+            props.push(("ssl.endpoint.identification.algorithm", plain(algorithm)));
+        }
+        props
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StaticToken {
+    pub name: String,
+    pub token: Secret,
+    pub scopes: Vec<Scope>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    File(PathBuf),
+    Url(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub jwks: JwksSource,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    pub enabled: bool,
+    pub tokens: Vec<StaticToken>,
+    pub jwt: Option<JwtSettings>,
+    pub anonymous_paths: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitSettings {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+// ---------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------
+
+/// Tokens shorter than this are guessable; the chart generates 32+.
+const MIN_TOKEN_LEN: usize = 16;
+
+impl Validator<'_> {
+    pub(super) fn kafka_security(
+        &self,
+        raw: &RawKafkaSecurity,
+    ) -> Result<KafkaSecurity, ConfigError> {
+        let key = |k: &str| format!("kafkaconfiguration.security.{k}");
+        let protocol = match raw.protocol.trim().to_ascii_uppercase().as_str() {
+            "PLAINTEXT" => KafkaProtocol::Plaintext,
+            "SSL" => KafkaProtocol::Ssl,
+            "SASL_PLAINTEXT" => KafkaProtocol::SaslPlaintext,
+            "SASL_SSL" => KafkaProtocol::SaslSsl,
+            other => {
+                return Err(self.error(
+                    &key("protocol"),
+                    format!("{other:?} is not one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
+                ))
+            }
+        };
+        let sasl = if protocol.uses_sasl() {
+            let mechanism = match raw.sasl_mechanism.trim().to_ascii_uppercase().as_str() {
+                "PLAIN" => SaslMechanism::Plain,
+                "SCRAM-SHA-256" => SaslMechanism::ScramSha256,
+                "SCRAM-SHA-512" => SaslMechanism::ScramSha512,
+                other => {
+                    return Err(self.error(
+                        &key("saslmechanism"),
+                        format!("{other:?} is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
+                    ))
+                }
+            };
+            let username = self.non_empty(&key("username"), &raw.username)?;
+            if raw.password.is_empty() {
+                return Err(self.error(
+                    &key("password"),
+                    format!(
+                        "is empty; {} needs one",
+                        protocol.as_str().to_ascii_uppercase()
+                    ),
+                ));
+            }
+            Some(SaslCredentials {
+                mechanism,
+                username,
+                password: raw.password.clone(),
+            })
+        } else {
+            None
+        };
+        let file = |k: &str, value: &str| -> Result<Option<PathBuf>, ConfigError> {
+            let value = value.trim();
+            if value.is_empty() {
+                return Ok(None);
+            }
+            let path = PathBuf::from(value);
+            if !path.is_file() {
+                return Err(self.error(&key(k), format!("{value:?} is not a readable file")));
+            }
+            Ok(Some(path))
+        };
+        let tls = if protocol.uses_tls() {
+            let certificate_file = file("certificatefile", &raw.certificate_file)?;
+            let key_file = file("keyfile", &raw.key_file)?;
+            if certificate_file.is_some() != key_file.is_some() {
+                return Err(self.error(
+                    &key(if key_file.is_none() {
+                        "keyfile"
+                    } else {
+                        "certificatefile"
+                    }),
+                    "mutual TLS needs both CertificateFile and KeyFile",
+                ));
+            }
+            Some(TlsFiles {
+                ca_file: file("cafile", &raw.ca_file)?,
+                certificate_file,
+                key_file,
+                key_password: (!raw.key_password.is_empty()).then(|| raw.key_password.clone()),
+                endpoint_identification: raw.endpoint_identification,
+            })
+        } else {
+            None
+        };
+        Ok(KafkaSecurity {
+            protocol,
+            sasl,
+            tls,
+        })
+    }
+
+    pub(super) fn auth(&self, raw: &RawAuth) -> Result<AuthSettings, ConfigError> {
+        let mut tokens = Vec::new();
+        for (name, token) in &raw.tokens {
+            let key = |k: &str| format!("api.auth.tokens.{name}.{k}");
+            if token.token.expose().trim().len() < MIN_TOKEN_LEN {
+                return Err(self.error(
+                    &key("token"),
+                    format!("must be at least {MIN_TOKEN_LEN} characters"),
+                ));
+            }
+            let scopes = token
+                .scopes
+                .iter()
+                .map(|s| {
+                    Scope::parse(s).ok_or_else(|| {
+                        self.error(
+                            &key("scopes"),
+                            format!("{s:?} is not one of {}", Scope::ALL_NAMES),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            tokens.push(StaticToken {
+                name: name.clone(),
+                token: Secret::new(token.token.expose().trim()),
+                scopes,
+            });
+        }
+        let j = &raw.jwt;
+        let jwt = if j.issuer.trim().is_empty() {
+            None
+        } else {
+            let jwks = match (j.jwks_file.trim(), j.jwks_url.trim()) {
+                ("", "") => {
+                    return Err(self.error(
+                        "api.auth.jwt.jwksurl",
+                        "is empty; with Api.Auth.Jwt.Issuer set, give JwksUrl or JwksFile",
+                    ))
+                }
+                (file, "") => JwksSource::File(PathBuf::from(file)),
+                ("", url) if url.starts_with("https://") || url.starts_with("http://") => {
+                    JwksSource::Url(url.to_string())
+                }
+                ("", url) => {
+                    return Err(self.error(
+                        "api.auth.jwt.jwksurl",
+                        format!("{url:?} is not an http(s) URL"),
+                    ))
+                }
+                _ => {
+                    return Err(self.error(
+                        "api.auth.jwt.jwksfile",
+                        "give JwksFile or JwksUrl, not both",
+                    ))
+                }
+            };
+            Some(JwtSettings {
+                issuer: j.issuer.trim().to_string(),
+                audience: self.non_empty("api.auth.jwt.audience", &j.audience)?,
+                jwks,
+            })
+        };
+        if raw.enabled && tokens.is_empty() && jwt.is_none() {
+            return Err(self.error(
+                "api.auth.enabled",
+                "is true, but no Api.Auth.Tokens and no Api.Auth.Jwt.Issuer are configured: \
+                 nobody could call the API",
+            ));
+        }
+        Ok(AuthSettings {
+            enabled: raw.enabled,
+            tokens,
+            jwt,
+            anonymous_paths: raw.anonymous_paths.clone(),
+        })
+    }
+
+    pub(super) fn rate_limit(
+        &self,
+        raw: &RawRateLimit,
+    ) -> Result<Option<RateLimitSettings>, ConfigError> {
+        if raw.per_second == 0 {
+            return Ok(None);
+        }
+        let burst = self.in_range("api.ratelimit.burst", raw.burst.into(), 1, 1_000_000)? as u32;
+        Ok(Some(RateLimitSettings {
+            per_second: raw.per_second,
+            burst,
+        }))
+    }
+}
