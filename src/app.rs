@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::api::guard::Guard;
+use crate::api::listener::{ClientAddr, LimitedListener};
 use crate::api::{self, ApiState, Readiness};
 use crate::config::Config;
 use crate::config::FulfilmentSink;
@@ -42,13 +44,15 @@ pub enum AppError {
     },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// A role, built and bound, ready to run.
 pub struct Application {
     store: SharedStore,
     /// The order API (API role) or the health endpoints (worker role).
-    http: (TcpListener, axum::Router),
+    http: (LimitedListener, axum::Router),
     relays: Vec<Relay>,
     worker: Option<Worker>,
     // Kept alive for as long as the clients that connect to it.
@@ -63,10 +67,11 @@ pub async fn migrate(config: &Config) -> Result<SharedStore, AppError> {
     Ok(store)
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr)
+async fn bind(addr: SocketAddr, max_connections: usize) -> Result<LimitedListener, AppError> {
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| AppError::Bind { addr, source })
+        .map_err(|source| AppError::Bind { addr, source })?;
+    Ok(LimitedListener::new(listener, max_connections))
 }
 
 impl Application {
@@ -108,13 +113,14 @@ impl Application {
                         timeout: config.kafka.message_timeout,
                     })
                 });
+                let guard = Guard::new(&config.api).await?;
                 (
-                    bind(config.api.listen).await?,
-                    api::router(state, readiness, admin),
+                    bind(config.api.listen, config.api.max_connections).await?,
+                    api::router(state, readiness, admin, guard),
                 )
             }
             Role::Worker => (
-                bind(config.worker.admin_listen).await?,
+                bind(config.worker.admin_listen, config.api.max_connections).await?,
                 api::health_router(readiness),
             ),
         };
@@ -170,7 +176,7 @@ impl Application {
     /// The bound HTTP address: the API, or the worker's admin port (port 0
     /// in the config picks a free one).
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.0.local_addr().ok()
+        axum::serve::Listener::local_addr(&self.http.0).ok()
     }
 
     pub fn store(&self) -> &SharedStore {
@@ -192,10 +198,11 @@ impl Application {
         let router = router
             .layer(axum::middleware::from_fn(crate::telemetry::trace_http))
             .layer(axum::middleware::from_fn(crate::prometheus::track_http));
-        if let Ok(addr) = listener.local_addr() {
+        if let Ok(addr) = axum::serve::Listener::local_addr(&listener) {
             tracing::info!(%addr, "HTTP listening");
         }
         let mut stop = shutdown.clone();
+        let router = router.into_make_service_with_connect_info::<ClientAddr>();
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move { stop.wait().await })
             .await

@@ -169,6 +169,7 @@ pub async fn trace_http(mut request: Request, next: Next) -> Response {
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
         trace_id = tracing::field::Empty,
+        principal = tracing::field::Empty,
     );
     let traceparent = continue_trace(&span, incoming(request.headers()));
     request

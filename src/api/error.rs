@@ -6,6 +6,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::auth::Scope;
 use crate::domain::FieldError;
 use crate::store::StoreError;
 
@@ -29,6 +30,16 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("the service is temporarily unavailable: {0}")]
     Unavailable(String),
+    #[error("{detail}")]
+    Unauthorized { detail: String, invalid_token: bool },
+    #[error("the token lacks the scope {} this request needs", scope.as_str())]
+    Forbidden { scope: Scope },
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    TooManyRequests { retry_after_secs: u64 },
+    #[error("the service is at its limit of requests in progress; retry shortly")]
+    Overloaded,
+    #[error("the request did not complete within {after_ms} ms")]
+    Timeout { after_ms: u64 },
     #[error("internal error")]
     Internal(String),
 }
@@ -61,6 +72,32 @@ impl ApiError {
         }
     }
 
+    /// RFC 6750 challenges and retry hints, beside the problem document.
+    fn headers(&self) -> Vec<(header::HeaderName, String)> {
+        match self {
+            Self::Unauthorized { invalid_token, .. } => vec![(
+                header::WWW_AUTHENTICATE,
+                if *invalid_token {
+                    r#"Bearer realm="orderflow", error="invalid_token""#.to_string()
+                } else {
+                    r#"Bearer realm="orderflow""#.to_string()
+                },
+            )],
+            Self::Forbidden { scope } => vec![(
+                header::WWW_AUTHENTICATE,
+                format!(
+                    r#"Bearer realm="orderflow", error="insufficient_scope", scope="{}""#,
+                    scope.as_str()
+                ),
+            )],
+            Self::TooManyRequests { retry_after_secs } => {
+                vec![(header::RETRY_AFTER, retry_after_secs.to_string())]
+            }
+            Self::Overloaded | Self::Unavailable(_) => vec![(header::RETRY_AFTER, "1".into())],
+            _ => Vec::new(),
+        }
+    }
+
     fn status_and_title(&self) -> (StatusCode, &'static str) {
         match self {
             Self::Validation(_) | Self::MalformedJson(_) | Self::BadBody(_) => {
@@ -73,7 +110,12 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "Not Found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
             Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable Content"),
-            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
+            Self::Unavailable(_) | Self::Overloaded | Self::Timeout { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+            }
+            Self::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            Self::Forbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
+            Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
         }
     }
@@ -94,6 +136,7 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, title) = self.status_and_title();
+        let extra = self.headers();
         let detail = match &self {
             // The cause is logged, not shown: it may describe internals.
             Self::Internal(cause) => {
@@ -114,11 +157,17 @@ impl IntoResponse for ApiError {
             errors,
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body,
         )
-            .into_response()
+            .into_response();
+        for (name, value) in extra {
+            if let Ok(value) = header::HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+        response
     }
 }

@@ -2,9 +2,11 @@
 
 pub mod admin;
 mod error;
+pub mod guard;
 mod health;
 mod inventory;
 mod json;
+pub mod listener;
 pub mod openapi;
 mod orders;
 
@@ -52,6 +54,7 @@ pub fn router(
     state: ApiState,
     readiness: Arc<Readiness>,
     admin: Option<Arc<admin::AdminState>>,
+    guard: Arc<guard::Guard>,
 ) -> Router {
     let body_limit = state.max_body_bytes;
     let admin = admin.map(admin::router).unwrap_or_default();
@@ -76,6 +79,9 @@ pub fn router(
         .merge(health_router(readiness))
         .merge(admin)
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
+        // Runs before any handler reads the body: a caller without the
+        // right token costs no more than its headers.
+        .layer(axum::middleware::from_fn_with_state(guard, guard::guard))
         .layer(axum::middleware::from_fn(move |req, next| {
             reject_declared_oversize(req, next, body_limit)
         }))
