@@ -1,0 +1,278 @@
+//! API authentication and limits as a client meets them: static bearer
+//! tokens and JWTs with scopes (401/403 problem documents with RFC 6750
+//! challenges), open health and metrics, the per-client rate limit (429)
+//! and the connection limit.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{order_body, tls, Backend, TestApp, TestDb};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+const READER: &str = "reader-token-0123456789abcdef";
+const WRITER: &str = "writer-token-0123456789abcdef";
+const OPS: &str = "ops-token-0123456789abcdef";
+const ISSUER: &str = "https://login.example.test/";
+const AUDIENCE: &str = "orderflow-api";
+
+fn token_env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("Api__Auth__Enabled", "true"),
+        ("Api__Auth__Tokens__reader__Token", READER),
+        ("Api__Auth__Tokens__reader__Scopes", "orders:read"),
+        ("Api__Auth__Tokens__writer__Token", WRITER),
+        ("Api__Auth__Tokens__writer__Scopes", "orders:read orders:write"),
+        ("Api__Auth__Tokens__ops__Token", OPS),
+        ("Api__Auth__Tokens__ops__Scopes", "admin"),
+        ("Admin__Enabled", "true"),
+    ]
+}
+
+/// Sends `method path` with an optional bearer token; returns the status,
+/// the WWW-Authenticate header and the body as JSON (Null if not JSON).
+async fn call(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, String, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut request = app.http.request(method, app.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if status == 401 || status == 403 {
+        assert_eq!(content_type, "application/problem+json", "{path}");
+        assert_eq!(body["status"], status, "{body}");
+    }
+    (status, challenge, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_tokens_need_the_right_scope() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let broker = common::start_broker();
+    let app = TestApp::spawn_with(&db, &broker, &token_env()).await;
+    let order = || Some(order_body("Grace", "untracked-gadget", 1));
+
+    let (status, challenge, body) = call(&app, "POST", "/api/orders", None, order()).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(challenge, r#"Bearer realm="orderflow""#);
+    let (status, challenge, _) = call(&app, "POST", "/api/orders", Some("nope"), order()).await;
+    assert_eq!(status, 401);
+    assert!(challenge.contains(r#"error="invalid_token""#), "{challenge}");
+    let (status, challenge, body) = call(&app, "POST", "/api/orders", Some(READER), order()).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        challenge.contains(r#"error="insufficient_scope""#) && challenge.contains("orders:write"),
+        "{challenge}"
+    );
+    let (status, _, created) = call(&app, "POST", "/api/orders", Some(WRITER), order()).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("id").to_string();
+    let path = format!("/api/orders/{id}");
+    assert_eq!(call(&app, "GET", &path, Some(READER), None).await.0, 200);
+    assert_eq!(call(&app, "GET", &path, None, None).await.0, 401);
+    // Admin is a scope of its own, not a superset.
+    assert_eq!(call(&app, "GET", &path, Some(OPS), None).await.0, 403);
+    let stock = Some(json!({"onHand": 5}));
+    let inventory = "/api/inventory/widget";
+    assert_eq!(call(&app, "PUT", inventory, Some(WRITER), stock.clone()).await.0, 403);
+    assert_eq!(call(&app, "PUT", inventory, Some(OPS), stock).await.0, 200);
+    assert_eq!(call(&app, "GET", "/admin/api/overview", Some(WRITER), None).await.0, 403);
+    assert_eq!(call(&app, "GET", "/admin/api/overview", Some(OPS), None).await.0, 200);
+    // Unknown paths tell a stranger nothing.
+    assert_eq!(call(&app, "GET", "/api/nothing", None, None).await.0, 401);
+    assert_eq!(call(&app, "GET", "/api/nothing", Some(READER), None).await.0, 404);
+    // Probes, metrics, the API description and the admin page's shell
+    // stay open.
+    for open in ["/healthz", "/readyz", "/metrics", "/api/openapi.json", "/admin"] {
+        let status = app.get(open).await.status().as_u16();
+        assert!(status == 200 || status == 503, "{open}: {status}");
+    }
+    // Lower-case scheme, as RFC 7235 allows.
+    let response = app
+        .http
+        .get(app.url(&path))
+        .header("authorization", format!("bearer {READER}"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    app.stop().await;
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwts_from_the_configured_issuer_carry_scopes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (key, modulus) = tls::rsa_key(dir.path(), "issuer");
+    let (other_key, _) = tls::rsa_key(dir.path(), "impostor");
+    let jwks = json!({"keys": [{"kty": "RSA", "kid": "k1", "use": "sig", "alg": "RS256",
+        "n": modulus, "e": "AQAB"}]});
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, jwks.to_string()).expect("write jwks");
+    let jwks_path = jwks_file.display().to_string();
+    let env = [
+        ("Api__Auth__Enabled", "true"),
+        ("Api__Auth__Jwt__Issuer", ISSUER),
+        ("Api__Auth__Jwt__Audience", AUDIENCE),
+        ("Api__Auth__Jwt__JwksFile", jwks_path.as_str()),
+    ];
+    let db = TestDb::new(Backend::Sqlite).await;
+    let broker = common::start_broker();
+    let app = TestApp::spawn_with(&db, &broker, &env).await;
+
+    let sign = |claims: Value, pem: &[u8]| {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("k1".into());
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_rsa_pem(pem).expect("RSA key"),
+        )
+        .expect("sign")
+    };
+    let claims = |iss: &str, aud: &str, exp: u64, scope: &str| {
+        json!({"iss": iss, "aud": aud, "exp": exp, "sub": "svc-shop", "scope": scope})
+    };
+    let later = now() + 600;
+    let writer = sign(claims(ISSUER, AUDIENCE, later, "orders:write orders:read"), &key);
+    let reader = sign(claims(ISSUER, AUDIENCE, later, "orders:read"), &key);
+    let order = || Some(order_body("Edsger", "untracked-gadget", 1));
+    let (status, _, body) = call(&app, "POST", "/api/orders", Some(&writer), order()).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(call(&app, "POST", "/api/orders", Some(&reader), order()).await.0, 403);
+    assert_eq!(call(&app, "GET", "/api/orders", Some(&reader), None).await.0, 200);
+
+    let refused = [
+        ("expired", sign(claims(ISSUER, AUDIENCE, now() - 600, "orders:read"), &key)),
+        ("other issuer", sign(claims("https://evil.test/", AUDIENCE, later, "orders:read"), &key)),
+        ("other audience", sign(claims(ISSUER, "someone-else", later, "orders:read"), &key)),
+        ("other key", sign(claims(ISSUER, AUDIENCE, later, "orders:read"), &other_key)),
+        ("unsigned", {
+            // alg "none": the header says so and the signature is empty.
+            use base64::Engine;
+            let b64 = |v: &Value| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+            };
+            format!(
+                "{}.{}.",
+                b64(&json!({"alg": "none", "typ": "JWT"})),
+                b64(&claims(ISSUER, AUDIENCE, later, "orders:read"))
+            )
+        }),
+    ];
+    for (what, token) in refused {
+        let (status, challenge, body) = call(&app, "GET", "/api/orders", Some(&token), None).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        assert!(challenge.contains("invalid_token"), "{what}: {challenge}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_has_its_own_rate_limit() {
+    let mut env = token_env();
+    env.extend([
+        ("Api__RateLimit__PerSecond", "1"),
+        ("Api__RateLimit__Burst", "3"),
+    ]);
+    let db = TestDb::new(Backend::Sqlite).await;
+    let broker = common::start_broker();
+    let app = TestApp::spawn_with(&db, &broker, &env).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(call(&app, "GET", "/api/orders", Some(READER), None).await.0);
+    }
+    assert_eq!(statuses[..3], [200, 200, 200], "{statuses:?}");
+    assert_eq!(statuses[3..], [429, 429], "{statuses:?}");
+    let response = app
+        .http
+        .get(app.url("/api/orders"))
+        .bearer_auth(READER)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After seconds");
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    let problem: Value = response.json().await.expect("problem");
+    assert_eq!(problem["status"], 429);
+    // Another client is not slowed by the first; probes never are.
+    assert_eq!(call(&app, "GET", "/api/orders", Some(WRITER), None).await.0, 200);
+    for _ in 0..5 {
+        assert_eq!(app.get("/healthz").await.status(), 200);
+    }
+    // Failed logins from one address are limited too.
+    let mut failures = Vec::new();
+    for _ in 0..5 {
+        failures.push(call(&app, "GET", "/api/orders", Some("guess"), None).await.0);
+    }
+    assert_eq!(failures, [401, 401, 401, 429, 429]);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new(Backend::Sqlite).await;
+    let broker = common::start_broker();
+    let app = TestApp::spawn_with(&db, &broker, &[("Api__MaxConnections", "1")]).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    // One keep-alive connection holds the only slot.
+    let mut first = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 1024];
+    let n = first.read(&mut buf).await.expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let second = tokio::spawn({
+        let http = reqwest::Client::new();
+        let url = app.url("/healthz");
+        async move { http.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!second.is_finished(), "a second connection was served while the slot was taken");
+    drop(first);
+    let status = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("served once the slot is free")
+        .expect("task")
+        .expect("request");
+    assert_eq!(status, 200);
+    app.stop().await;
+}
