@@ -323,8 +323,9 @@ impl Process {
         let mut child = Command::new(binary())
             .args(["--log-format", "json"])
             .args(args)
-            .envs(env.iter().cloned())
+            // The test's own RUST_LOG, if it sets one, wins.
             .env("RUST_LOG", "info")
+            .envs(env.iter().cloned())
             .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
