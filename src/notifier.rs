@@ -43,7 +43,8 @@ impl Notifier for WebhookNotifier {
             .json(&body)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            // The URL may carry credentials: the error must not.
+            .map_err(|e| e.without_url().to_string())?;
         if response.status().is_success() {
             Ok(())
         } else {

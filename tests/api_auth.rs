@@ -23,7 +23,10 @@ fn token_env() -> Vec<(&'static str, &'static str)> {
         ("Api__Auth__Tokens__reader__Token", READER),
         ("Api__Auth__Tokens__reader__Scopes", "orders:read"),
         ("Api__Auth__Tokens__writer__Token", WRITER),
-        ("Api__Auth__Tokens__writer__Scopes", "orders:read orders:write"),
+        (
+            "Api__Auth__Tokens__writer__Scopes",
+            "orders:read orders:write",
+        ),
         ("Api__Auth__Tokens__ops__Token", OPS),
         ("Api__Auth__Tokens__ops__Scopes", "admin"),
         ("Admin__Enabled", "true"),
@@ -81,7 +84,10 @@ async fn static_tokens_need_the_right_scope() {
     assert_eq!(challenge, r#"Bearer realm="orderflow""#);
     let (status, challenge, _) = call(&app, "POST", "/api/orders", Some("nope"), order()).await;
     assert_eq!(status, 401);
-    assert!(challenge.contains(r#"error="invalid_token""#), "{challenge}");
+    assert!(
+        challenge.contains(r#"error="invalid_token""#),
+        "{challenge}"
+    );
     let (status, challenge, body) = call(&app, "POST", "/api/orders", Some(READER), order()).await;
     assert_eq!(status, 403, "{body}");
     assert!(
@@ -98,16 +104,42 @@ async fn static_tokens_need_the_right_scope() {
     assert_eq!(call(&app, "GET", &path, Some(OPS), None).await.0, 403);
     let stock = Some(json!({"onHand": 5}));
     let inventory = "/api/inventory/widget";
-    assert_eq!(call(&app, "PUT", inventory, Some(WRITER), stock.clone()).await.0, 403);
+    assert_eq!(
+        call(&app, "PUT", inventory, Some(WRITER), stock.clone())
+            .await
+            .0,
+        403
+    );
     assert_eq!(call(&app, "PUT", inventory, Some(OPS), stock).await.0, 200);
-    assert_eq!(call(&app, "GET", "/admin/api/overview", Some(WRITER), None).await.0, 403);
-    assert_eq!(call(&app, "GET", "/admin/api/overview", Some(OPS), None).await.0, 200);
+    assert_eq!(
+        call(&app, "GET", "/admin/api/overview", Some(WRITER), None)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        call(&app, "GET", "/admin/api/overview", Some(OPS), None)
+            .await
+            .0,
+        200
+    );
     // Unknown paths tell a stranger nothing.
     assert_eq!(call(&app, "GET", "/api/nothing", None, None).await.0, 401);
-    assert_eq!(call(&app, "GET", "/api/nothing", Some(READER), None).await.0, 404);
+    assert_eq!(
+        call(&app, "GET", "/api/nothing", Some(READER), None)
+            .await
+            .0,
+        404
+    );
     // Probes, metrics, the API description and the admin page's shell
     // stay open.
-    for open in ["/healthz", "/readyz", "/metrics", "/api/openapi.json", "/admin"] {
+    for open in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/openapi.json",
+        "/admin",
+    ] {
         let status = app.get(open).await.status().as_u16();
         assert!(status == 200 || status == 503, "{open}: {status}");
     }
@@ -160,29 +192,54 @@ async fn jwts_from_the_configured_issuer_carry_scopes() {
         )
         .expect("sign")
     };
-    let claims = |iss: &str, aud: &str, exp: u64, scope: &str| {
-        json!({"iss": iss, "aud": aud, "exp": exp, "sub": "svc-shop", "scope": scope})
-    };
+    let claims = |iss: &str, aud: &str, exp: u64, scope: &str| json!({"iss": iss, "aud": aud, "exp": exp, "sub": "svc-shop", "scope": scope});
     let later = now() + 600;
-    let writer = sign(claims(ISSUER, AUDIENCE, later, "orders:write orders:read"), &key);
+    let writer = sign(
+        claims(ISSUER, AUDIENCE, later, "orders:write orders:read"),
+        &key,
+    );
     let reader = sign(claims(ISSUER, AUDIENCE, later, "orders:read"), &key);
     let order = || Some(order_body("Edsger", "untracked-gadget", 1));
     let (status, _, body) = call(&app, "POST", "/api/orders", Some(&writer), order()).await;
     assert_eq!(status, 201, "{body}");
-    assert_eq!(call(&app, "POST", "/api/orders", Some(&reader), order()).await.0, 403);
-    assert_eq!(call(&app, "GET", "/api/orders", Some(&reader), None).await.0, 200);
+    assert_eq!(
+        call(&app, "POST", "/api/orders", Some(&reader), order())
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        call(&app, "GET", "/api/orders", Some(&reader), None)
+            .await
+            .0,
+        200
+    );
 
     let refused = [
-        ("expired", sign(claims(ISSUER, AUDIENCE, now() - 600, "orders:read"), &key)),
-        ("other issuer", sign(claims("https://evil.test/", AUDIENCE, later, "orders:read"), &key)),
-        ("other audience", sign(claims(ISSUER, "someone-else", later, "orders:read"), &key)),
-        ("other key", sign(claims(ISSUER, AUDIENCE, later, "orders:read"), &other_key)),
+        (
+            "expired",
+            sign(claims(ISSUER, AUDIENCE, now() - 600, "orders:read"), &key),
+        ),
+        (
+            "other issuer",
+            sign(
+                claims("https://evil.test/", AUDIENCE, later, "orders:read"),
+                &key,
+            ),
+        ),
+        (
+            "other audience",
+            sign(claims(ISSUER, "someone-else", later, "orders:read"), &key),
+        ),
+        (
+            "other key",
+            sign(claims(ISSUER, AUDIENCE, later, "orders:read"), &other_key),
+        ),
         ("unsigned", {
             // alg "none": the header says so and the signature is empty.
             use base64::Engine;
-            let b64 = |v: &Value| {
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
-            };
+            let b64 =
+                |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
             format!(
                 "{}.{}.",
                 b64(&json!({"alg": "none", "typ": "JWT"})),
@@ -231,14 +288,21 @@ async fn each_client_has_its_own_rate_limit() {
     let problem: Value = response.json().await.expect("problem");
     assert_eq!(problem["status"], 429);
     // Another client is not slowed by the first; probes never are.
-    assert_eq!(call(&app, "GET", "/api/orders", Some(WRITER), None).await.0, 200);
+    assert_eq!(
+        call(&app, "GET", "/api/orders", Some(WRITER), None).await.0,
+        200
+    );
     for _ in 0..5 {
         assert_eq!(app.get("/healthz").await.status(), 200);
     }
     // Failed logins from one address are limited too.
     let mut failures = Vec::new();
     for _ in 0..5 {
-        failures.push(call(&app, "GET", "/api/orders", Some("guess"), None).await.0);
+        failures.push(
+            call(&app, "GET", "/api/orders", Some("guess"), None)
+                .await
+                .0,
+        );
     }
     assert_eq!(failures, [401, 401, 401, 429, 429]);
     app.stop().await;
@@ -252,7 +316,9 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     let app = TestApp::spawn_with(&db, &broker, &[("Api__MaxConnections", "1")]).await;
     let addr = app.base.trim_start_matches("http://").to_string();
     // One keep-alive connection holds the only slot.
-    let mut first = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let mut first = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
     first
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -266,7 +332,10 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
         async move { http.get(url).send().await.map(|r| r.status().as_u16()) }
     });
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(!second.is_finished(), "a second connection was served while the slot was taken");
+    assert!(
+        !second.is_finished(),
+        "a second connection was served while the slot was taken"
+    );
     drop(first);
     let status = tokio::time::timeout(Duration::from_secs(10), second)
         .await

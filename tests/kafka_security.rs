@@ -107,7 +107,10 @@ fn each_protocol_sets_its_librdkafka_properties() {
         (
             [
                 ("KafkaConfiguration__Security__Protocol", "SASL_SSL"),
-                ("KafkaConfiguration__Security__SaslMechanism", "scram-sha-512"),
+                (
+                    "KafkaConfiguration__Security__SaslMechanism",
+                    "scram-sha-512",
+                ),
                 ("KafkaConfiguration__Security__CaFile", &ca),
             ]
             .into_iter()
@@ -131,7 +134,10 @@ fn each_protocol_sets_its_librdkafka_properties() {
         // Every client starts from this configuration, secrets included.
         let brokers = Brokers::configured(&config.kafka).expect("brokers");
         let client = brokers.client_config("orderflow-test");
-        assert_eq!(client.get("bootstrap.servers"), Some("broker.example.test:9093"));
+        assert_eq!(
+            client.get("bootstrap.servers"),
+            Some("broker.example.test:9093")
+        );
         if properties.contains(&"sasl.password=<secret>".to_string()) {
             assert_eq!(client.get("sasl.password"), Some(PASSWORD));
         }
@@ -255,7 +261,10 @@ fn mutual_tls_handshake_with_a_real_tls_peer() {
     let security = |ca: &'static str| {
         vec![
             ("KafkaConfiguration__Security__Protocol", "SASL_SSL"),
-            ("KafkaConfiguration__Security__SaslMechanism", "SCRAM-SHA-256"),
+            (
+                "KafkaConfiguration__Security__SaslMechanism",
+                "SCRAM-SHA-256",
+            ),
             ("KafkaConfiguration__Security__Username", "orderflow"),
             ("KafkaConfiguration__Security__Password", PASSWORD),
             ("KafkaConfiguration__Security__CaFile", ca),
@@ -272,12 +281,19 @@ fn mutual_tls_handshake_with_a_real_tls_peer() {
     let handshake = peer.wait_for("subject=CN = orderflow-client", Duration::from_secs(20))
         && peer.wait_for("orderflow-api", Duration::from_secs(10));
     let text = peer.text();
-    assert!(handshake, "no mutual-TLS handshake seen by the peer:\n{text}\n{}", api.log_text());
+    assert!(
+        handshake,
+        "no mutual-TLS handshake seen by the peer:\n{text}\n{}",
+        api.log_text()
+    );
     assert!(text.contains("CIPHER is TLS_"), "{text}");
     drop(peer);
     api.signal("TERM");
     api.wait_exit(Duration::from_secs(30));
-    assert!(!api.log_text().contains(PASSWORD), "the SASL password reached the logs");
+    assert!(
+        !api.log_text().contains(PASSWORD),
+        "the SASL password reached the logs"
+    );
 
     // Trusting another CA, the client refuses the broker's certificate.
     let peer = TlsPeer::start(&pki, dir.path());
@@ -289,8 +305,14 @@ fn mutual_tls_handshake_with_a_real_tls_peer() {
     }
     let logs = api.log_text();
     assert!(logs.contains("certificate verify failed"), "{logs}");
-    assert!(!peer.text().contains("orderflow-api"), "a request went to an unverified broker");
+    assert!(
+        !peer.text().contains("orderflow-api"),
+        "a request went to an unverified broker"
+    );
     api.signal("TERM");
     api.wait_exit(Duration::from_secs(30));
-    assert!(!api.log_text().contains(PASSWORD), "the SASL password reached the logs");
+    assert!(
+        !api.log_text().contains(PASSWORD),
+        "the SASL password reached the logs"
+    );
 }

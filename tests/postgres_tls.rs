@@ -29,13 +29,16 @@ impl ServerCertificate {
         let data_dir: String = sqlx::query("SHOW data_directory")
             .fetch_one(&mut admin)
             .await
-            .expect("SHOW data_directory needs a superuser (the test reconfigures the server's TLS)")
+            .expect(
+                "SHOW data_directory needs a superuser (the test reconfigures the server's TLS)",
+            )
             .get(0);
         // Inside the data directory, owned by the server's user: the key
         // must be private to it, and the files outlive this test's temp dir
         // so a later restart still finds them.
         let dir = Path::new(&data_dir).join("orderflow-test-tls");
-        std::fs::create_dir_all(&dir).expect("create the certificate directory (run as root or the postgres user)");
+        std::fs::create_dir_all(&dir)
+            .expect("create the certificate directory (run as root or the postgres user)");
         let owner = std::fs::metadata(&data_dir).expect("data directory");
         let install = |from: &Path, name: &str| -> PathBuf {
             let to = dir.join(name);
@@ -75,7 +78,10 @@ impl ServerCertificate {
             }
         })
         .await;
-        assert!(seen.is_some(), "the server did not load the test certificate");
+        assert!(
+            seen.is_some(),
+            "the server did not load the test certificate"
+        );
         Self {
             admin_url: admin_url.to_string(),
         }
@@ -101,7 +107,11 @@ impl Drop for ServerCertificate {
 }
 
 fn with_password(url: &str) -> String {
-    url.replacen("postgres://postgres@", &format!("postgres://postgres:{PASSWORD}@"), 1)
+    url.replacen(
+        "postgres://postgres@",
+        &format!("postgres://postgres:{PASSWORD}@"),
+        1,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,8 +127,17 @@ async fn verify_full_connects_over_tls_and_refuses_an_unknown_ca() {
     let _server = ServerCertificate::install(&admin_url, &pki).await;
 
     let db = TestDb::new(Backend::Postgres).await;
-    assert!(db.url.contains("@127.0.0.1"), "verify-full checks the host: {}", db.url);
-    let database = db.url.rsplit('/').next().expect("database name").to_string();
+    assert!(
+        db.url.contains("@127.0.0.1"),
+        "verify-full checks the host: {}",
+        db.url
+    );
+    let database = db
+        .url
+        .rsplit('/')
+        .next()
+        .expect("database name")
+        .to_string();
     let broker = common::start_broker();
     let mut env = common::env_for(&db, broker.bootstrap_servers());
     env.retain(|(k, _)| k != "Database__Url");
@@ -136,7 +155,12 @@ async fn verify_full_connects_over_tls_and_refuses_an_unknown_ca() {
     let mut api = Process::spawn(&["serve-api"], &env, dir.path());
     let base = format!("http://{}", api.http_addr());
     let http = reqwest::Client::new();
-    common::create_order_at(&http, &base, &common::order_body("Tls", "untracked-gadget", 1)).await;
+    common::create_order_at(
+        &http,
+        &base,
+        &common::order_body("Tls", "untracked-gadget", 1),
+    )
+    .await;
     let mut admin = PgConnection::connect(&admin_url).await.expect("admin");
     let row = sqlx::query(
         "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl), \
@@ -166,7 +190,10 @@ async fn verify_full_connects_over_tls_and_refuses_an_unknown_ca() {
         .output()
         .expect("run orderflow migrate");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "verify-full accepted a certificate from an unknown CA");
+    assert!(
+        !output.status.success(),
+        "verify-full accepted a certificate from an unknown CA"
+    );
     assert!(
         stderr.to_lowercase().contains("certificate"),
         "the error names the certificate problem: {stderr}"

@@ -24,6 +24,8 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
+use crate::secret::Secret;
+
 /// Top-level sections taken from the environment; everything else in the
 /// process environment (PATH, HOME, ...) is not configuration.
 const SECTIONS: &[&str] = &[
@@ -55,7 +57,7 @@ pub enum ConfigError {
 // (PascalCase, secrets redacted) by `orderflow config`.
 // ---------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Clone, Serialize, Deserialize, Default)]
 #[serde(default, rename_all(serialize = "PascalCase"))]
 pub struct RawConfig {
     #[serde(alias = "kafkaconfiguration")]
@@ -306,7 +308,7 @@ pub struct RawFulfilment {
     /// from the environment (`Fulfilment__ConnectionString`) or a mounted
     /// secret, never from a committed file.
     #[serde(alias = "connectionstring")]
-    pub connection_string: String,
+    pub connection_string: Secret,
     /// The Service Bus queue (an AMQP target address), for "servicebus".
     pub queue: String,
 }
@@ -316,7 +318,7 @@ impl Default for RawFulfilment {
         Self {
             kind: "kafka".into(),
             topic: "order-fulfilments".into(),
-            connection_string: String::new(),
+            connection_string: Secret::default(),
             queue: "order-fulfilments".into(),
         }
     }
@@ -469,10 +471,20 @@ pub struct RetrySettings {
     pub max_backoff: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum NotifierSettings {
     Log,
+    /// The URL may carry credentials.
     Webhook(String),
+}
+
+impl fmt::Debug for NotifierSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Log => f.write_str("Log"),
+            Self::Webhook(url) => write!(f, "Webhook({})", redact_url(url)),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -666,16 +678,32 @@ impl Config {
 
     /// The effective configuration as TOML, secrets redacted.
     pub fn to_redacted_toml(&self) -> String {
-        let mut shown = self.raw.clone();
-        shown.database.url = redact_url(&shown.database.url);
-        shown.worker.notifier.url = redact_url(&shown.worker.notifier.url);
-        if !shown.fulfilment.connection_string.is_empty() {
-            shown.fulfilment.connection_string = "***".into();
-        }
+        let mut shown = self.raw.redacted();
         if let KafkaServers::Brokers(list) = &self.kafka.servers {
             shown.kafka_configuration.server_url = list.join(",");
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+impl RawConfig {
+    /// URLs lose their passwords; [`Secret`] fields show themselves as `***`
+    /// when serialized.
+    fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        shown.database.url = redact_url(&shown.database.url);
+        shown.worker.notifier.url = redact_url(&shown.worker.notifier.url);
+        shown
+    }
+}
+
+/// As `orderflow config` shows it: a logged configuration leaks nothing.
+impl fmt::Debug for RawConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match toml::to_string(&self.redacted()) {
+            Ok(text) => f.write_str(&text),
+            Err(_) => f.write_str("RawConfig { .. }"),
+        }
     }
 }
 
@@ -809,12 +837,30 @@ impl Provider for EnvLayer {
             let path: Vec<String> = key.split("__").map(str::to_lowercase).collect();
             // Parsed as figment parses its own environment values: "12"
             // becomes a number, "true" a boolean, anything else a string.
-            let value: Value = value.parse().unwrap_or_else(|_| Value::from(value.clone()));
+            // Credentials and URLs stay verbatim: a password "007" or
+            // "[x]" is not a number or a list.
+            let verbatim = path
+                .last()
+                .is_some_and(|k| VERBATIM_KEYS.contains(&k.as_str()));
+            let value: Value = match verbatim {
+                true => Value::from(value.clone()),
+                false => value.parse().unwrap_or_else(|_| Value::from(value.clone())),
+            };
             insert_path(&mut dict, &path, value);
         }
         Ok(Profile::Default.collect(dict))
     }
 }
+
+const VERBATIM_KEYS: &[&str] = &[
+    "password",
+    "keypassword",
+    "token",
+    "username",
+    "connectionstring",
+    "url",
+    "serverurl",
+];
 
 fn insert_path(dict: &mut Dict, path: &[String], value: Value) {
     match path {
@@ -1207,7 +1253,7 @@ impl Validator<'_> {
                     topic: self.non_empty("fulfilment.topic", &f.topic)?,
                 },
                 "servicebus" => FulfilmentSink::ServiceBus {
-                    connection: ServiceBusConnection::parse(&f.connection_string)
+                    connection: ServiceBusConnection::parse(f.connection_string.expose())
                         .map_err(|m| self.error("fulfilment.connectionstring", m))?,
                     queue: self.non_empty("fulfilment.queue", &f.queue)?,
                 },
@@ -1342,6 +1388,35 @@ mod tests {
             let err = ServiceBusConnection::parse(raw).expect_err(missing);
             assert!(err.contains(missing), "{err}");
         }
+    }
+
+    #[test]
+    fn secrets_stay_verbatim_and_never_show() {
+        let cfg = load(
+            "",
+            "toml",
+            &[
+                ("Api__Auth__Enabled", "true"),
+                ("Api__Auth__Tokens__ci__Token", "0001234567890123456"),
+                ("Api__Auth__Tokens__ci__Scopes", "orders:read,orders:write"),
+                ("KafkaConfiguration__ServerUrl", "b:9093"),
+                ("KafkaConfiguration__Security__Protocol", "SASL_SSL"),
+                ("KafkaConfiguration__Security__Username", "key"),
+                ("KafkaConfiguration__Security__Password", "[not-a-list]"),
+                ("Database__Url", "postgres://u:pw-in-url@db/orders"),
+            ],
+        )
+        .expect("valid");
+        let token = &cfg.api.auth.tokens[0];
+        assert_eq!(token.token.expose(), "0001234567890123456");
+        assert_eq!(token.scopes.len(), 2);
+        let sasl = cfg.kafka.security.sasl.as_ref().expect("sasl");
+        assert_eq!(sasl.password.expose(), "[not-a-list]");
+        let shown = format!("{}\n{cfg:?}", cfg.to_redacted_toml());
+        for secret in ["0001234567890123456", "[not-a-list]", "pw-in-url"] {
+            assert!(!shown.contains(secret), "{secret} shown in:\n{shown}");
+        }
+        assert!(shown.contains("Password = \"***\""), "{shown}");
     }
 
     #[test]

@@ -33,10 +33,12 @@ pub enum StoreError {
     },
     #[error("the Idempotency-Key was already used with a different request")]
     IdempotencyMismatch,
+    // The cause is in the message, not also a `source`: error chains
+    // would print it twice.
     #[error("database unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(sqlx::Error),
     #[error("database error: {0}")]
-    Database(#[source] sqlx::Error),
+    Database(sqlx::Error),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
     #[error("migration failed: {0}")]

@@ -53,6 +53,9 @@ impl PgStore {
         options: sqlx::postgres::PgConnectOptions,
         max_connections: u32,
     ) -> Result<Self, super::StoreError> {
+        // One direct connection first: the pool would report a refused or
+        // rejected connection only as "timed out".
+        PgConnection::connect_with(&options).await?.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(std::time::Duration::from_secs(5))
