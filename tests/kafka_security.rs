@@ -45,6 +45,9 @@ fn shown(config: &orderflow::config::Config) -> Vec<String> {
         .collect()
 }
 
+/// Environment settings of one case.
+type Settings<'a> = Vec<(&'a str, &'a str)>;
+
 #[test]
 fn each_protocol_sets_its_librdkafka_properties() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -58,7 +61,7 @@ fn each_protocol_sets_its_librdkafka_properties() {
         ("KafkaConfiguration__Security__Username", "ABCDEFKEY"),
         ("KafkaConfiguration__Security__Password", PASSWORD),
     ];
-    let cases: Vec<(Vec<(&str, &str)>, Vec<String>)> = vec![
+    let cases: Vec<(Settings, Vec<String>)> = vec![
         (vec![], vec!["security.protocol=plaintext".into()]),
         (
             vec![
