@@ -1,7 +1,7 @@
-//! API authentication and limits as a client meets them: static bearer
+//! API security as a client meets it: static bearer
 //! tokens and JWTs with scopes (401/403 problem documents with RFC 6750
-//! challenges), open health and metrics, the per-client rate limit (429)
-//! and the connection limit.
+//! challenges), open health and metrics, the per-client rate limit (429),
+//! the connection limit, the request timeout and load shedding.
 
 mod common;
 
@@ -343,5 +343,67 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
         .expect("task")
         .expect("request");
     assert_eq!(status, 200);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_requests_time_out_and_excess_ones_are_shed() {
+    use sqlx::Connection;
+    let db = TestDb::new(Backend::Postgres).await;
+    let broker = common::start_broker();
+    let app = TestApp::spawn_with(
+        &db,
+        &broker,
+        &[
+            ("Api__RequestTimeoutMs", "1500"),
+            ("Api__MaxConcurrentRequests", "1"),
+        ],
+    )
+    .await;
+    // A transaction holding the orders table makes every read wait.
+    let mut locker = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let mut tx = locker.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .expect("lock");
+    let slow = tokio::spawn({
+        let (http, url) = (app.http.clone(), app.url("/api/orders"));
+        async move {
+            let response = http.get(url).send().await.expect("request");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    });
+    // While the one allowed request waits, another is refused at once.
+    // (The pause lets the first one reach the lock; a 503 from the first
+    // being late would carry the timeout's detail, and fail below.)
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let shed = app
+        .get("/api/orders/0190b2b4-7d3c-7000-8000-000000000000")
+        .await;
+    assert_eq!(shed.status(), 503);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let problem: Value = shed.json().await.expect("problem");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("limit")),
+        "{problem}"
+    );
+    let (status, problem) = slow.await.expect("task");
+    assert_eq!(status, 503, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("1500 ms")),
+        "{problem}"
+    );
+    tx.rollback().await.expect("rollback");
+    // Free again: requests are served.
+    assert_eq!(app.get("/api/orders").await.status(), 200);
     app.stop().await;
 }
