@@ -15,7 +15,8 @@ use crate::dlq::DeadLetters;
 use crate::domain::OrderId;
 use crate::events::{self, EventType};
 use crate::notifier::Notifier;
-use crate::store::{Applied, Effect, InboxEntry, SharedStore};
+use crate::shutdown::Shutdown;
+use crate::store::{Applied, Effect, InboxEntry, SharedStore, StoreError};
 
 /// KafkaFlow's type header: an assembly-qualified .NET type name.
 pub const MESSAGE_TYPE: &str = "Message-Type";
@@ -172,8 +173,10 @@ fn count(event_type: &str, outcome: &'static str) {
 }
 
 /// Handles one message to completion: applied, skipped as a duplicate or
-/// unknown, or dead-lettered. Returns only when its offset may be stored.
-pub async fn process(ctx: &HandlerContext, message: &OwnedMessage) {
+/// unknown, or dead-lettered; returns true then, and its offset may be
+/// stored. Returns false only when shutdown came while the database was
+/// unreachable: the message is left for the next owner of its partition.
+pub async fn process(ctx: &HandlerContext, message: &OwnedMessage, shutdown: &Shutdown) -> bool {
     let started = std::time::Instant::now();
     let type_label = header(message, events::CE_TYPE)
         .or_else(|| header(message, MESSAGE_TYPE))
@@ -194,19 +197,24 @@ pub async fn process(ctx: &HandlerContext, message: &OwnedMessage) {
         offset = message.offset()
     );
     let traceparent = crate::telemetry::continue_trace(&span, header(message, events::TRACEPARENT));
-    let handling = handle(ctx, message, &type_label, traceparent);
+    let handling = handle(ctx, message, &type_label, traceparent, shutdown);
     let outcome = tracing::Instrument::instrument(handling, span).await;
     count(&type_label, outcome);
     metrics::histogram!(crate::prometheus::HANDLER_DURATION, "type" => type_label)
         .record(started.elapsed().as_secs_f64());
+    outcome != ABANDONED
 }
 
-/// Returns the outcome label: ok, duplicate, unknown or dead_lettered.
+const ABANDONED: &str = "abandoned";
+
+/// Returns the outcome label: ok, duplicate, unknown, dead_lettered or
+/// abandoned.
 async fn handle(
     ctx: &HandlerContext,
     message: &OwnedMessage,
     type_label: &str,
     traceparent: String,
+    shutdown: &Shutdown,
 ) -> &'static str {
     let (event_id, event_type, effect) = match decode(message) {
         Ok(Decoded::Event {
@@ -272,6 +280,21 @@ async fn handle(
                 ctx.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(event_id = %inbox.event_id, "already handled; skipped");
                 return "duplicate";
+            }
+            // An unreachable database is an outage, not a bad message:
+            // dead-lettering would lose the event for an order that is fine.
+            // Retry until it is back (every partition needs it anyway).
+            Err(e @ StoreError::Unavailable(_)) => {
+                ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
+                count(type_label, "retried");
+                let delay = retry_delay(&ctx.retry, attempt);
+                tracing::warn!(error = %e, attempt, ?delay, event_id = %inbox.event_id, "database unreachable; retrying until it is back");
+                let mut stop = shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.wait() => return ABANDONED,
+                }
+                attempt = attempt.saturating_add(1);
             }
             Err(e) if e.is_transient() && attempt < ctx.retry.max_attempts => {
                 ctx.stats.retried.fetch_add(1, Ordering::Relaxed);

@@ -137,6 +137,7 @@ struct Job {
 struct Pool {
     runtime: Handle,
     handlers: Arc<HandlerContext>,
+    shutdown: Shutdown,
     progress: Arc<Progress>,
     buffer: usize,
     distribution: Distribution,
@@ -150,12 +151,18 @@ impl Pool {
         for _ in 0..count {
             let (tx, mut rx) = mpsc::channel::<Job>(self.buffer);
             let (handlers, progress) = (self.handlers.clone(), self.progress.clone());
+            let shutdown = self.shutdown.clone();
             self.tasks.push(self.runtime.spawn(async move {
                 while let Some(job) = rx.recv().await {
-                    handlers::process(&handlers, &job.message).await;
-                    progress
-                        .lock()
-                        .finished(job.message.partition(), job.message.offset());
+                    let done = handlers::process(&handlers, &job.message, &shutdown).await;
+                    // An abandoned message (shutdown while the database
+                    // was down) is never marked: its offset is not
+                    // committed, so it is delivered again.
+                    if done {
+                        progress
+                            .lock()
+                            .finished(job.message.partition(), job.message.offset());
+                    }
                     progress.finished.notify_all();
                 }
             }));
@@ -246,6 +253,7 @@ pub fn start(
     let pool = Pool {
         runtime: Handle::current(),
         handlers,
+        shutdown: shutdown.clone(),
         progress: progress.clone(),
         buffer: settings.worker.buffer_size,
         distribution: settings.worker.distribution,
