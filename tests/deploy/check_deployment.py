@@ -22,6 +22,13 @@ What it checks, with real tools and no cluster, daemon or network:
     run-worker and vice versa), replica counts, the same ConfigMap mounted
     by both roles and the migrate hook Job, config.toml equal to the values,
     secrets as env vars, probes, grace periods, HPAs, PDBs, labels.
+  * API authentication in the chart: on in config.toml, token names and
+    scopes there and no token value in any ConfigMap; each token as
+    Api__Auth__Tokens__<name>__Token from the chart's Secret (generated,
+    32+ characters, or given in values) or secret.existingSecret; the
+    rate limit and request timeout; optional TLS files mounted in every
+    role. The real binary (`orderflow config`) loads each role's rendered
+    config.toml with that role's env and prints the tokens only as ***.
   * docker-compose.yml: KRaft Kafka, PostgreSQL, migrate/api/worker roles.
 
 Prints one line per failed check and a summary; exits 1 on any failure,
@@ -30,7 +37,9 @@ Prints one line per failed check and a summary; exits 1 on any failure,
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
 import os
 import re
 import shutil
@@ -80,6 +89,12 @@ SECRET_ENV = (
     "KafkaConfiguration__Security__Password",
     "Fulfilment__ConnectionString",
 )
+# The chart's default static API tokens and their scopes.
+DEFAULT_TOKENS = {"shop": ["orders:read", "orders:write"], "ops": ["admin"]}
+# Generated tokens must be at least this long (the binary's floor is 16).
+GENERATED_TOKEN_MIN = 32
+# An explicit token value given in the all-optional render's values.
+EXPLICIT_SHOP_TOKEN = "explicit-shop-token-5f0c1e9a7b3d"
 
 
 def missing_tools(message: str) -> None:
@@ -512,6 +527,134 @@ def check_config_and_secrets(docs: list[dict], values: dict, api: dict, worker: 
                             f"{label}: migrate Job's Secret has the roles' secret data")
 
 
+def token_env(name: str) -> str:
+    return f"Api__Auth__Tokens__{name}__Token"
+
+
+def workloads(docs: list[dict], values: dict, api: dict, worker: dict) -> list[dict]:
+    """The api and worker Deployments and, when enabled, the migrate Job."""
+    out = [api, worker]
+    if values["migrate"]["enabled"]:
+        out += [j for j in by_kind(docs, "Job") if component(j) == "migrate"]
+    return out
+
+
+def secret_value(docs: list[dict], name: str, key: str) -> str | None:
+    """A key of a Secret the chart renders, decoded; None when not rendered."""
+    for doc in by_kind(docs, "Secret"):
+        if doc["metadata"]["name"] == name and key in doc.get("data", {}):
+            return base64.b64decode(doc["data"][key]).decode()
+    return None
+
+
+def check_auth(docs: list[dict], values: dict, api: dict, worker: dict, label: str) -> None:
+    """API authentication as the chart sets it up (issue #7: on in the chart)."""
+    auth = values["config"].get("Api", {}).get("Auth", {})
+    names = sorted(auth.get("Tokens", {}))
+    existing = values["secret"]["existingSecret"]
+    prefix = values["secret"]["keys"]["apiTokenPrefix"]
+    C.ok(auth.get("Enabled") is True, f"{label}: config.Api.Auth.Enabled is true in the chart's values")
+    C.ok(names, f"{label}: the chart configures static API tokens")
+    for name, scopes in DEFAULT_TOKENS.items():
+        C.equal(auth.get("Tokens", {}).get(name, {}).get("Scopes"), scopes, f"{label}: default token {name}'s scopes")
+    rate = values["config"]["Api"].get("RateLimit", {})
+    C.ok(rate.get("PerSecond", 0) > 0 and rate.get("Burst", 0) >= rate.get("PerSecond", 0),
+         f"{label}: a per-client rate limit is on by default (PerSecond > 0, Burst >= PerSecond), got {rate}")
+    C.ok(isinstance(values["config"]["Api"].get("RequestTimeoutMs"), int),
+         f"{label}: config.Api.RequestTimeoutMs is set")
+
+    # What every rendered ConfigMap says: auth on, names and scopes, no value.
+    for cm in by_kind(docs, "ConfigMap"):
+        text = cm.get("data", {}).get("config.toml")
+        if text is None:
+            continue
+        where = f"{label}: ConfigMap/{cm['metadata']['name']}"
+        parsed = tomllib.loads(text)
+        rendered = parsed.get("Api", {}).get("Auth", {})
+        C.ok(rendered.get("Enabled") is True, f"{where}: [Api.Auth] Enabled = true")
+        tokens = rendered.get("Tokens", {})
+        C.equal(sorted(tokens), names, f"{where}: [Api.Auth.Tokens.<name>] tables")
+        for name, table in tokens.items():
+            C.ok(table.get("Scopes") and not any(k.lower() == "token" for k in table),
+                 f"{where}: token {name} has Scopes and no Token key, got keys {sorted(table)}")
+
+    # Token values: where they come from, and that they stay in Secrets.
+    main_secret = existing or next((d["metadata"]["name"] for d in by_kind(docs, "Secret")
+                                    if "helm.sh/hook" not in d["metadata"].get("annotations", {})), None)
+    values_seen: list[str] = []
+    for dep in workloads(docs, values, api, worker):
+        env = env_map(container_of(dep))
+        where = f"{label}: {dep['kind']}/{dep['metadata']['name']}"
+        extra = sorted(n for n in env if n.startswith("Api__Auth__Tokens__") and n not in {token_env(t) for t in names})
+        C.ok(not extra, f"{where}: token env vars only for configured tokens, extra {extra}")
+        for name in names:
+            ref = env.get(token_env(name), {}).get("valueFrom", {}).get("secretKeyRef")
+            if not C.ok(ref and "value" not in env.get(token_env(name), {}),
+                        f"{where}: env {token_env(name)} comes from a Secret (secretKeyRef, no literal value)"):
+                continue
+            C.equal(ref["key"], f"{prefix}{name}", f"{where}: {token_env(name)} Secret key")
+            C.ok(not ref.get("optional", False), f"{where}: {token_env(name)} is not optional")
+            if existing:
+                C.equal(ref["name"], existing, f"{where}: {token_env(name)} reads secret.existingSecret")
+            else:
+                # The migrate hook reads its own copy (same data, checked above).
+                expected = main_secret if dep["kind"] == "Deployment" else ref["name"]
+                C.equal(ref["name"], expected, f"{where}: {token_env(name)} reads the chart's Secret")
+                value = secret_value(docs, ref["name"], ref["key"])
+                if C.ok(value is not None, f"{where}: the Secret {ref['name']} it reads holds {ref['key']}"):
+                    values_seen.append(value)
+                    given = (values["secret"].get("apiTokens") or {}).get(name)
+                    if given:
+                        C.equal(value, given, f"{label}: token {name} is the value given in secret.apiTokens")
+                    else:
+                        C.ok(len(value) >= GENERATED_TOKEN_MIN and value.isalnum(),
+                             f"{label}: generated token {name} has {len(value)} characters, "
+                             f"needs >= {GENERATED_TOKEN_MIN} random alphanumerics")
+    if existing:
+        C.ok(not any(k.startswith(prefix) for d in by_kind(docs, "Secret") for k in d.get("data", {})),
+             f"{label}: with existingSecret no token is rendered into any Secret")
+    else:
+        generated = {v for v in values_seen if v not in (values["secret"].get("apiTokens") or {}).values()}
+        C.equal(len(generated), len([n for n in names if not (values["secret"].get("apiTokens") or {}).get(n)]),
+                f"{label}: each generated token is distinct, and one value per token across the Secret and the hook's copy")
+    # No token value outside a Secret: not in the ConfigMaps, the pod specs
+    # (annotations, env), nor anywhere else the chart renders.
+    for doc in docs:
+        if doc["kind"] == "Secret":
+            continue
+        dumped = yaml.safe_dump(strip(doc))
+        leaked = [v for v in values_seen if v in dumped]
+        C.ok(not leaked, f"{label}: {doc['kind']}/{doc['metadata']['name']} contains an API token value")
+
+
+def check_tls_files(docs: list[dict], values: dict, api: dict, worker: dict, label: str) -> None:
+    """tlsFiles: one Secret/ConfigMap mounted read-only in every role, and
+    the config's certificate paths inside it."""
+    tls = values["tlsFiles"]
+    source = tls["secretName"] or tls["configMapName"]
+    for dep in workloads(docs, values, api, worker):
+        where = f"{label}: {dep['kind']}/{dep['metadata']['name']}"
+        spec = dep["spec"]["template"]["spec"]
+        volume = next((v for v in spec.get("volumes", []) if v["name"] == "tls-files"), None)
+        mount = next((m for m in container_of(dep).get("volumeMounts", []) if m["name"] == "tls-files"), None)
+        if not source:
+            C.ok(volume is None and mount is None, f"{where}: no TLS files volume without tlsFiles")
+            continue
+        ref = (volume or {}).get("secret", {}).get("secretName") or (volume or {}).get("configMap", {}).get("name")
+        C.equal(ref, source, f"{where}: TLS files volume from tlsFiles")
+        C.ok(mount and mount["mountPath"] == tls["mountPath"] and mount.get("readOnly") is True,
+             f"{where}: TLS files mounted read-only at {tls['mountPath']}, got {mount}")
+        C.equal(container_of(dep).get("securityContext", {}).get("readOnlyRootFilesystem"), True,
+                f"{where}: readOnlyRootFilesystem stays on")
+    if source:
+        security = values["config"]["KafkaConfiguration"].get("Security", {})
+        paths = [security.get(k) for k in ("CaFile", "CertificateFile", "KeyFile")] + \
+                [values["config"].get("Database", {}).get("SslRootCert")]
+        paths = [p for p in paths if p]
+        C.ok(paths and all(p.startswith(tls["mountPath"].rstrip("/") + "/") for p in paths),
+             f"{label}: the config's certificate files lie in tlsFiles.mountPath, got {paths}")
+
+
 def orderflow_binary() -> str | None:
     """The orderflow binary, when one is at hand: tests/deployment.rs passes
     the one cargo built (ORDERFLOW_BIN); standalone runs look in target/."""
@@ -524,65 +667,102 @@ def orderflow_binary() -> str | None:
     return None
 
 
-def check_with_binary(docs: list[dict], values: dict, api: dict, label: str) -> None:
-    """`orderflow config` on the rendered config.toml, with the secret env
-    vars set as the pods set them: the program accepts the chart's file and
-    sees the chart's values."""
+def check_with_binary(docs: list[dict], values: dict, api: dict, worker: dict, label: str) -> None:
+    """`orderflow config` on each role's rendered config.toml (api, worker,
+    migrate Job: every one loads and validates the whole configuration), with
+    the secret env vars set as that role's pod sets them: the program accepts
+    the chart's file, sees the chart's values and never prints a token."""
     binary = orderflow_binary()
     if not binary:
         C.note(f"{label}: no orderflow binary (set ORDERFLOW_BIN): skipped `orderflow config` on the ConfigMap")
         return
-    volumes = {v["name"]: v for v in api["spec"]["template"]["spec"]["volumes"]}
-    cm_name = next(v["configMap"]["name"] for v in volumes.values() if "configMap" in v)
-    cm = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == cm_name)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config.toml"
-        path.write_text(cm["data"]["config.toml"])
-        env = {k: v for k, v in os.environ.items() if "__" not in k}
-        env.update({
-            "ORDERFLOW_CONFIG": str(path),
-            "Database__Url": "postgres://orderflow:s3cret@db.example/orderflow",
-            "KafkaConfiguration__Security__Username": "orderflow",
-            "KafkaConfiguration__Security__Password": "s3cret",
-            "Fulfilment__ConnectionString": "Endpoint=sb://orderflow.servicebus.windows.net/;"
-                                            "SharedAccessKeyName=send;SharedAccessKey=s3cret",
-        })
-        result = subprocess.run([binary, "config"], capture_output=True, text=True, env=env, cwd=tmp, timeout=60)
-    if not C.ok(result.returncode == 0,
-                f"{label}: `orderflow config` rejects the chart's config.toml (exit {result.returncode}): "
-                f"{result.stderr.strip()}"):
-        return
-    effective = tomllib.loads(result.stdout)
+    names = sorted(values["config"].get("Api", {}).get("Auth", {}).get("Tokens", {}))
+    mount_path = values["tlsFiles"]["mountPath"].rstrip("/")
+    for dep in workloads(docs, values, api, worker):
+        where = f"{label}: {dep['kind']}/{dep['metadata']['name']}"
+        volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+        cm_name = next(v["configMap"]["name"] for v in volumes.values() if "configMap" in v and v["name"] == "config")
+        cm = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == cm_name)
+        pod_env = env_map(container_of(dep))
+        with tempfile.TemporaryDirectory() as tmp:
+            # The TLS files the pod would find in tlsFiles.mountPath.
+            tls_dir = Path(tmp) / "tls"
+            text = cm["data"]["config.toml"]
+            if "tls-files" in volumes:
+                tls_dir.mkdir()
+                for match in re.findall(re.escape(mount_path) + r"/([\w.-]+)", text):
+                    (tls_dir / match).write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+                text = text.replace(mount_path + "/", str(tls_dir) + "/")
+            path = Path(tmp) / "config.toml"
+            path.write_text(text)
+            env = {k: v for k, v in os.environ.items() if "__" not in k}
+            env.update({
+                "ORDERFLOW_CONFIG": str(path),
+                "Database__Url": "postgres://orderflow:s3cret@db.example/orderflow",
+                "KafkaConfiguration__Security__Username": "orderflow",
+                "KafkaConfiguration__Security__Password": "s3cret",
+                "Fulfilment__ConnectionString": "Endpoint=sb://orderflow.servicebus.windows.net/;"
+                                                "SharedAccessKeyName=send;SharedAccessKey=s3cret",
+            })
+            # The token env vars exactly as the pod spec has them: the value
+            # of the chart's Secret (generated or given), or for an existing
+            # Secret a stand-in of the kind its owner would put there.
+            tokens: dict[str, str] = {}
+            for name, var in pod_env.items():
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if not name.startswith("Api__Auth__Tokens__") or not ref:
+                    continue
+                tokens[name] = secret_value(docs, ref["name"], ref["key"]) or \
+                    f"existing-{ref['key']}-9d2f61c0a4b7e8f3"
+            env.update(tokens)
+            result = subprocess.run([binary, "config"], capture_output=True, text=True, env=env, cwd=tmp, timeout=60)
+        if not C.ok(result.returncode == 0,
+                    f"{where}: `orderflow config` rejects the chart's config.toml with this pod's env "
+                    f"(exit {result.returncode}): {result.stderr.strip()}"):
+            continue
+        output = result.stdout + result.stderr
+        C.ok(not [t for t in tokens.values() if t in output], f"{where}: `orderflow config` prints an API token")
+        effective = tomllib.loads(result.stdout)
+        eff_auth = effective.get("Api", {}).get("Auth", {})
+        C.ok(eff_auth.get("Enabled") is True, f"{where}: the binary sees Api.Auth.Enabled = true")
+        for name in names:
+            C.equal(eff_auth.get("Tokens", {}).get(name, {}).get("Token"), "***",
+                    f"{where}: the binary has token {name} (from {token_env(name)}) and shows it as ***")
+        if dep is not api:
+            continue
+        expected_values = json.loads(json.dumps(values["config"]).replace(mount_path + "/", ""))
+        actual_values = json.loads(json.dumps(effective).replace(str(tls_dir) + "/", ""))
 
-    def compare(expected: dict, actual: dict, prefix: str) -> None:
-        for key, value in expected.items():
-            match = next((k for k in actual if k.lower() == key.lower()), None)
-            if isinstance(value, dict):
-                compare(value, actual.get(match, {}) if match else {}, f"{prefix}{key}.")
-            else:
-                C.equal(actual.get(match) if match else None, value, f"{label}: effective {prefix}{key}")
+        def compare(expected: dict, actual: dict, prefix: str) -> None:
+            for key, value in expected.items():
+                match = next((k for k in actual if k.lower() == key.lower()), None)
+                if isinstance(value, dict):
+                    compare(value, actual.get(match, {}) if match else {}, f"{prefix}{key}.")
+                else:
+                    C.equal(actual.get(match) if match else None, value, f"{label}: effective {prefix}{key}")
 
-    compare(values["config"], effective, "")
-    url = effective.get("Database", {}).get("Url", "")
-    C.ok(url.startswith("postgres://") and "s3cret" not in url,
-         f"{label}: Database.Url comes from the env var and is redacted, got {url!r}")
-    # The other secret env vars the pods get: wherever the program has the
-    # setting, the env var must reach it (a section the environment layer
-    # does not read would silently drop the Secret's value).
-    for env_name, secret in (("KafkaConfiguration__Security__Username", False),
-                             ("KafkaConfiguration__Security__Password", True),
-                             ("Fulfilment__ConnectionString", True)):
-        node: Any = effective
-        for part in env_name.split("__"):
-            node = next((v for k, v in node.items() if k.lower() == part.lower()), None) \
-                if isinstance(node, dict) else None
-        if node is None:
-            continue  # the program has no such setting (yet)
-        C.ok(node not in ("", None), f"{label}: {env_name} is set on the pods but `orderflow config` shows "
-                                     f"{env_name.replace('__', '.')} = {node!r}: the environment layer does not read it")
-        if secret:
-            C.ok("s3cret" not in str(node), f"{label}: `orderflow config` prints {env_name.replace('__', '.')} unredacted")
-    C.note(f"{label}: `{Path(binary).name} config` accepts the rendered config.toml and reflects every value")
+        compare(expected_values, actual_values, "")
+        url = effective.get("Database", {}).get("Url", "")
+        C.ok(url.startswith("postgres://") and "s3cret" not in url,
+             f"{label}: Database.Url comes from the env var and is redacted, got {url!r}")
+        # The other secret env vars the pods get: wherever the program has the
+        # setting, the env var must reach it (a section the environment layer
+        # does not read would silently drop the Secret's value).
+        for env_name, secret in (("KafkaConfiguration__Security__Username", False),
+                                 ("KafkaConfiguration__Security__Password", True),
+                                 ("Fulfilment__ConnectionString", True)):
+            node: Any = effective
+            for part in env_name.split("__"):
+                node = next((v for k, v in node.items() if k.lower() == part.lower()), None) \
+                    if isinstance(node, dict) else None
+            if node is None:
+                continue  # the program has no such setting (yet)
+            C.ok(node not in ("", None), f"{label}: {env_name} is set on the pods but `orderflow config` shows "
+                                         f"{env_name.replace('__', '.')} = {node!r}: the environment layer does not read it")
+            if secret:
+                C.ok("s3cret" not in str(node), f"{label}: `orderflow config` prints {env_name.replace('__', '.')} unredacted")
+    C.note(f"{label}: `{Path(binary).name} config` accepts each role's rendered config.toml with its env "
+           f"({len(names)} API tokens shown as ***) and reflects every value")
 
 
 def check_service_and_ingress(docs: list[dict], values: dict, api: dict, worker: dict, label: str) -> None:
@@ -684,6 +864,17 @@ def check_chart() -> None:
                         "the in-process development broker")
     expect_schema_error(chart, {"config": {"Database": {"Url": "postgres://u:p@h/db"}}},
                         "a database URL in the ConfigMap")
+    expect_schema_error(chart, {"config": {"Api": {"Auth": {"Tokens": {"shop": {"Token": "x" * 40}}}}}},
+                        "an API token value in the ConfigMap")
+    expect_schema_error(chart, {"config": {"Api": {"Auth": {"Tokens": {"shop": {"Scopes": ["orders:delete"]}}}}}},
+                        "an unknown token scope")
+    expect_schema_error(chart, {"config": {"Api": {"Auth": {"Tokens": {"Bad__Name": {"Scopes": ["admin"]}}}}}},
+                        "a token name that cannot be an env var segment")
+    expect_schema_error(chart, {"secret": {"apiTokens": {"shop": "short"}}}, "an API token under 16 characters")
+    expect_schema_error(chart, {"config": {"KafkaConfiguration": {"Security": {"Password": "p"}}}},
+                        "a Kafka password in the ConfigMap")
+    expect_schema_error(chart, {"tlsFiles": {"secretName": "a", "configMapName": "b"}},
+                        "both tlsFiles.secretName and tlsFiles.configMapName")
 
     versions = kube_versions()
     everything = deep_merge(scaled, {
@@ -691,13 +882,23 @@ def check_chart() -> None:
                    "keda": {"enabled": True, "sasl": "scram_sha512", "tls": "enable"}},
         "metrics": {"serviceMonitor": {"enabled": True}},
         "secret": {"existingSecret": "", "databaseUrl": "postgres://orderflow:s3cret@db/orderflow",
-                   "kafkaUsername": "orderflow", "kafkaPassword": "p", "serviceBusConnectionString": "Endpoint=sb://x/;K=v"},
+                   "kafkaUsername": "orderflow", "kafkaPassword": "p", "serviceBusConnectionString": "Endpoint=sb://x/;K=v",
+                   "apiTokens": {"shop": EXPLICIT_SHOP_TOKEN}},
         "api": {"podDisruptionBudget": {"minAvailable": "50%"}},
+        # Kafka over SASL_SSL with mutual TLS and PostgreSQL verify-full,
+        # the certificate files from a Secret (tlsFiles).
+        "tlsFiles": {"secretName": "orderflow-tls"},
+        "config": {"KafkaConfiguration": {"Security": {
+                       "Protocol": "SASL_SSL", "SaslMechanism": "SCRAM-SHA-512",
+                       "CaFile": "/etc/orderflow-tls/ca.crt", "CertificateFile": "/etc/orderflow-tls/tls.crt",
+                       "KeyFile": "/etc/orderflow-tls/tls.key"}},
+                   "Database": {"SslMode": "verify-full", "SslRootCert": "/etc/orderflow-tls/ca.crt"}},
     })
     renders = (
         ("default values", None, "shop"),
         (SCALED_VALUES.relative_to(ROOT).as_posix(), scaled, "orderflow"),
-        ("all optional templates on (KEDA, ServiceMonitor, chart Secret with SASL)", everything, "orderflow"),
+        ("all optional templates on (KEDA, ServiceMonitor, chart Secret with SASL, TLS files, a given token)",
+         everything, "orderflow"),
     )
     summary = []
     for label, vals, release in renders:
@@ -715,7 +916,9 @@ def check_chart() -> None:
         worker = check_role(docs, values, "worker", label)
         if api and worker:
             check_config_and_secrets(docs, values, api, worker, label)
-            check_with_binary(docs, values, api, label)
+            check_auth(docs, values, api, worker, label)
+            check_tls_files(docs, values, api, worker, label)
+            check_with_binary(docs, values, api, worker, label)
             check_service_and_ingress(docs, values, api, worker, label)
             crd_checked = check_crds(docs, values, worker, label)
             C.equal(crd_checked, crds, f"{label}: every custom resource was checked structurally")
@@ -736,6 +939,8 @@ def check_chart() -> None:
                         "maxReplicas", "HPA maxReplicas below minReplicas")
     expect_render_error(chart, {"secret": {"databaseUrl": ""}}, "secret.databaseUrl",
                         "no database URL and no existing Secret")
+    expect_render_error(chart, {"secret": {"apiTokens": {"nobody": "n" * 40}}}, "secret.apiTokens.nobody",
+                        "a token value for a name config.Api.Auth.Tokens does not have")
     chart.close()
     global RENDER_SUMMARY
     RENDER_SUMMARY = summary

@@ -105,8 +105,9 @@ tables (scalars first, keys sorted).
 */}}
 {{- define "orderflow.configToml" -}}
 # orderflow configuration rendered by the Helm chart from .Values.config.
-# Secrets are not here: Database__Url and the SASL / Service Bus credentials
-# come from the Secret as environment variables, which override this file.
+# Secrets are not here: Database__Url, the SASL / Service Bus credentials and
+# the API token values (Api__Auth__Tokens__<name>__Token) come from the
+# Secret as environment variables, which override this file.
 {{- include "orderflow.toml.table" (dict "table" .Values.config "prefix" "") }}
 {{- end }}
 
@@ -188,6 +189,16 @@ Environment shared by every role (api, worker, migrate). Call with
       name: {{ .secretName }}
       key: {{ $keys.serviceBusConnectionString }}
       optional: true
+{{- /* Every role loads and validates the whole configuration, so every
+role needs the values of the tokens config.toml names (only the api uses
+them). Not optional: a missing key stops the pod with an event naming it. */}}
+{{- range $name := include "orderflow.apiTokenNames" $root | fromJsonArray }}
+- name: Api__Auth__Tokens__{{ $name }}__Token
+  valueFrom:
+    secretKeyRef:
+      name: {{ $.secretName }}
+      key: {{ $keys.apiTokenPrefix }}{{ $name }}
+{{- end }}
 {{- with $root.Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -213,17 +224,80 @@ above stay unset instead of being set to "").
 {{- with $s.serviceBusConnectionString }}
 {{ $keys.serviceBusConnectionString }}: {{ . | b64enc | quote }}
 {{- end }}
+{{- range $name, $token := include "orderflow.apiTokens" . | fromJson }}
+{{ $keys.apiTokenPrefix }}{{ $name }}: {{ $token | b64enc | quote }}
+{{- end }}
 {{- end }}
 
+{{/*
+The names of the static API tokens (config.Api.Auth.Tokens), sorted, as a
+JSON list.
+*/}}
+{{- define "orderflow.apiTokenNames" -}}
+{{- $tokens := dig "Api" "Auth" "Tokens" dict .Values.config }}
+{{- keys $tokens | sortAlpha | toJson }}
+{{- end }}
+
+{{/*
+The API token values by name, as JSON: secret.apiTokens.<name> if given,
+else the value the release's Secret already holds (`lookup`; nothing when
+rendering offline or on a first install), else 48 random characters. Worked
+out once per render and kept in .Values, so the Secret, the migrate hook's
+copy and the checksum annotation all see the same tokens.
+*/}}
+{{- define "orderflow.apiTokens" -}}
+{{- if not (hasKey .Values "orderflowGeneratedApiTokens") }}
+{{- $names := include "orderflow.apiTokenNames" . | fromJsonArray }}
+{{- $given := .Values.secret.apiTokens | default dict }}
+{{- range $name, $_ := $given }}
+{{- if not (has $name $names) }}
+{{- fail (printf "secret.apiTokens.%s: no token %q in config.Api.Auth.Tokens" $name $name) }}
+{{- end }}
+{{- end }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "orderflow.secretName" .) | default dict }}
+{{- $data := dig "data" dict $existing }}
+{{- $tokens := dict }}
+{{- range $name := $names }}
+{{- $token := get $given $name | default "" | trim }}
+{{- if not $token }}
+{{- with get $data (printf "%s%s" $.Values.secret.keys.apiTokenPrefix $name) }}
+{{- $token = b64dec . }}
+{{- end }}
+{{- end }}
+{{- if not $token }}
+{{- $token = randAlphaNum 48 }}
+{{- end }}
+{{- $_ := set $tokens $name $token }}
+{{- end }}
+{{- $_ := set .Values "orderflowGeneratedApiTokens" $tokens }}
+{{- end }}
+{{- toJson .Values.orderflowGeneratedApiTokens }}
+{{- end }}
+
+{{/*
+Volumes of every role. Call with (dict "root" $ "configMap" "name").
+*/}}
 {{- define "orderflow.configVolume" -}}
+{{- $tls := .root.Values.tlsFiles }}
 - name: config
   configMap:
-    name: {{ . }}
+    name: {{ .configMap }}
     items:
       - key: config.toml
         path: config.toml
 - name: tmp
   emptyDir: {}
+{{- if $tls.secretName }}
+- name: tls-files
+  secret:
+    secretName: {{ $tls.secretName }}
+    defaultMode: 288 # 0440: the pod's group (fsGroup) reads the key
+{{- else if $tls.configMapName }}
+- name: tls-files
+  configMap:
+    name: {{ $tls.configMapName }}
+    defaultMode: 288 # 0440
+{{- end }}
 {{- end }}
 
 {{- define "orderflow.configVolumeMounts" -}}
@@ -232,6 +306,11 @@ above stay unset instead of being set to "").
   readOnly: true
 - name: tmp
   mountPath: /tmp
+{{- if or .Values.tlsFiles.secretName .Values.tlsFiles.configMapName }}
+- name: tls-files
+  mountPath: {{ .Values.tlsFiles.mountPath }}
+  readOnly: true
+{{- end }}
 {{- end }}
 
 {{/*
