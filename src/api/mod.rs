@@ -54,6 +54,7 @@ pub fn router(
     admin: Option<Arc<admin::AdminState>>,
 ) -> Router {
     let body_limit = state.max_body_bytes;
+    let max_items = state.limits.max_items;
     let admin = admin.map(admin::router).unwrap_or_default();
     Router::new()
         .route("/api/orders", get(orders::list).post(orders::create))
@@ -71,7 +72,10 @@ pub fn router(
             get(inventory::get).put(inventory::put),
         )
         .with_state(state)
-        .route("/api/openapi.json", get(openapi::document))
+        .route(
+            "/api/openapi.json",
+            get(move || openapi::document(max_items)),
+        )
         .route("/api/docs", get(openapi::docs_page))
         .merge(health_router(readiness))
         .merge(admin)
