@@ -55,7 +55,7 @@ pub fn router(
 ) -> Router {
     let body_limit = state.max_body_bytes;
     let max_items = state.limits.max_items;
-    let admin = admin.map(admin::router).unwrap_or_default();
+    let admin = admin.map_or_else(admin::disabled_router, admin::router);
     Router::new()
         .route("/api/orders", get(orders::list).post(orders::create))
         .route("/api/orders/{id}", get(orders::get))
