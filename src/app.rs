@@ -111,6 +111,7 @@ impl Application {
                         dead_letter_topic: config.worker.dead_letter_topic.clone(),
                         control_topic: config.admin.control_topic.clone(),
                         timeout: config.kafka.message_timeout,
+                        max_body_bytes: config.api.max_body_bytes,
                     })
                 });
                 let guard = Guard::new(&config.api).await?;

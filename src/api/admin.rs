@@ -6,7 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::Html;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -16,7 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use super::error::Problem;
-use super::ApiError;
+use super::{json, ApiError};
 use crate::control::{self, ConsumptionState};
 use crate::dlq::{self, DeadLetter};
 use crate::kafka::Brokers;
@@ -31,6 +34,7 @@ pub struct AdminState {
     pub dead_letter_topic: String,
     pub control_topic: String,
     pub timeout: Duration,
+    pub max_body_bytes: usize,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -41,6 +45,22 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/api/resume", post(resume))
         .route("/admin/api/dlq/replay", post(replay))
         .with_state(state)
+}
+
+/// With `Admin.Enabled = false` the documented admin routes still exist and
+/// answer a problem document saying so, rather than falling through to the
+/// generic 404: a client learns why, and other methods get 405 with
+/// `Allow` as on every route.
+pub fn disabled_router() -> Router {
+    async fn disabled() -> ApiError {
+        ApiError::NotFound("the admin dashboard is disabled (Admin.Enabled = false)".into())
+    }
+    Router::new()
+        .route("/admin", get(disabled))
+        .route("/admin/api/overview", get(disabled))
+        .route("/admin/api/pause", post(disabled))
+        .route("/admin/api/resume", post(disabled))
+        .route("/admin/api/dlq/replay", post(disabled))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -143,6 +163,7 @@ fn partitions(brokers: &Brokers, topic: &str, group: &str) -> Result<Vec<Partiti
 #[utoipa::path(get, path = "/admin/api/overview", operation_id = "adminOverview", tag = "admin",
     responses(
         (status = 200, description = "Pipeline state at a glance", body = Overview),
+        (status = 404, description = "Admin.Enabled is false", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database or Kafka unreachable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn overview(State(admin): State<Arc<AdminState>>) -> Result<Json<Overview>, ApiError> {
@@ -199,7 +220,11 @@ async fn switch(admin: &AdminState, paused: bool) -> Result<Json<ConsumptionStat
 }
 
 #[utoipa::path(post, path = "/admin/api/pause", operation_id = "adminPause", tag = "admin",
-    responses((status = 200, description = "Every worker stops fetching", body = ConsumptionState)))]
+    responses(
+        (status = 200, description = "Every worker stops fetching", body = ConsumptionState),
+        (status = 404, description = "Admin.Enabled is false", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka unreachable", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn pause(
     State(admin): State<Arc<AdminState>>,
 ) -> Result<Json<ConsumptionState>, ApiError> {
@@ -207,7 +232,11 @@ pub async fn pause(
 }
 
 #[utoipa::path(post, path = "/admin/api/resume", operation_id = "adminResume", tag = "admin",
-    responses((status = 200, description = "Every worker fetches again", body = ConsumptionState)))]
+    responses(
+        (status = 200, description = "Every worker fetches again", body = ConsumptionState),
+        (status = 404, description = "Admin.Enabled is false", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka unreachable", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn resume(
     State(admin): State<Arc<AdminState>>,
 ) -> Result<Json<ConsumptionState>, ApiError> {
@@ -230,12 +259,20 @@ pub struct Replayed {
     request_body = ReplayRequest,
     responses(
         (status = 200, description = "Re-published to the orders topic", body = Replayed),
-        (status = 404, description = "No dead letter with that event id", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No dead letter with that event id, or Admin.Enabled is false", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka unreachable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn replay(
     State(admin): State<Arc<AdminState>>,
-    Json(request): Json<ReplayRequest>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Replayed>, ApiError> {
+    // Parsed like every other body, so bad input is a problem document
+    // naming the field, not axum's plain-text rejection.
+    let request: ReplayRequest = json::parse(&headers, body, admin.max_body_bytes)?;
     let letters: Vec<DeadLetter> = dlq::read_all(&admin.brokers, &admin.dead_letter_topic)
         .await
         .map_err(kafka_error)?
@@ -255,7 +292,10 @@ pub async fn replay(
 }
 
 #[utoipa::path(get, path = "/admin", operation_id = "adminDashboard", tag = "admin",
-    responses((status = 200, description = "The dashboard page", content_type = "text/html")))]
+    responses(
+        (status = 200, description = "The dashboard page", content_type = "text/html"),
+        (status = 404, description = "Admin.Enabled is false", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn page() -> Html<&'static str> {
     Html(include_str!("admin.html"))
 }

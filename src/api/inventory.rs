@@ -2,7 +2,7 @@
 //! from. Products without a row are untracked (always available).
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
@@ -15,16 +15,32 @@ use crate::domain::{InventoryLevel, MAX_NAME_LEN};
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PutInventory {
-    #[schema(required = true, minimum = 0, example = 50)]
+    #[schema(
+        required = true,
+        nullable = false,
+        minimum = 0,
+        maximum = 1_000_000_000,
+        example = 50
+    )]
+    #[serde(default, deserialize_with = "crate::domain::whole_number")]
     on_hand: Option<i64>,
 }
 
-fn product_name(raw: &str) -> Result<&str, ApiError> {
+/// The most stock one product may hold: far above any real shelf, far
+/// below where sums of levels could overflow.
+const MAX_ON_HAND: i64 = 1_000_000_000;
+
+/// The rules of an order item's productName (trimmed, printable, raw length
+/// at most 200): a name no order could carry cannot be stocked either.
+fn product_name(path: &Result<Path<String>, PathRejection>) -> Result<&str, ApiError> {
+    let Ok(Path(raw)) = path else {
+        return Err(ApiError::field("productName", "is not UTF-8"));
+    };
     let name = raw.trim();
-    if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
+    if name.is_empty() || raw.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control) {
         return Err(ApiError::field(
             "productName",
-            format!("must be 1..={MAX_NAME_LEN} characters"),
+            format!("must be 1..={MAX_NAME_LEN} printable characters"),
         ));
     }
     Ok(name)
@@ -32,7 +48,8 @@ fn product_name(raw: &str) -> Result<&str, ApiError> {
 
 #[utoipa::path(
     put, path = "/api/inventory/{product}", operation_id = "putInventory", tag = "inventory",
-    params(("product" = String, Path, description = "Product name")),
+    params(("product" = String, Path, max_length = 200, pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$",
+        description = "Product name: printable, surrounding whitespace trimmed")),
     request_body = PutInventory,
     responses(
         (status = 200, description = "The stock level", body = InventoryLevel),
@@ -43,7 +60,7 @@ fn product_name(raw: &str) -> Result<&str, ApiError> {
 )]
 pub async fn put(
     State(state): State<ApiState>,
-    Path(product): Path<String>,
+    product: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<InventoryLevel>, ApiError> {
@@ -52,6 +69,12 @@ pub async fn put(
     let on_hand = match request.on_hand {
         None => return Err(ApiError::field("onHand", "is required")),
         Some(n) if n < 0 => return Err(ApiError::field("onHand", "must not be negative")),
+        Some(n) if n > MAX_ON_HAND => {
+            return Err(ApiError::field(
+                "onHand",
+                format!("must not exceed {MAX_ON_HAND}"),
+            ))
+        }
         Some(n) => n,
     };
     Ok(Json(state.store.put_inventory(product, on_hand).await?))
@@ -59,7 +82,8 @@ pub async fn put(
 
 #[utoipa::path(
     get, path = "/api/inventory/{product}", operation_id = "getInventory", tag = "inventory",
-    params(("product" = String, Path, description = "Product name")),
+    params(("product" = String, Path, max_length = 200, pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$",
+        description = "Product name: printable, surrounding whitespace trimmed")),
     responses(
         (status = 200, description = "The stock level", body = InventoryLevel),
         (status = 400, description = "Invalid product name", body = Problem, content_type = "application/problem+json"),
@@ -68,7 +92,7 @@ pub async fn put(
 )]
 pub async fn get(
     State(state): State<ApiState>,
-    Path(product): Path<String>,
+    product: Result<Path<String>, PathRejection>,
 ) -> Result<Json<InventoryLevel>, ApiError> {
     let product = product_name(&product)?;
     state

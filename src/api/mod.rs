@@ -57,7 +57,8 @@ pub fn router(
     guard: Arc<guard::Guard>,
 ) -> Router {
     let body_limit = state.max_body_bytes;
-    let admin = admin.map(admin::router).unwrap_or_default();
+    let max_items = state.limits.max_items;
+    let admin = admin.map_or_else(admin::disabled_router, admin::router);
     Router::new()
         .route("/api/orders", get(orders::list).post(orders::create))
         .route("/api/orders/{id}", get(orders::get))
@@ -74,7 +75,10 @@ pub fn router(
             get(inventory::get).put(inventory::put),
         )
         .with_state(state)
-        .route("/api/openapi.json", get(openapi::document))
+        .route(
+            "/api/openapi.json",
+            get(move || openapi::document(max_items)),
+        )
         .route("/api/docs", get(openapi::docs_page))
         .merge(health_router(readiness))
         .merge(admin)

@@ -45,8 +45,15 @@ pub struct ApiDoc;
 
 #[utoipa::path(get, path = "/api/openapi.json", operation_id = "openApiDocument", tag = "operations",
     responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json")))]
-pub async fn document() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn document(max_items: usize) -> Json<serde_json::Value> {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    // The item limit is configuration (Api.MaxItemsPerOrder), so the served
+    // document states the one in force rather than the default.
+    if let Some(items) = doc.pointer_mut("/components/schemas/CreateOrderRequest/properties/items")
+    {
+        items["maxItems"] = max_items.into();
+    }
+    Json(doc)
 }
 
 #[utoipa::path(get, path = "/api/docs", operation_id = "apiDocs", tag = "operations",

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,7 +24,12 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 const DEFAULT_PAGE: u32 = 20;
 const MAX_PAGE: u32 = 100;
 
-fn order_id(raw: &str) -> Result<OrderId, ApiError> {
+/// Anything that is not an order id names no order: 404, even a path
+/// segment that does not decode (axum's own rejection would be plain text).
+fn order_id(path: Result<Path<String>, PathRejection>) -> Result<OrderId, ApiError> {
+    let Ok(Path(raw)) = path else {
+        return Err(ApiError::NotFound("no such order".into()));
+    };
     raw.parse()
         .map_err(|_| ApiError::NotFound(format!("order {raw:?} not found")))
 }
@@ -36,11 +41,11 @@ fn idempotency_key(
     let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
-    let key = value
+    let raw = value
         .to_str()
-        .map_err(|_| ApiError::field("Idempotency-Key", "must be visible ASCII"))?
-        .trim();
-    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        .map_err(|_| ApiError::field("Idempotency-Key", "must be visible ASCII"))?;
+    let key = raw.trim();
+    if key.is_empty() || raw.len() > MAX_IDEMPOTENCY_KEY_LEN {
         return Err(ApiError::field(
             "Idempotency-Key",
             format!("must be 1..={MAX_IDEMPOTENCY_KEY_LEN} characters"),
@@ -59,8 +64,8 @@ fn idempotency_key(
 #[utoipa::path(
     post, path = "/api/orders", operation_id = "createOrder", tag = "orders",
     request_body = CreateOrderRequest,
-    params(("Idempotency-Key" = Option<String>, Header,
-        description = "Makes a retried POST return the same order (1..=255 characters)")),
+    params(("Idempotency-Key" = Option<String>, Header, max_length = 255, pattern = r"^[\t\x20-\x7e]*[\x21-\x7e][\t\x20-\x7e]*$",
+        description = "Makes a retried POST return the same order (1..=255 visible ASCII characters)")),
     responses(
         (status = 201, description = "Created; Location names the order", body = Order),
         (status = 400, description = "Invalid field(s)", body = Problem, content_type = "application/problem+json"),
@@ -108,9 +113,9 @@ pub async fn create(
 )]
 pub async fn get(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Order>, ApiError> {
-    let id = order_id(&id)?;
+    let id = order_id(id)?;
     state
         .store
         .get_order(id)
@@ -132,8 +137,8 @@ pub struct Page {
     get, path = "/api/orders", operation_id = "listOrders", tag = "orders",
     params(
         ("status" = Option<OrderStatus>, Query, description = "Only orders in this status"),
-        ("limit" = Option<u32>, Query, description = "Page size, 1..=100 (20)"),
-        ("after" = Option<String>, Query, description = "The nextCursor of the previous page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Page size, 1..=100 (20)"),
+        ("after" = Option<String>, Query, format = Uuid, description = "The nextCursor of the previous page"),
     ),
     responses(
         (status = 200, description = "Newest first", body = Page),
@@ -145,7 +150,9 @@ pub async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Page>, ApiError> {
     let mut errors = Vec::new();
-    let status = match query.get("status").filter(|s| !s.is_empty()) {
+    // An empty value is a value the schema's enum and uuid format refuse,
+    // so it is refused here too rather than read as absent.
+    let status = match query.get("status") {
         None => None,
         Some(s) => s
             .parse::<OrderStatus>()
@@ -165,7 +172,7 @@ pub async fn list(
             }
         },
     };
-    let after = match query.get("after").filter(|s| !s.is_empty()) {
+    let after = match query.get("after") {
         None => None,
         Some(s) => s
             .parse::<OrderId>()
@@ -190,29 +197,45 @@ pub async fn list(
 #[derive(Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentRequest {
-    #[schema(required = true, max_length = 200, example = "pay-1")]
+    /// Printable text; surrounding whitespace is trimmed.
+    #[schema(
+        required = true,
+        nullable = false,
+        max_length = 200,
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$",
+        example = "pay-1"
+    )]
     payment_id: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ShipmentRequest {
-    #[schema(required = true, max_length = 200, example = "1Z999")]
+    /// Printable text; surrounding whitespace is trimmed.
+    #[schema(
+        required = true,
+        nullable = false,
+        max_length = 200,
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$",
+        example = "1Z999"
+    )]
     tracking_number: Option<String>,
 }
 
 fn reference(field: &str, value: Option<String>) -> Result<String, ApiError> {
-    let value = value.map(|s| s.trim().to_string()).unwrap_or_default();
+    let raw = value.unwrap_or_default();
+    let value = raw.trim();
     if value.is_empty() {
         return Err(ApiError::field(field, "is required"));
     }
-    if value.chars().count() > MAX_NAME_LEN || value.chars().any(char::is_control) {
+    // The raw length, as the schema's maxLength counts it.
+    if raw.chars().count() > MAX_NAME_LEN || value.chars().any(char::is_control) {
         return Err(ApiError::field(
             field,
             format!("must be at most {MAX_NAME_LEN} printable characters"),
         ));
     }
-    Ok(value)
+    Ok(value.to_string())
 }
 
 async fn apply(
@@ -247,12 +270,12 @@ async fn apply(
 )]
 pub async fn pay(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     trace: RequestTrace,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Order>, ApiError> {
-    let id = order_id(&id)?;
+    let id = order_id(id)?;
     let request: PaymentRequest = json::parse(&headers, body, state.max_body_bytes)?;
     let payment_id = reference("paymentId", request.payment_id)?;
     let note = format!("paid (payment {payment_id})");
@@ -275,12 +298,12 @@ pub async fn pay(
 )]
 pub async fn ship(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     trace: RequestTrace,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Order>, ApiError> {
-    let id = order_id(&id)?;
+    let id = order_id(id)?;
     let request: ShipmentRequest = json::parse(&headers, body, state.max_body_bytes)?;
     let tracking = reference("trackingNumber", request.tracking_number)?;
     let note = format!("shipped (tracking {tracking})");
