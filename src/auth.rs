@@ -304,6 +304,7 @@ mod tests {
             ],
             jwt: None,
             anonymous_paths: vec![],
+            unready: None,
         };
         let auth = Authenticator::new(&settings).await.expect("authenticator");
         let shop = auth

@@ -87,7 +87,12 @@ fn run_command(cli: Cli) -> ExitCode {
             required: false,
         },
     };
-    let config = match Config::load(&source) {
+    // Token values are the API role's business: a worker or the migrate
+    // Job starts without them.
+    let serves_api = matches!(cli.command, Command::ServeApi | Command::All);
+    let loaded = Config::load(&source)
+        .and_then(|c| c.api.auth.ready().filter(|_| serves_api).map_or(Ok(c), Err));
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("orderflow: configuration error: {e}");

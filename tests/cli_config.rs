@@ -245,3 +245,47 @@ fn a_missing_or_broken_config_file_exits_2() {
     assert!(run.stderr.contains("bad.toml"), "{}", run.stderr);
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
 }
+
+/// A token named in the configuration but given no value stops the API
+/// role (exit 2, naming the key), not the roles that never check tokens.
+#[test]
+fn unset_api_tokens_stop_only_the_api_role() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[Api.Auth]\nEnabled = true\n[Api.Auth.Tokens.ops]\nScopes = [\"admin\"]\n",
+    )
+    .expect("write");
+    let db = format!("sqlite://{}", dir.path().join("o.db").display());
+    let env = [("Database__Url", db.as_str())];
+    let migrate = orderflow(dir.path(), &["migrate"], &env);
+    assert_eq!(migrate.code, Some(0), "{}", migrate.stderr);
+    for role in ["serve-api", "all"] {
+        let run = orderflow(dir.path(), &[role], &env);
+        assert_eq!(run.code, Some(2), "{role}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .contains("Api.Auth.Tokens.ops.Token: is not set (the API role needs a value"),
+            "{role}: {}",
+            run.stderr
+        );
+    }
+    // Too short a token is wrong for every role.
+    let short = orderflow(
+        dir.path(),
+        &["migrate"],
+        &[
+            ("Database__Url", db.as_str()),
+            ("Api__Auth__Tokens__ops__Token", "short"),
+        ],
+    );
+    assert_eq!(short.code, Some(2));
+    assert!(
+        short
+            .stderr
+            .contains("Api.Auth.Tokens.ops.Token: must be at least 16 characters"),
+        "{}",
+        short.stderr
+    );
+    assert!(!short.stderr.contains("short ("), "{}", short.stderr);
+}

@@ -81,9 +81,86 @@ async fn the_openapi_document_is_valid_and_covers_every_route() {
     let problem = &doc["components"]["schemas"]["Problem"];
     assert!(problem["properties"]["detail"].is_object(), "{problem}");
 
+    validate(&text);
+
+    let docs = app
+        .http
+        .get(app.url("/api/docs"))
+        .send()
+        .await
+        .expect("docs");
+    assert_eq!(docs.status(), 200);
+    assert!(docs
+        .text()
+        .await
+        .expect("html")
+        .contains("/api/openapi.json"));
+    app.stop().await;
+}
+
+/// With authentication and a rate limit on, the served document says so:
+/// the bearer scheme, each operation's scope, its 401/403/429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_states_the_security_in_force() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let broker = start_broker();
+    let app = TestApp::spawn_with(
+        &db,
+        &broker,
+        &[
+            ("Api__Auth__Enabled", "true"),
+            ("Api__Auth__Tokens__ci__Token", "ci-token-0123456789abcdef"),
+            ("Api__Auth__Tokens__ci__Scopes", "orders:read"),
+            ("Api__RateLimit__PerSecond", "100"),
+        ],
+    )
+    .await;
+    // The document itself is open.
+    let text = app
+        .get("/api/openapi.json")
+        .await
+        .text()
+        .await
+        .expect("body");
+    let doc: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let op = |method: &str, path: &str| doc["paths"][path][method].clone();
+    let create = op("post", "/api/orders");
+    assert_eq!(
+        create["security"],
+        serde_json::json!([{"bearer": ["orders:write"]}])
+    );
+    for status in ["401", "403", "429", "503"] {
+        assert!(
+            create["responses"][status].is_object(),
+            "{status}: {create}"
+        );
+    }
+    assert_eq!(
+        op("get", "/api/orders/{id}")["security"],
+        serde_json::json!([{"bearer": ["orders:read"]}])
+    );
+    assert_eq!(
+        op("put", "/api/inventory/{product}")["security"],
+        serde_json::json!([{"bearer": ["admin"]}])
+    );
+    let health = op("get", "/healthz");
+    assert!(
+        health["security"].is_null() && health["responses"]["401"].is_null(),
+        "{health}"
+    );
+    validate(&text);
+    app.stop().await;
+}
+
+/// Runs the PyPI `openapi-spec-validator` on the document.
+fn validate(text: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("openapi.json");
-    std::fs::write(&file, &text).expect("write");
+    std::fs::write(&file, text).expect("write");
     let validated = Command::new("python3")
         .args(["-m", "openapi_spec_validator"])
         .arg(&file)
@@ -99,18 +176,4 @@ async fn the_openapi_document_is_valid_and_covers_every_route() {
         "openapi-spec-validator is missing: pip install -r tests/deploy/requirements.txt ({output})"
     );
     assert!(validated.status.success(), "{output}");
-
-    let docs = app
-        .http
-        .get(app.url("/api/docs"))
-        .send()
-        .await
-        .expect("docs");
-    assert_eq!(docs.status(), 200);
-    assert!(docs
-        .text()
-        .await
-        .expect("html")
-        .contains("/api/openapi.json"));
-    app.stop().await;
 }

@@ -109,7 +109,15 @@ impl Guard {
         Ok(guard)
     }
 
-    fn is_anonymous(&self, path: &str) -> bool {
+    pub fn authenticates(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    pub fn rate_limited(&self) -> bool {
+        self.limiter.is_some()
+    }
+
+    pub fn is_anonymous(&self, path: &str) -> bool {
         self.anonymous_paths
             .iter()
             .any(|p| match p.strip_suffix('*') {
@@ -211,14 +219,16 @@ fn client_ip(request: &Request) -> Option<IpAddr> {
 }
 
 pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: Next) -> Response {
+    // Probes and scrapes are exempt from every limit: shedding a liveness
+    // probe under load would get the pod restarted when it is busiest.
+    if guard.is_anonymous(request.uri().path()) {
+        return next.run(request).await;
+    }
     // Load shedding: an overloaded instance answers at once rather than
     // queueing work its callers will have given up on.
     let Ok(_permit) = guard.in_flight.clone().try_acquire_owned() else {
         return ApiError::Overloaded.into_response();
     };
-    if guard.is_anonymous(request.uri().path()) {
-        return next.run(request).await;
-    }
     let client = client_ip(&request)
         .map(|ip| format!("ip:{ip}"))
         .unwrap_or_else(|| "ip:unknown".into());

@@ -77,7 +77,10 @@ pub fn router(
         .with_state(state)
         .route(
             "/api/openapi.json",
-            get(move || openapi::document(max_items)),
+            get({
+                let guard = guard.clone();
+                move || openapi::document(max_items, guard)
+            }),
         )
         .route("/api/docs", get(openapi::docs_page))
         .merge(health_router(readiness))

@@ -2,9 +2,15 @@
 //! the handlers' annotations) and a self-contained page that browses it:
 //! no CDN, so it works on an offline cluster too.
 
+use std::sync::Arc;
+
+use axum::http::Method;
 use axum::response::Html;
 use axum::Json;
+use serde_json::{json, Value};
 use utoipa::OpenApi;
+
+use super::guard::{required_access, Access, Guard};
 
 use super::error::Problem;
 use super::{admin, health, inventory, orders};
@@ -45,8 +51,9 @@ pub struct ApiDoc;
 
 #[utoipa::path(get, path = "/api/openapi.json", operation_id = "openApiDocument", tag = "operations",
     responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json")))]
-pub async fn document(max_items: usize) -> Json<serde_json::Value> {
+pub async fn document(max_items: usize, guard: Arc<Guard>) -> Json<serde_json::Value> {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    describe_guard(&mut doc, &guard);
     // The item limit is configuration (Api.MaxItemsPerOrder), so the served
     // document states the one in force rather than the default.
     if let Some(items) = doc.pointer_mut("/components/schemas/CreateOrderRequest/properties/items")
@@ -54,6 +61,72 @@ pub async fn document(max_items: usize) -> Json<serde_json::Value> {
         items["maxItems"] = max_items.into();
     }
     Json(doc)
+}
+
+fn problem_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    })
+}
+
+/// What the guard in force adds to every operation it covers: the bearer
+/// scheme and the scope each one needs (with their 401 and 403), 429 when
+/// rate limited, 503 for timeouts and load shedding. Configuration decides
+/// these, so the served document is amended here rather than annotated.
+fn describe_guard(doc: &mut Value, guard: &Guard) {
+    if guard.authenticates() {
+        doc["components"]["securitySchemes"] = json!({"bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A static token (Api.Auth.Tokens) or a JWT of the configured issuer"
+        }});
+    }
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        if guard.is_anonymous(path) {
+            continue;
+        }
+        let Some(operations) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, operation) in operations.iter_mut() {
+            let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+                continue;
+            };
+            let access = required_access(&method, Some(path));
+            let mut added = vec![(
+                "503",
+                "Timed out, too many requests in progress, or a dependency is unreachable",
+            )];
+            if guard.authenticates() && access != Access::Open {
+                let scopes: Vec<&str> = match access {
+                    Access::Scope(scope) => vec![scope.as_str()],
+                    _ => vec![],
+                };
+                operation["security"] = json!([{"bearer": scopes}]);
+                added.push(("401", "No valid bearer token"));
+                if !scopes.is_empty() {
+                    added.push(("403", "The token lacks the scope this operation needs"));
+                }
+            }
+            if guard.rate_limited() {
+                added.push(("429", "Rate limit exceeded; see Retry-After"));
+            }
+            if let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
+            {
+                for (status, description) in added {
+                    responses
+                        .entry(status)
+                        .or_insert_with(|| problem_response(description));
+                }
+            }
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/api/docs", operation_id = "apiDocs", tag = "operations",

@@ -38,7 +38,7 @@ const SECTIONS: &[&str] = &[
     "admin",
 ];
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ConfigError {
     #[error("config file {path} not found")]
     FileNotFound { path: String },

@@ -309,6 +309,16 @@ pub struct AuthSettings {
     pub tokens: Vec<StaticToken>,
     pub jwt: Option<JwtSettings>,
     pub anonymous_paths: Vec<String>,
+    /// What keeps the API role from starting (a configured token without
+    /// a value, no way to authenticate at all); other roles start anyway.
+    pub unready: Option<ConfigError>,
+}
+
+impl AuthSettings {
+    /// `Some(error)` when the API role cannot serve with these settings.
+    pub fn ready(&self) -> Option<ConfigError> {
+        self.unready.clone().filter(|_| self.enabled)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,8 +425,16 @@ impl Validator<'_> {
 
     pub(super) fn auth(&self, raw: &RawAuth) -> Result<AuthSettings, ConfigError> {
         let mut tokens = Vec::new();
+        let mut unready = None;
         for (name, token) in &raw.tokens {
             let key = |k: &str| format!("api.auth.tokens.{name}.{k}");
+            if token.token.expose().trim().is_empty() {
+                unready.get_or_insert(self.error(
+                    &key("token"),
+                    "is not set (the API role needs a value for every configured token)",
+                ));
+                continue;
+            }
             if token.token.expose().trim().len() < MIN_TOKEN_LEN {
                 return Err(self.error(
                     &key("token"),
@@ -475,8 +493,8 @@ impl Validator<'_> {
                 jwks,
             })
         };
-        if raw.enabled && tokens.is_empty() && jwt.is_none() {
-            return Err(self.error(
+        if raw.tokens.is_empty() && jwt.is_none() {
+            unready.get_or_insert(self.error(
                 "api.auth.enabled",
                 "is true, but no Api.Auth.Tokens and no Api.Auth.Jwt.Issuer are configured: \
                  nobody could call the API",
@@ -487,6 +505,7 @@ impl Validator<'_> {
             tokens,
             jwt,
             anonymous_paths: raw.anonymous_paths.clone(),
+            unready,
         })
     }
 
