@@ -282,9 +282,16 @@ async fn handle(
                 return "duplicate";
             }
             // An unreachable database is an outage, not a bad message:
-            // dead-lettering would lose the event for an order that is fine.
-            // Retry until it is back (every partition needs it anyway).
-            Err(e @ StoreError::Unavailable(_)) => {
+            // dead-lettering would lose the event of an order that is fine.
+            // Retry until it is back (every partition needs it anyway). With
+            // retries used up on another transient error, dead-letter only
+            // if the database answers a ping.
+            Err(e)
+                if matches!(e, StoreError::Unavailable(_))
+                    || (e.is_transient()
+                        && attempt >= ctx.retry.max_attempts
+                        && ctx.store.ping().await.is_err()) =>
+            {
                 ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
                 count(type_label, "retried");
                 let delay = retry_delay(&ctx.retry, attempt);

@@ -52,10 +52,22 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => Self::Unavailable(e),
+            | sqlx::Error::WorkerCrashed
+            // A connection cut mid-message surfaces as a protocol error.
+            | sqlx::Error::Protocol(_) => Self::Unavailable(e),
+            sqlx::Error::Database(ref db) if db.code().is_some_and(|c| lost_connection(&c)) => {
+                Self::Unavailable(e)
+            }
             other => Self::Database(other),
         }
     }
+}
+
+/// SQLSTATEs of a server that is going away or not taking connections:
+/// class 08 (connection exception), shutdown (57P01-57P03), too many
+/// connections (53300).
+fn lost_connection(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
 }
 
 impl StoreError {
@@ -68,7 +80,6 @@ impl StoreError {
             Self::Database(sqlx::Error::Database(e)) => {
                 matches!(e.kind(), sqlx::error::ErrorKind::Other)
             }
-            Self::Database(sqlx::Error::Protocol(_)) => true,
             // Decoding and type errors are bugs or bad data: retrying
             // cannot help.
             _ => false,
