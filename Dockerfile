@@ -69,7 +69,8 @@ LABEL org.opencontainers.image.title="orderflow" \
 
 # An unprivileged user with a fixed uid/gid (the Helm chart's runAsUser), and
 # a writable working directory for the default SQLite database.
-# libssl3 and the CA roots: TLS to Azure Service Bus (AMQP over 5671).
+# libssl3 and the CA roots: TLS to Kafka (SSL/SASL_SSL), PostgreSQL and Azure
+# Service Bus (AMQP over 5671).
 # DL3008 (pin apt package versions): as in the builder, the pinned Debian
 # release fixes the versions; exact pins would break on each security update,
 # which is exactly what these two packages receive.
