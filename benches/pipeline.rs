@@ -1,0 +1,690 @@
+//! `cargo bench --bench pipeline [-- --rate 500 --seconds 20 --concurrency 32 --backlog 100000]`
+//!
+//! Measures the pipeline (the release binary as separate processes, a
+//! Kafka-protocol broker hosted here, PostgreSQL from
+//! `ORDERFLOW_TEST_DATABASE_URL`) and, in the same run, the limits to compare
+//! with: pgbench running the API's and the worker's transactions, and a raw
+//! rdkafka producer on the same broker. Prints a summary table; BENCHMARKS.md
+//! has one from this machine.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Backend, Process, TestDb};
+use indicatif::{ProgressBar, ProgressStyle};
+use orderflow::kafka::EmbeddedKafka;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::json;
+use sqlx::{Connection, PgConnection, Row};
+
+struct Args {
+    rate: u64,
+    seconds: u64,
+    concurrency: usize,
+    backlog: usize,
+}
+
+impl Args {
+    fn parse() -> Self {
+        let mut args = Self {
+            rate: 500,
+            seconds: 20,
+            concurrency: 32,
+            backlog: 100_000,
+        };
+        let argv: Vec<String> = std::env::args().collect();
+        let value = |name: &str| {
+            argv.iter()
+                .position(|a| a == name)
+                .and_then(|i| argv.get(i + 1))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if let Some(v) = value("--rate") {
+            args.rate = v;
+        }
+        if let Some(v) = value("--seconds") {
+            args.seconds = v;
+        }
+        if let Some(v) = value("--concurrency") {
+            args.concurrency = v as usize;
+        }
+        if let Some(v) = value("--backlog") {
+            args.backlog = v as usize;
+        }
+        args
+    }
+}
+
+/// Percentiles of a sample, in milliseconds.
+#[derive(Default, Clone, Copy)]
+struct Spread {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn spread(mut ms: Vec<f64>) -> Spread {
+    if ms.is_empty() {
+        return Spread::default();
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+    Spread {
+        p50: at(0.50),
+        p99: at(0.99),
+        max: ms[ms.len() - 1],
+    }
+}
+
+/// Peak resident set (VmHWM) of a process, in MB.
+fn peak_rss_mb(process: &Process) -> f64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", process.child.id())).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>28} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// One system under test: a fresh database, a broker, processes.
+struct System {
+    db: TestDb,
+    broker: EmbeddedKafka,
+    env: Vec<(String, String)>,
+    dir: tempfile::TempDir,
+}
+
+impl System {
+    async fn new() -> Self {
+        let db = TestDb::new(Backend::Postgres).await;
+        let broker = common::start_broker();
+        let mut env = common::env_for(&db, broker.bootstrap_servers());
+        env.extend(
+            [
+                // The per-event info line is not what is measured here.
+                ("RUST_LOG", "warn"),
+                ("Database__MaxConnections", "16"),
+                ("Worker__MaxWorkers", "8"),
+                ("Worker__LagThreshold", "200"),
+                ("Worker__BalanceIntervalMs", "1000"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        Self {
+            db,
+            broker,
+            env,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    fn spawn(&self, role: &str) -> (Process, String) {
+        let mut process = Process::spawn(&[role], &self.env, self.dir.path());
+        let base = format!("http://{}", process.http_addr());
+        (process, base)
+    }
+
+    async fn sql(&self) -> PgConnection {
+        PgConnection::connect(&self.db.url).await.expect("connect")
+    }
+
+    fn migrate(&self) {
+        let status = Command::new(common::binary())
+            .arg("migrate")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(self.dir.path())
+            .status()
+            .expect("orderflow migrate");
+        assert!(status.success());
+    }
+}
+
+fn order_body(n: usize) -> serde_json::Value {
+    json!({
+        "customerName": format!("Bench Customer {n}"),
+        "customerEmail": "bench@example.test",
+        "items": [{"productName": "bench-untracked", "quantity": 1, "unitPrice": "2.50"}],
+    })
+}
+
+async fn create(http: &reqwest::Client, base: &str, n: usize) -> Option<f64> {
+    let started = Instant::now();
+    let response = http
+        .post(format!("{base}/api/orders"))
+        .header(
+            "Idempotency-Key",
+            format!("bench-{n}-{}", uuid::Uuid::new_v4()),
+        )
+        .json(&order_body(n))
+        .send()
+        .await
+        .ok()?;
+    (response.status() == 201).then(|| started.elapsed().as_secs_f64() * 1000.0)
+}
+
+// ---------------------------------------------------------------------------
+// 1. API create throughput at full speed
+// ---------------------------------------------------------------------------
+
+struct Throughput {
+    per_second: f64,
+    latency: Spread,
+    rss_mb: f64,
+}
+
+async fn api_full_speed(args: &Args) -> (Throughput, f64) {
+    let system = System::new().await;
+    let (api, base) = system.spawn("serve-api");
+    let http = reqwest::Client::new();
+    for n in 0..200 {
+        create(&http, &base, n).await;
+    }
+    let duration = Duration::from_secs(args.seconds);
+    let bar = bar(args.seconds, "API create, full speed (s)");
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let counter = Arc::new(AtomicUsize::new(1_000));
+    let clients: Vec<_> = (0..args.concurrency)
+        .map(|_| {
+            let (http, base, latencies, counter) = (
+                http.clone(),
+                base.clone(),
+                latencies.clone(),
+                counter.clone(),
+            );
+            tokio::spawn(async move {
+                while started.elapsed() < duration {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    if let Some(ms) = create(&http, &base, n).await {
+                        latencies.lock().expect("latencies").push(ms);
+                    }
+                }
+            })
+        })
+        .collect();
+    while started.elapsed() < duration {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        bar.set_position(started.elapsed().as_secs());
+    }
+    for c in clients {
+        let _ = c.await;
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    let samples = latencies.lock().expect("latencies").clone();
+    let throughput = Throughput {
+        per_second: samples.len() as f64 / elapsed,
+        latency: spread(samples),
+        rss_mb: peak_rss_mb(&api),
+    };
+    // The limit: pgbench running the same transaction at the same
+    // concurrency on the same database.
+    let limit = pgbench(&system.db.url, "create_order.sql", args.concurrency, 10);
+    (throughput, limit)
+}
+
+/// pgbench's tps for one of benches/pgbench/*.sql.
+fn pgbench(url: &str, script: &str, clients: usize, seconds: u64) -> f64 {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("benches/pgbench")
+        .join(script);
+    let output = Command::new("pgbench")
+        .args([
+            "-n",
+            "-T",
+            &seconds.to_string(),
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-f",
+        ])
+        .arg(&file)
+        .arg(url)
+        .output()
+        .expect("pgbench is installed with PostgreSQL (apt-get install -y postgresql)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "pgbench {script} failed: {text}{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+}
+
+// ---------------------------------------------------------------------------
+// 2. Latency at a fixed rate: create → Reserved, create → Fulfilled
+// ---------------------------------------------------------------------------
+
+struct Latency {
+    api: Spread,
+    reserved: Spread,
+    fulfilled: Spread,
+    orders: usize,
+    api_rss_mb: f64,
+    worker_rss_mb: f64,
+}
+
+/// Pays (or ships) every order in `from` as soon as it gets there, as a
+/// client reacting to the order's status would; stops at `stop`.
+async fn advance_loop(
+    url: String,
+    base: String,
+    from: &'static str,
+    step: &'static str,
+    body: serde_json::Value,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut db = PgConnection::connect(&url).await.expect("connect");
+    let http = reqwest::Client::new();
+    while !stop.load(Ordering::Relaxed) {
+        let ids: Vec<String> =
+            sqlx::query("SELECT id::text FROM orders WHERE status = $1 LIMIT 500")
+                .bind(from)
+                .fetch_all(&mut db)
+                .await
+                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                .unwrap_or_default();
+        if ids.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        futures::future::join_all(ids.iter().map(|id| {
+            http.post(format!("{base}/api/orders/{id}/{step}"))
+                .json(&body)
+                .send()
+        }))
+        .await;
+    }
+}
+
+async fn fixed_rate(args: &Args) -> Latency {
+    let system = System::new().await;
+    let (api, base) = system.spawn("serve-api");
+    let (worker, _) = system.spawn("run-worker");
+    let orders = (args.rate * args.seconds) as usize;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let payer = tokio::spawn(advance_loop(
+        system.db.url.clone(),
+        base.clone(),
+        "Reserved",
+        "payments",
+        json!({"paymentId": "pay-bench"}),
+        stop.clone(),
+    ));
+    let shipper = tokio::spawn(advance_loop(
+        system.db.url.clone(),
+        base.clone(),
+        "AwaitingShipment",
+        "shipments",
+        json!({"trackingNumber": "T-bench"}),
+        stop.clone(),
+    ));
+    let bar = bar(
+        orders as u64,
+        &format!("fixed rate {}/s (orders)", args.rate),
+    );
+    let http = reqwest::Client::new();
+    let interval = Duration::from_micros(1_000_000 / args.rate.max(1));
+    let started = Instant::now();
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(orders)));
+    let mut tasks = Vec::with_capacity(orders);
+    for n in 0..orders {
+        tokio::time::sleep_until((started + interval * n as u32).into()).await;
+        let (http, base, latencies, bar) =
+            (http.clone(), base.clone(), latencies.clone(), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Some(ms) = create(&http, &base, n).await {
+                latencies.lock().expect("latencies").push(ms);
+            }
+            bar.inc(1);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    bar.finish_and_clear();
+    // Wait for the pipeline to finish every order (or give up after 2 min).
+    let mut db = system.sql().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let left: i64 = sqlx::query("SELECT count(*) FROM orders WHERE status <> 'Fulfilled'")
+            .fetch_one(&mut db)
+            .await
+            .expect("count")
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = payer.await;
+    let _ = shipper.await;
+    let rows = sqlx::query(
+        "SELECT t.order_id::text, t.status, \
+         EXTRACT(EPOCH FROM t.at)::float8 * 1000 FROM order_timeline t",
+    )
+    .fetch_all(&mut db)
+    .await
+    .expect("timeline");
+    let mut at: HashMap<String, HashMap<String, f64>> = HashMap::new();
+    for r in rows {
+        at.entry(r.get(0)).or_default().insert(r.get(1), r.get(2));
+    }
+    let since_created = |status: &str| -> Vec<f64> {
+        at.values()
+            .filter_map(|s| Some(s.get(status)? - s.get("Pending")?))
+            .collect()
+    };
+    let api_latency = latencies.lock().expect("latencies").clone();
+    Latency {
+        api: spread(api_latency),
+        reserved: spread(since_created("Reserved")),
+        fulfilled: spread(since_created("Fulfilled")),
+        orders,
+        api_rss_mb: peak_rss_mb(&api),
+        worker_rss_mb: peak_rss_mb(&worker),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 3. Relay on a pre-filled backlog; the raw producer as its limit
+// ---------------------------------------------------------------------------
+
+const PAYLOAD: &str = r#"{"orderId":"00000000-0000-0000-0000-000000000000","customerId":null,"customerName":"Bench Customer","customerEmail":"bench@example.test","totalAmount":"2.50","createdAt":"2026-11-25T00:00:00Z","items":[{"productName":"bench-untracked","quantity":1,"unitPrice":"2.50"}]}"#;
+
+async fn relay_backlog(args: &Args) -> (Throughput, f64) {
+    let system = System::new().await;
+    system.migrate();
+    let mut db = system.sql().await;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, destination, message_key, event_type, payload, traceparent, created_at) \
+         SELECT gen_random_uuid(), 'orders', md5(i::text)::uuid::text, 'OrderCreated', $1, \
+         '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01', now() \
+         FROM generate_series(1, $2) AS i",
+    )
+    .bind(PAYLOAD)
+    .bind(args.backlog as i64)
+    .execute(&mut db)
+    .await
+    .expect("pre-fill the outbox");
+    let bar = bar(args.backlog as u64, "relay backlog (events)");
+    let (api, _) = system.spawn("serve-api");
+    let mut first: Option<Instant> = None;
+    let last;
+    loop {
+        let published: i64 =
+            sqlx::query("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+                .fetch_one(&mut db)
+                .await
+                .expect("count")
+                .get(0);
+        if published > 0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        bar.set_position(published as u64);
+        if published as usize >= args.backlog {
+            last = Instant::now();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bar.finish_and_clear();
+    let seconds = (last - first.unwrap_or(last)).as_secs_f64().max(0.001);
+    let relay = Throughput {
+        per_second: args.backlog as f64 / seconds,
+        latency: Spread::default(),
+        rss_mb: peak_rss_mb(&api),
+    };
+    drop(api);
+    let raw = raw_producer(&system.broker, args.backlog).await;
+    (relay, raw)
+}
+
+/// The same messages (key, payload, CloudEvents headers) with the relay's
+/// producer settings, straight from rdkafka; messages per second.
+async fn raw_producer(broker: &EmbeddedKafka, count: usize) -> f64 {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap_servers())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .create()
+        .expect("producer");
+    let bar = bar(count as u64, "raw rdkafka producer (msgs)");
+    let started = Instant::now();
+    let keys: Vec<String> = (0..count).map(|i| format!("{:032x}", i)).collect();
+    let mut pending = futures::stream::FuturesUnordered::new();
+    use futures::StreamExt;
+    for (i, key) in keys.iter().enumerate() {
+        let id = uuid::Uuid::new_v4().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "ce_specversion",
+                value: Some("1.0"),
+            })
+            .insert(Header {
+                key: "ce_id",
+                value: Some(id.as_str()),
+            })
+            .insert(Header {
+                key: "ce_type",
+                value: Some("OrderCreated"),
+            })
+            .insert(Header {
+                key: "ce_source",
+                value: Some("/orderflow/orders"),
+            })
+            .insert(Header {
+                key: "content-type",
+                value: Some("application/json"),
+            });
+        let record = FutureRecord::to(common::TOPIC)
+            .key(key)
+            .payload(PAYLOAD)
+            .headers(headers);
+        match producer.send_result(record) {
+            Ok(delivery) => pending.push(delivery),
+            Err((e, _)) => panic!("raw producer: {e}"),
+        }
+        // As many in flight as the relay's batch.
+        if pending.len() >= 500 {
+            let _ = pending.next().await;
+        }
+        if i % 1000 == 0 {
+            bar.set_position(i as u64);
+        }
+    }
+    while pending.next().await.is_some() {}
+    bar.finish_and_clear();
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------
+// 4. Worker on a pre-filled topic; pgbench on its transaction as the limit
+// ---------------------------------------------------------------------------
+
+async fn worker_backlog(args: &Args) -> (Throughput, f64) {
+    let system = System::new().await;
+    system.migrate();
+    let mut db = system.sql().await;
+    for statement in [
+        "INSERT INTO orders (id, status, customer_name, customer_email, total_amount, created_at, updated_at) \
+         SELECT md5(i::text)::uuid, 'Pending', 'Bench Customer', 'bench@example.test', 2.50, now(), now() \
+         FROM generate_series(1, $1) AS i",
+        "INSERT INTO order_items (order_id, line, product_name, quantity, unit_price) \
+         SELECT md5(i::text)::uuid, 0, 'bench-untracked', 1, 2.50 FROM generate_series(1, $1) AS i",
+        "INSERT INTO order_timeline (order_id, status, note, at) \
+         SELECT md5(i::text)::uuid, 'Pending', 'order created', now() FROM generate_series(1, $1) AS i",
+    ] {
+        sqlx::query(statement)
+            .bind(args.backlog as i64)
+            .execute(&mut db)
+            .await
+            .expect("pre-fill orders");
+    }
+    let ids: Vec<String> = sqlx::query("SELECT id::text FROM orders")
+        .fetch_all(&mut db)
+        .await
+        .expect("ids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", system.broker.bootstrap_servers())
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let fill = bar(ids.len() as u64, "pre-fill topic (events)");
+    let mut pending = futures::stream::FuturesUnordered::new();
+    use futures::StreamExt;
+    for (i, id) in ids.iter().enumerate() {
+        let event = uuid::Uuid::new_v4().to_string();
+        let payload = PAYLOAD.replace("00000000-0000-0000-0000-000000000000", id);
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "ce_id",
+                value: Some(event.as_str()),
+            })
+            .insert(Header {
+                key: "ce_type",
+                value: Some("OrderCreated"),
+            });
+        let record = FutureRecord::to(common::TOPIC)
+            .key(id)
+            .payload(&payload)
+            .headers(headers);
+        // Handed to librdkafka at once: nothing borrowed stays in flight.
+        match producer.send_result(record) {
+            Ok(delivery) => pending.push(delivery),
+            Err((e, _)) => panic!("cannot produce the pre-fill: {e}"),
+        }
+        if pending.len() >= 1000 {
+            let _ = pending.next().await;
+        }
+        if i % 1000 == 0 {
+            fill.set_position(i as u64);
+        }
+    }
+    while pending.next().await.is_some() {}
+    fill.finish_and_clear();
+    let bar = bar(ids.len() as u64, "worker backlog (events)");
+    let (worker, _) = system.spawn("run-worker");
+    let mut first: Option<Instant> = None;
+    let last;
+    loop {
+        let handled: i64 = sqlx::query("SELECT count(*) FROM inbox")
+            .fetch_one(&mut db)
+            .await
+            .expect("count")
+            .get(0);
+        if handled > 0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        bar.set_position(handled as u64);
+        if handled as usize >= ids.len() {
+            last = Instant::now();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bar.finish_and_clear();
+    let seconds = (last - first.unwrap_or(last)).as_secs_f64().max(0.001);
+    let throughput = Throughput {
+        per_second: ids.len() as f64 / seconds,
+        latency: Spread::default(),
+        rss_mb: peak_rss_mb(&worker),
+    };
+    drop(worker);
+    // The worker runs up to Worker.MaxWorkers transactions at once.
+    let limit = pgbench(&system.db.url, "handle_created.sql", 8, 10);
+    (throughput, limit)
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let started = Instant::now();
+        eprintln!(
+            "orderflow pipeline benchmark: PostgreSQL {}, rate {}/s for {} s, {} clients, backlog {}",
+            common::pg_admin_url(),
+            args.rate,
+            args.seconds,
+            args.concurrency,
+            args.backlog
+        );
+        let (api, create_limit) = api_full_speed(&args).await;
+        let latency = fixed_rate(&args).await;
+        let (relay, producer_limit) = relay_backlog(&args).await;
+        let (worker, handler_limit) = worker_backlog(&args).await;
+
+        let ratio = |a: f64, b: f64| format!("{:.0} %", 100.0 * a / b);
+        println!();
+        println!("| figure | pipeline | limit | ratio |");
+        println!("|---|---|---|---|");
+        println!(
+            "| API create, full speed ({} clients) | {:.0} orders/s, p50 {:.1} ms, p99 {:.1} ms | pgbench same transaction: {:.0} tps | {} |",
+            args.concurrency, api.per_second, api.latency.p50, api.latency.p99, create_limit,
+            ratio(api.per_second, create_limit)
+        );
+        println!(
+            "| API create at {}/s ({} orders) | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | | |",
+            args.rate, latency.orders, latency.api.p50, latency.api.p99, latency.api.max
+        );
+        println!(
+            "| create → Reserved at {}/s | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | target p99 ≤ 50 ms | |",
+            args.rate, latency.reserved.p50, latency.reserved.p99, latency.reserved.max
+        );
+        println!(
+            "| create → Fulfilled at {}/s (client pays and ships on seeing the status) | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | | |",
+            args.rate, latency.fulfilled.p50, latency.fulfilled.p99, latency.fulfilled.max
+        );
+        println!(
+            "| relay, backlog of {} | {:.0} events/s | raw rdkafka producer: {:.0} msgs/s | {} |",
+            args.backlog, relay.per_second, producer_limit,
+            ratio(relay.per_second, producer_limit)
+        );
+        println!(
+            "| worker, topic of {} | {:.0} events/s | pgbench handler transaction (8 clients): {:.0} tps | {} |",
+            args.backlog, worker.per_second, handler_limit,
+            ratio(worker.per_second, handler_limit)
+        );
+        println!(
+            "| peak RSS | API {:.1} MB (full speed), API {:.1} MB / worker {:.1} MB (at {}/s), relay {:.1} MB, worker {:.1} MB (backlog) | target ≤ 50 MB | |",
+            api.rss_mb, latency.api_rss_mb, latency.worker_rss_mb, args.rate, relay.rss_mb, worker.rss_mb
+        );
+        println!();
+        eprintln!("benchmark took {:.0} s", started.elapsed().as_secs_f64());
+    });
+}
