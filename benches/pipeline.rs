@@ -123,8 +123,6 @@ impl System {
         let mut env = common::env_for(&db, broker.bootstrap_servers());
         env.extend(
             [
-                // The per-event info line is not what is measured here.
-                ("RUST_LOG", "warn"),
                 ("Database__MaxConnections", "16"),
                 ("Worker__MaxWorkers", "8"),
                 ("Worker__LagThreshold", "200"),
@@ -132,6 +130,12 @@ impl System {
             ]
             .map(|(k, v)| (k.to_string(), v.to_string())),
         );
+        // The per-event info line is not what is measured here
+        // (BENCH_LOG=info shows it, and dumps the worker's log).
+        env.push((
+            "RUST_LOG".into(),
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn,orderflow::app=info".into()),
+        ));
         Self {
             db,
             broker,
@@ -562,6 +566,7 @@ async fn worker_backlog(args: &Args) -> (Throughput, f64) {
         .set("linger.ms", "5")
         .create()
         .expect("producer");
+    eprintln!("worker phase: {} orders in the database", ids.len());
     let fill = bar(ids.len() as u64, "pre-fill topic (events)");
     let mut pending = futures::stream::FuturesUnordered::new();
     use futures::StreamExt;
@@ -595,10 +600,12 @@ async fn worker_backlog(args: &Args) -> (Throughput, f64) {
     }
     while pending.next().await.is_some() {}
     fill.finish_and_clear();
+    eprintln!("worker phase: {} events on the topic", ids.len());
     let bar = bar(ids.len() as u64, "worker backlog (events)");
     let (worker, _) = system.spawn("run-worker");
     let mut first: Option<Instant> = None;
     let last;
+    let mut progress = (0i64, Instant::now());
     loop {
         let handled: i64 = sqlx::query("SELECT count(*) FROM inbox")
             .fetch_one(&mut db)
@@ -608,6 +615,14 @@ async fn worker_backlog(args: &Args) -> (Throughput, f64) {
         if handled > 0 && first.is_none() {
             first = Some(Instant::now());
         }
+        if handled != progress.0 {
+            progress = (handled, Instant::now());
+        }
+        assert!(
+            progress.1.elapsed() < Duration::from_secs(30),
+            "the worker made no progress for 30 s at {handled}:\n{}",
+            worker.log_text()
+        );
         bar.set_position(handled as u64);
         if handled as usize >= ids.len() {
             last = Instant::now();
@@ -616,6 +631,9 @@ async fn worker_backlog(args: &Args) -> (Throughput, f64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bar.finish_and_clear();
+    if std::env::var("BENCH_LOG").is_ok() {
+        eprintln!("{}", worker.log_text());
+    }
     let seconds = (last - first.unwrap_or(last)).as_secs_f64().max(0.001);
     let throughput = Throughput {
         per_second: ids.len() as f64 / seconds,
@@ -645,9 +663,28 @@ fn main() {
             args.backlog
         );
         let (api, create_limit) = api_full_speed(&args).await;
+        eprintln!(
+            "API full speed: {:.0} orders/s p50 {:.1} ms p99 {:.1} ms rss {:.1} MB; pgbench {create_limit:.0} tps",
+            api.per_second, api.latency.p50, api.latency.p99, api.rss_mb
+        );
         let latency = fixed_rate(&args).await;
+        eprintln!(
+            "fixed rate: API p99 {:.1} ms; create→Reserved p50 {:.1} p99 {:.1} max {:.1} ms; create→Fulfilled p50 {:.1} p99 {:.1} ms; rss api {:.1} worker {:.1} MB",
+            latency.api.p99, latency.reserved.p50, latency.reserved.p99, latency.reserved.max,
+            latency.fulfilled.p50, latency.fulfilled.p99, latency.api_rss_mb, latency.worker_rss_mb
+        );
         let (relay, producer_limit) = relay_backlog(&args).await;
-        let (worker, handler_limit) = worker_backlog(&args).await;
+        eprintln!(
+            "relay: {:.0} events/s rss {:.1} MB; raw producer {producer_limit:.0} msgs/s",
+            relay.per_second, relay.rss_mb
+        );
+        // Known issue (see the closing note of #9): on a topic pre-filled by
+        // this harness the worker stalls after ~1,500 events.
+        let (worker, handler_limit) = if std::env::var("BENCH_SKIP_WORKER").is_ok() {
+            (Throughput { per_second: f64::NAN, latency: Spread::default(), rss_mb: f64::NAN }, f64::NAN)
+        } else {
+            worker_backlog(&args).await
+        };
 
         let ratio = |a: f64, b: f64| format!("{:.0} %", 100.0 * a / b);
         println!();
