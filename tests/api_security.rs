@@ -252,6 +252,49 @@ async fn jwts_from_the_configured_issuer_carry_scopes() {
         assert_eq!(status, 401, "{what}: {body}");
         assert!(challenge.contains("invalid_token"), "{what}: {challenge}");
     }
+
+    // The same issuer's keys served over HTTP, as an OIDC provider does.
+    let served = jwks.clone();
+    let jwks_app = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || {
+            let served = served.clone();
+            async move { axum::Json(served) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().expect("addr")
+    );
+    tokio::spawn(async move { axum::serve(listener, jwks_app).await });
+    let db_by_url = TestDb::new(Backend::Sqlite).await;
+    let by_url = TestApp::spawn_with(
+        &db_by_url,
+        &broker,
+        &[
+            ("Api__Auth__Enabled", "true"),
+            ("Api__Auth__Jwt__Issuer", ISSUER),
+            ("Api__Auth__Jwt__Audience", AUDIENCE),
+            ("Api__Auth__Jwt__JwksUrl", url.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        call(&by_url, "GET", "/api/orders", Some(&reader), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(&by_url, "POST", "/api/orders", Some(&reader), order())
+            .await
+            .0,
+        403
+    );
+    by_url.stop().await;
     app.stop().await;
 }
 
