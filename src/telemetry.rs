@@ -152,15 +152,21 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestTrace {
     }
 }
 
+/// The route template the request matched (`/api/orders/{id}`), not its
+/// path: one metric series and one span name per endpoint, not per id.
+pub fn route_template(request: &Request) -> String {
+    request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into())
+}
+
 /// One server span per request, continuing the client's `traceparent`; the
 /// response carries the trace context back so the caller can follow it.
 pub async fn trace_http(mut request: Request, next: Next) -> Response {
     let method = request.method().as_str().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+    let route = route_template(&request);
     let span = tracing::info_span!(
         "http request",
         otel.name = %format!("{method} {route}"),

@@ -12,12 +12,7 @@ use serde_json::{json, Value};
 
 async fn problem(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let content_type = common::header(&response, "content-type");
     assert_eq!(content_type, "application/problem+json", "status {status}");
     let body: Value = response.json().await.expect("problem body");
     assert_eq!(body["status"], status.as_u16(), "{body}");

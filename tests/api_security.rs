@@ -52,18 +52,8 @@ async fn call(
     }
     let response = request.send().await.expect("request");
     let status = response.status().as_u16();
-    let challenge = response
-        .headers()
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let challenge = common::header(&response, "www-authenticate");
+    let content_type = common::header(&response, "content-type");
     let body: Value = response.json().await.unwrap_or(Value::Null);
     if status == 401 || status == 403 {
         assert_eq!(content_type, "application/problem+json", "{path}");

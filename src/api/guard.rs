@@ -3,7 +3,7 @@
 //! and the request timeout (503). Which route needs which scope is decided
 //! here and nowhere else.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -205,16 +205,7 @@ fn bearer(request: &Request) -> Option<String> {
 }
 
 fn client_ip(request: &Request) -> Option<IpAddr> {
-    let addr = request
-        .extensions()
-        .get::<ConnectInfo<ClientAddr>>()
-        .map(|c| c.0 .0)
-        .or_else(|| {
-            request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0)
-        })?;
+    let ConnectInfo(ClientAddr(addr)) = request.extensions().get::<ConnectInfo<ClientAddr>>()?;
     Some(addr.ip())
 }
 

@@ -422,6 +422,16 @@ impl Drop for Process {
     }
 }
 
+/// A response header as text ("" when absent or not ASCII).
+pub fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Polls `check` until it returns `Some` or `within` elapses.
 pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> Option<T>
 where
