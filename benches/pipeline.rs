@@ -1,4 +1,4 @@
-//! `cargo bench --bench pipeline [-- --rate 500 --seconds 20 --concurrency 32 --backlog 100000]`
+//! `cargo bench --bench pipeline [-- --rate 500 --seconds 20 --concurrency 32 --backlog 100000 --phases api,latency,relay,worker]`
 //!
 //! Measures the pipeline (the release binary as separate processes, a
 //! Kafka-protocol broker hosted here, PostgreSQL from
@@ -30,6 +30,8 @@ struct Args {
     seconds: u64,
     concurrency: usize,
     backlog: usize,
+    /// Which of api, latency, relay, worker run (all by default).
+    phases: Vec<String>,
 }
 
 impl Args {
@@ -39,6 +41,9 @@ impl Args {
             seconds: 20,
             concurrency: 32,
             backlog: 100_000,
+            phases: ["api", "latency", "relay", "worker"]
+                .map(String::from)
+                .to_vec(),
         };
         let argv: Vec<String> = std::env::args().collect();
         let value = |name: &str| {
@@ -59,7 +64,18 @@ impl Args {
         if let Some(v) = value("--backlog") {
             args.backlog = v as usize;
         }
+        if let Some(list) = argv
+            .iter()
+            .position(|a| a == "--phases")
+            .and_then(|i| argv.get(i + 1))
+        {
+            args.phases = list.split(',').map(|p| p.trim().to_string()).collect();
+        }
         args
+    }
+
+    fn runs(&self, phase: &str) -> bool {
+        self.phases.iter().any(|p| p == phase)
     }
 }
 
@@ -108,6 +124,13 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// Enough for a backlog of 100,000 events to fit the mock cluster's 5 MiB
+/// per partition (it deletes older messages beyond that).
+const PARTITIONS: i32 = 16;
+
+/// The worker's pool size, and pgbench's clients on its transaction.
+const HANDLER_CLIENTS: usize = 8;
+
 /// One system under test: a fresh database, a broker, processes.
 struct System {
     db: TestDb,
@@ -119,12 +142,28 @@ struct System {
 impl System {
     async fn new() -> Self {
         let db = TestDb::new(Backend::Postgres).await;
-        let broker = common::start_broker();
+        let broker = common::start_broker_partitioned(
+            &[
+                common::TOPIC,
+                common::FULFILMENT_TOPIC,
+                common::DLQ_TOPIC,
+                common::CONTROL_TOPIC,
+            ],
+            PARTITIONS,
+        );
         let mut env = common::env_for(&db, broker.bootstrap_servers());
+        let (partitions, workers) = (PARTITIONS.to_string(), HANDLER_CLIENTS.to_string());
         env.extend(
             [
+                (
+                    "KafkaConfiguration__Orders__Partitions",
+                    partitions.as_str(),
+                ),
                 ("Database__MaxConnections", "16"),
-                ("Worker__MaxWorkers", "8"),
+                // A fixed pool: what is measured is the pipeline, not how
+                // fast the lag-based balancer grows it.
+                ("Worker__MinWorkers", workers.as_str()),
+                ("Worker__MaxWorkers", workers.as_str()),
                 ("Worker__LagThreshold", "200"),
                 ("Worker__BalanceIntervalMs", "1000"),
             ]
@@ -165,15 +204,27 @@ impl System {
     }
 }
 
+/// One order in this many is paid and shipped in the fixed-rate phase (its
+/// customer is ADVANCED): all of them would triple the requests and events
+/// per order, more than two cores carry at 500 orders/s.
+const ADVANCE_EVERY: usize = 10;
+const ADVANCED: &str = "Bench Advance";
+
 fn order_body(n: usize) -> serde_json::Value {
+    let customer = if n.is_multiple_of(ADVANCE_EVERY) {
+        ADVANCED
+    } else {
+        "Bench Customer"
+    };
     json!({
-        "customerName": format!("Bench Customer {n}"),
+        "customerName": customer,
         "customerEmail": "bench@example.test",
         "items": [{"productName": "bench-untracked", "quantity": 1, "unitPrice": "2.50"}],
     })
 }
 
-async fn create(http: &reqwest::Client, base: &str, n: usize) -> Option<f64> {
+/// Creates order `n`; its latency (ms) and id.
+async fn create(http: &reqwest::Client, base: &str, n: usize) -> Option<(f64, uuid::Uuid)> {
     let started = Instant::now();
     let response = http
         .post(format!("{base}/api/orders"))
@@ -185,7 +236,12 @@ async fn create(http: &reqwest::Client, base: &str, n: usize) -> Option<f64> {
         .send()
         .await
         .ok()?;
-    (response.status() == 201).then(|| started.elapsed().as_secs_f64() * 1000.0)
+    if response.status() != 201 {
+        return None;
+    }
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let order: serde_json::Value = response.json().await.ok()?;
+    Some((ms, order["id"].as_str()?.parse().ok()?))
 }
 
 // ---------------------------------------------------------------------------
@@ -203,7 +259,7 @@ async fn api_full_speed(args: &Args) -> (Throughput, f64) {
     let (api, base) = system.spawn("serve-api");
     let http = reqwest::Client::new();
     for n in 0..200 {
-        create(&http, &base, n).await;
+        let _ = create(&http, &base, n).await;
     }
     let duration = Duration::from_secs(args.seconds);
     let bar = bar(args.seconds, "API create, full speed (s)");
@@ -221,7 +277,7 @@ async fn api_full_speed(args: &Args) -> (Throughput, f64) {
             tokio::spawn(async move {
                 while started.elapsed() < duration {
                     let n = counter.fetch_add(1, Ordering::Relaxed);
-                    if let Some(ms) = create(&http, &base, n).await {
+                    if let Some((ms, _)) = create(&http, &base, n).await {
                         latencies.lock().expect("latencies").push(ms);
                     }
                 }
@@ -245,12 +301,12 @@ async fn api_full_speed(args: &Args) -> (Throughput, f64) {
     };
     // The limit: pgbench running the same transaction at the same
     // concurrency on the same database.
-    let limit = pgbench(&system.db.url, "create_order.sql", args.concurrency, 10);
+    let limit = pgbench(&system.db.url, "create_order.sql", args.concurrency, 10, 0);
     (throughput, limit)
 }
 
 /// pgbench's tps for one of benches/pgbench/*.sql.
-fn pgbench(url: &str, script: &str, clients: usize, seconds: u64) -> f64 {
+fn pgbench(url: &str, script: &str, clients: usize, seconds: u64, backlog: usize) -> f64 {
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("benches/pgbench")
         .join(script);
@@ -263,6 +319,8 @@ fn pgbench(url: &str, script: &str, clients: usize, seconds: u64) -> f64 {
             &clients.to_string(),
             "-j",
             "2",
+            "-D",
+            &format!("backlog={backlog}"),
             "-f",
         ])
         .arg(&file)
@@ -289,42 +347,62 @@ fn pgbench(url: &str, script: &str, clients: usize, seconds: u64) -> f64 {
 struct Latency {
     api: Spread,
     reserved: Spread,
+    /// OrderCreated: commit → published, published → handled.
+    relayed: Spread,
+    consumed: Spread,
     fulfilled: Spread,
     orders: usize,
+    advanced: usize,
     api_rss_mb: f64,
     worker_rss_mb: f64,
 }
 
-/// Pays (or ships) every order in `from` as soon as it gets there, as a
-/// client reacting to the order's status would; stops at `stop`.
+type Waiting = Arc<Mutex<Vec<uuid::Uuid>>>;
+
+/// Pays (or ships) each order in `waiting` as soon as it is in `from`, as a
+/// client reacting to the order's status would, then hands it to `then`;
+/// stops at `stop`. It looks up only the orders it waits for, by key: a scan
+/// of all orders by status would load the database it measures.
 async fn advance_loop(
     url: String,
     base: String,
-    from: &'static str,
-    step: &'static str,
-    body: serde_json::Value,
+    waiting: Waiting,
+    (from, step, body): (&'static str, &'static str, serde_json::Value),
+    then: Option<Waiting>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut db = PgConnection::connect(&url).await.expect("connect");
     let http = reqwest::Client::new();
     while !stop.load(Ordering::Relaxed) {
-        let ids: Vec<String> =
-            sqlx::query("SELECT id::text FROM orders WHERE status = $1 LIMIT 500")
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let candidates = waiting.lock().expect("waiting").clone();
+        if candidates.is_empty() {
+            continue;
+        }
+        let ready: Vec<uuid::Uuid> =
+            sqlx::query("SELECT id FROM orders WHERE id = ANY($1) AND status = $2")
+                .bind(&candidates)
                 .bind(from)
                 .fetch_all(&mut db)
                 .await
                 .map(|rows| rows.iter().map(|r| r.get(0)).collect())
                 .unwrap_or_default();
-        if ids.is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if ready.is_empty() {
             continue;
         }
-        futures::future::join_all(ids.iter().map(|id| {
+        waiting
+            .lock()
+            .expect("waiting")
+            .retain(|id| !ready.contains(id));
+        futures::future::join_all(ready.iter().map(|id| {
             http.post(format!("{base}/api/orders/{id}/{step}"))
                 .json(&body)
                 .send()
         }))
         .await;
+        if let Some(next) = &then {
+            next.lock().expect("waiting").extend(ready);
+        }
     }
 }
 
@@ -333,39 +411,71 @@ async fn fixed_rate(args: &Args) -> Latency {
     let (api, base) = system.spawn("serve-api");
     let (worker, _) = system.spawn("run-worker");
     let orders = (args.rate * args.seconds) as usize;
+    let mut db = system.sql().await;
+    // Warm-up, not measured: the consumer group's first join (the broker
+    // delays it by 3 s), the pools' first connections and statements.
+    let http = reqwest::Client::new();
+    for n in (1..100usize).filter(|n| !n.is_multiple_of(ADVANCE_EVERY)) {
+        let _ = create(&http, &base, n).await;
+    }
+    let measured_from: f64 = loop {
+        let row = sqlx::query(
+            "SELECT count(*), EXTRACT(EPOCH FROM clock_timestamp())::float8 * 1000 \
+             FROM orders WHERE status = 'Pending'",
+        )
+        .fetch_one(&mut db)
+        .await
+        .expect("warm-up");
+        if row.get::<i64, _>(0) == 0 {
+            break row.get(1);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (to_pay, to_ship) = (Waiting::default(), Waiting::default());
     let payer = tokio::spawn(advance_loop(
         system.db.url.clone(),
         base.clone(),
-        "Reserved",
-        "payments",
-        json!({"paymentId": "pay-bench"}),
+        to_pay.clone(),
+        ("Reserved", "payments", json!({"paymentId": "pay-bench"})),
+        Some(to_ship.clone()),
         stop.clone(),
     ));
     let shipper = tokio::spawn(advance_loop(
         system.db.url.clone(),
         base.clone(),
-        "AwaitingShipment",
-        "shipments",
-        json!({"trackingNumber": "T-bench"}),
+        to_ship,
+        (
+            "AwaitingShipment",
+            "shipments",
+            json!({"trackingNumber": "T-bench"}),
+        ),
+        None,
         stop.clone(),
     ));
     let bar = bar(
         orders as u64,
         &format!("fixed rate {}/s (orders)", args.rate),
     );
-    let http = reqwest::Client::new();
     let interval = Duration::from_micros(1_000_000 / args.rate.max(1));
     let started = Instant::now();
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(orders)));
     let mut tasks = Vec::with_capacity(orders);
     for n in 0..orders {
         tokio::time::sleep_until((started + interval * n as u32).into()).await;
-        let (http, base, latencies, bar) =
-            (http.clone(), base.clone(), latencies.clone(), bar.clone());
+        let (http, base, latencies, bar, to_pay) = (
+            http.clone(),
+            base.clone(),
+            latencies.clone(),
+            bar.clone(),
+            to_pay.clone(),
+        );
         tasks.push(tokio::spawn(async move {
-            if let Some(ms) = create(&http, &base, n).await {
+            if let Some((ms, id)) = create(&http, &base, n).await {
                 latencies.lock().expect("latencies").push(ms);
+                if n.is_multiple_of(ADVANCE_EVERY) {
+                    to_pay.lock().expect("waiting").push(id);
+                }
             }
             bar.inc(1);
         }));
@@ -375,14 +485,17 @@ async fn fixed_rate(args: &Args) -> Latency {
     }
     bar.finish_and_clear();
     // Wait for the pipeline to finish every order (or give up after 2 min).
-    let mut db = system.sql().await;
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
-        let left: i64 = sqlx::query("SELECT count(*) FROM orders WHERE status <> 'Fulfilled'")
-            .fetch_one(&mut db)
-            .await
-            .expect("count")
-            .get(0);
+        let left: i64 = sqlx::query(
+            "SELECT count(*) FROM orders WHERE status = 'Pending' \
+             OR (customer_name = $1 AND status <> 'Fulfilled')",
+        )
+        .bind(ADVANCED)
+        .fetch_one(&mut db)
+        .await
+        .expect("count")
+        .get(0);
         if left == 0 {
             break;
         }
@@ -404,15 +517,35 @@ async fn fixed_rate(args: &Args) -> Latency {
     }
     let since_created = |status: &str| -> Vec<f64> {
         at.values()
-            .filter_map(|s| Some(s.get(status)? - s.get("Pending")?))
+            .filter_map(|s| {
+                let created = *s.get("Pending")?;
+                (created >= measured_from).then_some(s.get(status)? - created)
+            })
             .collect()
     };
+    // Where an OrderCreated spent its time: committed → marked published
+    // (the relay; the mark follows the broker's acknowledgement), and
+    // marked → handled by the worker.
+    let stages = sqlx::query(
+        "SELECT EXTRACT(EPOCH FROM (o.published_at - o.created_at))::float8 * 1000, \
+         EXTRACT(EPOCH FROM (i.handled_at - o.published_at))::float8 * 1000 \
+         FROM outbox o JOIN inbox i ON i.event_id = o.event_id::text \
+         WHERE o.event_type = 'OrderCreated' \
+         AND EXTRACT(EPOCH FROM o.created_at)::float8 * 1000 >= $1",
+    )
+    .bind(measured_from)
+    .fetch_all(&mut db)
+    .await
+    .expect("stages");
     let api_latency = latencies.lock().expect("latencies").clone();
     Latency {
+        relayed: spread(stages.iter().map(|r| r.get(0)).collect()),
+        consumed: spread(stages.iter().map(|r| r.get(1)).collect()),
         api: spread(api_latency),
         reserved: spread(since_created("Reserved")),
         fulfilled: spread(since_created("Fulfilled")),
         orders,
+        advanced: orders.div_ceil(ADVANCE_EVERY),
         api_rss_mb: peak_rss_mb(&api),
         worker_rss_mb: peak_rss_mb(&worker),
     }
@@ -461,6 +594,9 @@ async fn relay_backlog(args: &Args) -> (Throughput, f64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bar.finish_and_clear();
+    if std::env::var("BENCH_LOG").is_ok() {
+        eprintln!("{}", api.log_text());
+    }
     let seconds = (last - first.unwrap_or(last)).as_secs_f64().max(0.001);
     let relay = Throughput {
         per_second: args.backlog as f64 / seconds,
@@ -563,7 +699,9 @@ async fn worker_backlog(args: &Args) -> (Throughput, f64) {
         .collect();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", system.broker.bootstrap_servers())
-        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
         .create()
         .expect("producer");
     eprintln!("worker phase: {} orders in the database", ids.len());
@@ -642,7 +780,13 @@ async fn worker_backlog(args: &Args) -> (Throughput, f64) {
     };
     drop(worker);
     // The worker runs up to Worker.MaxWorkers transactions at once.
-    let limit = pgbench(&system.db.url, "handle_created.sql", 8, 10);
+    let limit = pgbench(
+        &system.db.url,
+        "handle_created.sql",
+        HANDLER_CLIENTS,
+        10,
+        ids.len(),
+    );
     (throughput, limit)
 }
 
@@ -662,65 +806,83 @@ fn main() {
             args.concurrency,
             args.backlog
         );
-        let (api, create_limit) = api_full_speed(&args).await;
-        eprintln!(
-            "API full speed: {:.0} orders/s p50 {:.1} ms p99 {:.1} ms rss {:.1} MB; pgbench {create_limit:.0} tps",
-            api.per_second, api.latency.p50, api.latency.p99, api.rss_mb
-        );
-        let latency = fixed_rate(&args).await;
-        eprintln!(
-            "fixed rate: API p99 {:.1} ms; create→Reserved p50 {:.1} p99 {:.1} max {:.1} ms; create→Fulfilled p50 {:.1} p99 {:.1} ms; rss api {:.1} worker {:.1} MB",
-            latency.api.p99, latency.reserved.p50, latency.reserved.p99, latency.reserved.max,
-            latency.fulfilled.p50, latency.fulfilled.p99, latency.api_rss_mb, latency.worker_rss_mb
-        );
-        let (relay, producer_limit) = relay_backlog(&args).await;
-        eprintln!(
-            "relay: {:.0} events/s rss {:.1} MB; raw producer {producer_limit:.0} msgs/s",
-            relay.per_second, relay.rss_mb
-        );
-        // Known issue (see the closing note of #9): on a topic pre-filled by
-        // this harness the worker stalls after ~1,500 events.
-        let (worker, handler_limit) = if std::env::var("BENCH_SKIP_WORKER").is_ok() {
-            (Throughput { per_second: f64::NAN, latency: Spread::default(), rss_mb: f64::NAN }, f64::NAN)
-        } else {
-            worker_backlog(&args).await
-        };
-
         let ratio = |a: f64, b: f64| format!("{:.0} %", 100.0 * a / b);
+        let mut rows = Vec::new();
+        let mut rss = Vec::new();
+        if args.runs("api") {
+            let (api, limit) = api_full_speed(&args).await;
+            eprintln!(
+                "API full speed: {:.0} orders/s p50 {:.1} ms p99 {:.1} ms rss {:.1} MB; pgbench {limit:.0} tps",
+                api.per_second, api.latency.p50, api.latency.p99, api.rss_mb
+            );
+            rows.push(format!(
+                "| API create, full speed ({} clients) | {:.0} orders/s, p50 {:.1} ms, p99 {:.1} ms | pgbench same transaction: {:.0} tps | {} |",
+                args.concurrency, api.per_second, api.latency.p50, api.latency.p99, limit,
+                ratio(api.per_second, limit)
+            ));
+            rss.push(format!("API {:.1} MB (full speed)", api.rss_mb));
+        }
+        if args.runs("latency") {
+            let latency = fixed_rate(&args).await;
+            eprintln!(
+                "fixed rate: API p99 {:.1} ms; create→Reserved p50 {:.1} p99 {:.1} max {:.1} ms; create→Fulfilled p50 {:.1} p99 {:.1} ms; rss api {:.1} worker {:.1} MB",
+                latency.api.p99, latency.reserved.p50, latency.reserved.p99, latency.reserved.max,
+                latency.fulfilled.p50, latency.fulfilled.p99, latency.api_rss_mb, latency.worker_rss_mb
+            );
+            rows.push(format!(
+                "| API create at {}/s ({} orders) | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | | |",
+                args.rate, latency.orders, latency.api.p50, latency.api.p99, latency.api.max
+            ));
+            rows.push(format!(
+                "| create → Reserved at {}/s | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | target p99 ≤ 50 ms | |",
+                args.rate, latency.reserved.p50, latency.reserved.p99, latency.reserved.max
+            ));
+            rows.push(format!(
+                "| of which: commit → published (relay) / published → handled (worker) | p50 {:.1} / {:.1} ms, p99 {:.1} / {:.1} ms | | |",
+                latency.relayed.p50, latency.consumed.p50, latency.relayed.p99, latency.consumed.p99
+            ));
+            rows.push(format!(
+                "| create → Fulfilled at {}/s ({} of them paid and shipped by a client reacting to their status) | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | | |",
+                args.rate, latency.advanced, latency.fulfilled.p50, latency.fulfilled.p99, latency.fulfilled.max
+            ));
+            rss.push(format!(
+                "API {:.1} MB / worker {:.1} MB (at {}/s)",
+                latency.api_rss_mb, latency.worker_rss_mb, args.rate
+            ));
+        }
+        if args.runs("relay") {
+            let (relay, limit) = relay_backlog(&args).await;
+            eprintln!(
+                "relay: {:.0} events/s rss {:.1} MB; raw producer {limit:.0} msgs/s",
+                relay.per_second, relay.rss_mb
+            );
+            rows.push(format!(
+                "| relay, backlog of {} | {:.0} events/s | raw rdkafka producer: {:.0} msgs/s | {} |",
+                args.backlog, relay.per_second, limit,
+                ratio(relay.per_second, limit)
+            ));
+            rss.push(format!("relay {:.1} MB", relay.rss_mb));
+        }
+        if args.runs("worker") {
+            let (worker, limit) = worker_backlog(&args).await;
+            eprintln!(
+                "worker: {:.0} events/s rss {:.1} MB; pgbench {limit:.0} tps",
+                worker.per_second, worker.rss_mb
+            );
+            rows.push(format!(
+                "| worker, topic of {} | {:.0} events/s | pgbench handler transaction ({} clients): {:.0} tps | {} |",
+                args.backlog, worker.per_second, HANDLER_CLIENTS, limit,
+                ratio(worker.per_second, limit)
+            ));
+            rss.push(format!("worker {:.1} MB (backlog)", worker.rss_mb));
+        }
         println!();
         println!("| figure | pipeline | limit | ratio |");
         println!("|---|---|---|---|");
-        println!(
-            "| API create, full speed ({} clients) | {:.0} orders/s, p50 {:.1} ms, p99 {:.1} ms | pgbench same transaction: {:.0} tps | {} |",
-            args.concurrency, api.per_second, api.latency.p50, api.latency.p99, create_limit,
-            ratio(api.per_second, create_limit)
-        );
-        println!(
-            "| API create at {}/s ({} orders) | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | | |",
-            args.rate, latency.orders, latency.api.p50, latency.api.p99, latency.api.max
-        );
-        println!(
-            "| create → Reserved at {}/s | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | target p99 ≤ 50 ms | |",
-            args.rate, latency.reserved.p50, latency.reserved.p99, latency.reserved.max
-        );
-        println!(
-            "| create → Fulfilled at {}/s (client pays and ships on seeing the status) | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | | |",
-            args.rate, latency.fulfilled.p50, latency.fulfilled.p99, latency.fulfilled.max
-        );
-        println!(
-            "| relay, backlog of {} | {:.0} events/s | raw rdkafka producer: {:.0} msgs/s | {} |",
-            args.backlog, relay.per_second, producer_limit,
-            ratio(relay.per_second, producer_limit)
-        );
-        println!(
-            "| worker, topic of {} | {:.0} events/s | pgbench handler transaction (8 clients): {:.0} tps | {} |",
-            args.backlog, worker.per_second, handler_limit,
-            ratio(worker.per_second, handler_limit)
-        );
-        println!(
-            "| peak RSS | API {:.1} MB (full speed), API {:.1} MB / worker {:.1} MB (at {}/s), relay {:.1} MB, worker {:.1} MB (backlog) | target ≤ 50 MB | |",
-            api.rss_mb, latency.api_rss_mb, latency.worker_rss_mb, args.rate, relay.rss_mb, worker.rss_mb
-        );
+        for row in rows {
+            println!("{row}");
+        }
+        println!("| peak RSS | {} | target ≤ 50 MB | |", rss.join(", "));
         println!();
         eprintln!("benchmark took {:.0} s", started.elapsed().as_secs_f64());
     });

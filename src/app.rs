@@ -159,7 +159,7 @@ impl Application {
                 sink: Box::new(ServiceBusSink::new(connection.clone(), queue.clone())),
                 filter: OutboxFilter {
                     only: Some(crate::events::DESTINATION_FULFILMENT),
-                    except: None,
+                    ..OutboxFilter::default()
                 },
                 lease: outbox::FULFILMENT_LEASE,
                 settings: config.outbox.clone(),

@@ -20,7 +20,7 @@ use crate::config::{Config, FulfilmentSink, OutboxSettings};
 use crate::events::{DESTINATION_FULFILMENT, DESTINATION_ORDERS};
 use crate::shutdown::Shutdown;
 use crate::sink::Sink;
-use crate::store::{OutboxFilter, RelayLease, SharedStore};
+use crate::store::{OutboxFilter, OutboxRecord, RelayLease, SharedStore};
 
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -60,8 +60,8 @@ pub fn kafka_destinations(config: &Config) -> HashMap<&'static str, Option<Strin
 pub fn kafka_filter(config: &Config) -> OutboxFilter {
     match config.fulfilment.sink {
         FulfilmentSink::ServiceBus { .. } => OutboxFilter {
-            only: None,
             except: Some(DESTINATION_FULFILMENT),
+            ..OutboxFilter::default()
         },
         _ => OutboxFilter::default(),
     }
@@ -97,6 +97,14 @@ impl Backoff {
             _ = shutdown.wait() => {}
         }
     }
+}
+
+/// What one round leaves to the next: rows published but not yet marked,
+/// and the batch read ahead.
+#[derive(Default)]
+struct Carry {
+    unmarked: Vec<i64>,
+    next: Option<Vec<OutboxRecord>>,
 }
 
 enum Round {
@@ -147,8 +155,9 @@ impl Relay {
     async fn lead(&mut self, mut lease: Box<dyn RelayLease>, shutdown: &mut Shutdown) {
         let mut backoff = Backoff::new(self.settings.max_backoff);
         let mut last_purge = std::time::Instant::now();
+        let mut carry = Carry::default();
         while !shutdown.is_triggered() {
-            match self.round(lease.as_mut()).await {
+            match self.round(lease.as_mut(), &mut carry).await {
                 Round::Published(n) => {
                     tracing::debug!(rows = n, "outbox batch published");
                     backoff.reset();
@@ -167,75 +176,84 @@ impl Relay {
                 Round::Failed => backoff.wait(shutdown).await,
                 Round::LeaseLost => {
                     tracing::warn!("relay lease lost; standing by");
-                    return;
+                    break;
                 }
             }
         }
+        // Published is published, whoever leads next.
+        mark(&self.store, self.settings.max_backoff, &carry.unmarked).await;
     }
 
-    async fn round(&mut self, lease: &mut dyn RelayLease) -> Round {
-        if !lease.still_held().await {
-            return Round::LeaseLost;
-        }
-        let batch = match self
-            .store
-            .outbox_pending(self.settings.batch_size, &self.filter)
-            .await
-        {
-            Ok(batch) if batch.is_empty() => return Round::Empty,
-            Ok(batch) => batch,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the outbox");
-                return Round::Failed;
+    /// Delivers one batch. While the sink waits for its acknowledgements,
+    /// the previous batch is marked, the lease checked and the next batch
+    /// read (skipping the rows in flight), so the producer is rarely idle.
+    /// The idempotent producer keeps the batches in order, as it keeps the
+    /// rows of one batch.
+    async fn round(&mut self, lease: &mut dyn RelayLease, carry: &mut Carry) -> Round {
+        let Relay {
+            store,
+            sink,
+            filter,
+            settings,
+            lease: lease_name,
+        } = self;
+        let (limit, max_backoff) = (settings.batch_size, settings.max_backoff);
+        let batch = match carry.next.take() {
+            Some(batch) => batch,
+            None => {
+                mark(store, max_backoff, &std::mem::take(&mut carry.unmarked)).await;
+                if !lease.still_held().await {
+                    return Round::LeaseLost;
+                }
+                match store.outbox_pending(limit, filter).await {
+                    Ok(batch) if batch.is_empty() => return Round::Empty,
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the outbox");
+                        return Round::Failed;
+                    }
+                }
             }
         };
-        let delivered = self.sink.deliver(&batch).await;
-        let (acked, failure) = (delivered.acked, delivered.failure);
-        for record in batch.iter().filter(|r| acked.contains(&r.id)) {
-            metrics::counter!(
-                crate::prometheus::EVENTS_PUBLISHED,
-                "type" => record.event_type.clone(),
-                "destination" => record.destination.clone()
-            )
-            .increment(1);
-        }
-        if failure.is_some() {
-            metrics::counter!(crate::prometheus::SINK_FAILURES, "relay" => self.lease).increment(1);
-        }
-        let published = acked.len();
-        if !acked.is_empty() {
-            self.mark(&acked).await;
-        }
-        match failure {
-            Some(e) => {
-                tracing::warn!(
-                    error = %e,
-                    published,
-                    pending = batch.len() - published,
-                    "Kafka did not acknowledge every event; backing off"
-                );
-                Round::Failed
+        let in_flight = batch.first().zip(batch.last()).map(|(a, b)| (a.id, b.id));
+        let previous = std::mem::take(&mut carry.unmarked);
+        let ahead = async {
+            mark(store, max_backoff, &previous).await;
+            if !lease.still_held().await {
+                return None;
             }
-            None => Round::Published(published),
+            let filter = OutboxFilter {
+                in_flight,
+                ..*filter
+            };
+            Some(store.outbox_pending(limit, &filter).await)
+        };
+        let (delivered, ahead) = tokio::join!(sink.deliver(&batch), ahead);
+        count_published(&batch, &delivered.acked);
+        let published = delivered.acked.len();
+        if let Some(e) = delivered.failure {
+            metrics::counter!(crate::prometheus::SINK_FAILURES, "relay" => *lease_name)
+                .increment(1);
+            // The batch read ahead would overtake the rows that failed.
+            mark(store, max_backoff, &delivered.acked).await;
+            tracing::warn!(
+                error = %e,
+                published,
+                pending = batch.len() - published,
+                "the sink did not acknowledge every event; backing off"
+            );
+            return Round::Failed;
         }
-    }
-
-    /// Marks published rows, retrying until the database takes it: rows left
-    /// unmarked would be published a second time.
-    async fn mark(&self, ids: &[i64]) {
-        let mut backoff = Backoff::new(self.settings.max_backoff);
-        let mut attempts = 0u32;
-        loop {
-            match self.store.outbox_mark_published(ids).await {
-                Ok(()) => return,
-                Err(e) => {
-                    attempts += 1;
-                    tracing::warn!(error = %e, attempts, rows = ids.len(), "cannot mark outbox rows published");
-                    if attempts >= MARK_ATTEMPTS {
-                        return;
-                    }
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
+        carry.unmarked = delivered.acked;
+        match ahead {
+            None => Round::LeaseLost,
+            Some(Ok(next)) => {
+                carry.next = (!next.is_empty()).then_some(next);
+                Round::Published(published)
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the outbox ahead; reading again");
+                Round::Published(published)
             }
         }
     }
@@ -249,5 +267,48 @@ impl Relay {
             Ok(n) => tracing::info!(rows = n, "purged published outbox rows"),
             Err(e) => tracing::warn!(error = %e, "outbox purge failed"),
         }
+    }
+}
+
+/// Marks published rows, retrying until the database takes it: rows left
+/// unmarked would be published a second time.
+async fn mark(store: &SharedStore, max_backoff: Duration, ids: &[i64]) {
+    if ids.is_empty() {
+        return;
+    }
+    let mut backoff = Backoff::new(max_backoff);
+    let mut attempts = 0u32;
+    loop {
+        match store.outbox_mark_published(ids).await {
+            Ok(()) => return,
+            Err(e) => {
+                attempts += 1;
+                tracing::warn!(error = %e, attempts, rows = ids.len(), "cannot mark outbox rows published");
+                if attempts >= MARK_ATTEMPTS {
+                    return;
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+/// One counter update per event type and destination of the batch, not one
+/// per row: the label lookup is the costly part.
+fn count_published(batch: &[OutboxRecord], acked: &[i64]) {
+    let acked: std::collections::HashSet<i64> = acked.iter().copied().collect();
+    let mut counts: HashMap<(&str, &str), u64> = HashMap::new();
+    for record in batch.iter().filter(|r| acked.contains(&r.id)) {
+        *counts
+            .entry((record.event_type.as_str(), record.destination.as_str()))
+            .or_default() += 1;
+    }
+    for ((event_type, destination), n) in counts {
+        metrics::counter!(
+            crate::prometheus::EVENTS_PUBLISHED,
+            "type" => event_type.to_string(),
+            "destination" => destination.to_string()
+        )
+        .increment(n);
     }
 }

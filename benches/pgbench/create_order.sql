@@ -1,6 +1,8 @@
 -- The API's create transaction (store/sql.rs create_order) for one order of
--- one item, as pgbench runs it: same statements, same rows, same NOTIFY
--- (the id is derived from a random 63-bit number instead of a UUIDv7).
+-- one item, as pgbench runs it: same statements, same rows (the id is
+-- derived from a random 63-bit number instead of a UUIDv7). The API's
+-- NOTIFY is a separate statement after commit, shared by the commits that
+-- finish while one is in flight; it is not part of this transaction.
 \set n random(1, 9000000000000000000)
 BEGIN;
 SELECT request_hash, order_id FROM idempotency_keys WHERE key = 'bench-' || :n || '-' || :client_id;
@@ -14,5 +16,4 @@ INSERT INTO outbox (event_id, destination, message_key, event_type, payload, tra
           '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01', now());
 INSERT INTO idempotency_keys (key, request_hash, order_id, created_at)
   VALUES ('bench-' || :n || '-' || :client_id, 'hash', md5(:n::text)::uuid, now()) ON CONFLICT DO NOTHING;
-SELECT pg_notify('orderflow_outbox', '');
 COMMIT;

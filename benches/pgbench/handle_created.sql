@@ -1,7 +1,8 @@
 -- The worker's OrderCreated transaction (store/sql.rs apply with
 -- Effect::Reserve) on one of the pre-filled orders: inbox row, the items,
--- the guarded status change and its timeline entry.
-\set n random(1, 100000)
+-- the guarded status change and its timeline entry. `backlog` (pgbench -D)
+-- is the number of pre-filled orders.
+\set n random(1, :backlog)
 BEGIN;
 INSERT INTO inbox (consumer_group, event_id, event_type, handled_at)
   VALUES ('pgbench', gen_random_uuid()::text, 'OrderCreated', now()) ON CONFLICT DO NOTHING;

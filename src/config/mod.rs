@@ -208,6 +208,11 @@ pub struct RawWorker {
     /// How soon the group notices a worker that died without leaving.
     #[serde(alias = "sessiontimeoutms")]
     pub session_timeout_ms: u64,
+    /// The longest a fetch waits on the broker when nothing is new. Kafka
+    /// answers as soon as data arrives; a broker that does not (librdkafka's
+    /// mock cluster) adds up to this much latency.
+    #[serde(alias = "fetchwaitmaxms")]
+    pub fetch_wait_max_ms: u64,
     /// Empty means `<orders topic>.dlq`.
     #[serde(alias = "deadlettertopic")]
     pub dead_letter_topic: String,
@@ -230,6 +235,7 @@ impl Default for RawWorker {
             commit_interval_ms: 1_000,
             balance_interval_ms: 5_000,
             session_timeout_ms: 45_000,
+            fetch_wait_max_ms: 100,
             dead_letter_topic: String::new(),
             unknown_types: "skip".into(),
             retry: RawRetry::default(),
@@ -498,6 +504,7 @@ pub struct WorkerSettings {
     pub commit_interval: Duration,
     pub balance_interval: Duration,
     pub session_timeout: Duration,
+    pub fetch_wait_max: Duration,
     pub dead_letter_topic: String,
     pub unknown_types: UnknownTypes,
     pub retry: RetrySettings,
@@ -920,6 +927,7 @@ fn canonical(segment: &str) -> &str {
         "CommitIntervalMs",
         "BalanceIntervalMs",
         "SessionTimeoutMs",
+        "FetchWaitMaxMs",
         "DeadLetterTopic",
         "UnknownTypes",
         "Retry",
@@ -1201,6 +1209,7 @@ impl Validator<'_> {
                 100,
             )?,
             session_timeout: self.millis("worker.sessiontimeoutms", w.session_timeout_ms, 1_000)?,
+            fetch_wait_max: self.millis("worker.fetchwaitmaxms", w.fetch_wait_max_ms, 1)?,
             dead_letter_topic,
             unknown_types: match w.unknown_types.trim().to_ascii_lowercase().as_str() {
                 "skip" => UnknownTypes::Skip,

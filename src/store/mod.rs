@@ -134,6 +134,9 @@ pub struct OutboxBacklog {
 pub struct OutboxFilter {
     pub only: Option<&'static str>,
     pub except: Option<&'static str>,
+    /// The id range of the batch the relay is still delivering, skipped
+    /// while the next batch is read ahead.
+    pub in_flight: Option<(i64, i64)>,
 }
 
 /// The inbox row that makes a handled event's re-delivery a no-op.

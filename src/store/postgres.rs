@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::Connection;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{mpsc, Mutex, Notify};
 
 type Db = sqlx::Postgres;
 
@@ -33,19 +33,31 @@ fn id_list(ids: &[i64]) -> Vec<i64> {
     ids.to_vec()
 }
 
-/// NOTIFY inside the transaction is delivered only if it commits.
-async fn notify_outbox(tx: &mut sqlx::Transaction<'_, Db>) -> Result<(), super::StoreError> {
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(OUTBOX_CHANNEL)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
 pub struct PgStore {
     pool: PgPool,
     local_wakeup: Arc<Notify>,
+    /// Asks the announcer task for one NOTIFY; a full channel means one is
+    /// already due, which covers this commit too.
+    announce: mpsc::Sender<()>,
     listener: Mutex<Option<PgListener>>,
+}
+
+/// Wakes relays in other processes after outbox rows were committed. The
+/// NOTIFY is its own statement, outside the writing transaction: a
+/// transaction that notifies takes a database-wide lock at commit, which
+/// would serialise every order's commit behind one WAL flush at a time.
+/// Requests that arrive while one NOTIFY is in flight share the next one.
+async fn announce(pool: PgPool, mut requests: mpsc::Receiver<()>) {
+    while requests.recv().await.is_some() {
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(OUTBOX_CHANNEL)
+            .execute(&pool)
+            .await
+        {
+            // Relays elsewhere fall back to their poll interval.
+            tracing::debug!(error = %e, "outbox NOTIFY failed");
+        }
+    }
 }
 
 impl PgStore {
@@ -61,11 +73,20 @@ impl PgStore {
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect_with(options)
             .await?;
+        let (announce_tx, requests) = mpsc::channel(1);
+        tokio::spawn(announce(pool.clone(), requests));
         Ok(Self {
             pool,
             local_wakeup: Arc::new(Notify::new()),
+            announce: announce_tx,
             listener: Mutex::new(None),
         })
+    }
+
+    /// Called after a commit that wrote outbox rows.
+    fn outbox_written(&self) {
+        self.local_wakeup.notify_one();
+        let _ = self.announce.try_send(());
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -6,8 +6,8 @@
 //! - `Db`: the sqlx database type;
 //! - `MoneyCol`, `money_to_db`, `money_from_db`: how exact decimals are stored;
 //! - `IdList`, `id_list`, `MARK_PUBLISHED_SQL`: how a list of ids is bound;
-//! - `notify_outbox(&mut tx)`: the cross-process wake-up sent on commit;
-//! - inherent `run_migrations`, `wait_outbox`, `relay_lease` methods.
+//! - inherent `run_migrations`, `wait_outbox`, `relay_lease` methods, and
+//!   `outbox_written`, called after a commit that wrote outbox rows.
 //!
 //! Placeholders are `$n` in both: sqlx's SQLite driver binds them by number.
 
@@ -68,7 +68,6 @@ macro_rules! impl_store {
             .bind(event.occurred_at)
             .execute(&mut **tx)
             .await?;
-            notify_outbox(tx).await?;
             Ok(())
         }
 
@@ -290,7 +289,7 @@ macro_rules! impl_store {
                     }
                 }
                 tx.commit().await?;
-                self.local_wakeup.notify_one();
+                self.outbox_written();
                 let order = self.get_order(id).await?.ok_or(StoreError::NotFound(id))?;
                 Ok(Created {
                     order,
@@ -406,7 +405,7 @@ macro_rules! impl_store {
                 transition_in_tx(&mut tx, id, &change).await?;
                 tx.commit().await?;
                 if change.event.is_some() {
-                    self.local_wakeup.notify_one();
+                    self.outbox_written();
                 }
                 self.get_order(id).await?.ok_or(StoreError::NotFound(id))
             }
@@ -510,7 +509,7 @@ macro_rules! impl_store {
                 transition_in_tx(&mut tx, order_id, &transition).await?;
                 tx.commit().await?;
                 if transition.event.is_some() {
-                    self.local_wakeup.notify_one();
+                    self.outbox_written();
                 }
                 Ok(Applied::Done {
                     status: transition.to,
@@ -582,11 +581,14 @@ macro_rules! impl_store {
                     "SELECT id, event_id, destination, message_key, event_type, payload, \
                      traceparent, created_at FROM outbox WHERE published_at IS NULL \
                      AND ($2 IS NULL OR destination = $2) AND ($3 IS NULL OR destination <> $3) \
+                     AND ($4 IS NULL OR id < $4 OR id > $5) \
                      ORDER BY id LIMIT $1",
                 )
                 .bind(limit as i64)
                 .bind(filter.only)
                 .bind(filter.except)
+                .bind(filter.in_flight.map(|(first, _)| first))
+                .bind(filter.in_flight.map(|(_, last)| last))
                 .fetch_all(&self.pool)
                 .await?
                 .iter()

@@ -33,10 +33,6 @@ fn id_list(ids: &[i64]) -> String {
     format!("[{}]", parts.join(","))
 }
 
-async fn notify_outbox(_tx: &mut sqlx::Transaction<'_, Db>) -> Result<(), super::StoreError> {
-    Ok(())
-}
-
 pub struct SqliteStore {
     pool: SqlitePool,
     local_wakeup: Arc<Notify>,
@@ -59,6 +55,12 @@ impl SqliteStore {
             pool,
             local_wakeup: Arc::new(Notify::new()),
         })
+    }
+
+    /// Called after a commit that wrote outbox rows: the relay is in this
+    /// process (one process per database file).
+    fn outbox_written(&self) {
+        self.local_wakeup.notify_one();
     }
 
     async fn run_migrations(&self) -> Result<(), super::StoreError> {

@@ -31,6 +31,9 @@ use crate::shutdown::Shutdown;
 /// re-delivers them (the inbox turns that into a no-op).
 const REVOKE_DRAIN: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(100);
+/// The consumer's read-ahead, per partition (messages) and in all (KiB).
+const PREFETCH_MESSAGES: u32 = 2_000;
+const PREFETCH_KBYTES: u32 = 8_192;
 
 pub struct EngineSettings {
     pub topic: String,
@@ -242,6 +245,16 @@ pub fn start(
             "session.timeout.ms",
             settings.session_timeout.as_millis().to_string(),
         )
+        // librdkafka prefetches up to 100,000 messages or 64 MB by default:
+        // most of a worker's memory on a backlog. The worker pool holds
+        // BufferSize messages per worker; a few thousand more keep the
+        // fetches large enough.
+        .set("queued.min.messages", PREFETCH_MESSAGES.to_string())
+        .set("queued.max.messages.kbytes", PREFETCH_KBYTES.to_string())
+        .set(
+            "fetch.wait.max.ms",
+            settings.worker.fetch_wait_max.as_millis().to_string(),
+        )
         .set(
             "heartbeat.interval.ms",
             (settings.session_timeout.as_millis() / 3)
@@ -358,7 +371,10 @@ fn run(
         }
         if last_balance.elapsed() >= w.balance_interval {
             last_balance = Instant::now();
-            let lag = total_lag(&consumer, &settings.topic);
+            // Fetched is not handled: the messages waiting in the workers'
+            // queues are lag the pool has yet to absorb.
+            let lag =
+                total_lag(&consumer, &settings.topic) + progress.lock().total_in_flight() as i64;
             let wanted = desired_workers(lag, w.lag_threshold, w.min_workers, w.max_workers);
             if wanted != pool.len() {
                 // Changing the count re-maps keys to workers: let every

@@ -144,12 +144,19 @@ pub fn start_broker() -> EmbeddedKafka {
 /// A broker hosted by the test with only `topics` (the control topic with
 /// one partition, the others with `PARTITIONS`).
 pub fn start_broker_with(topics: &[&str]) -> EmbeddedKafka {
+    start_broker_partitioned(topics, PARTITIONS)
+}
+
+/// As `start_broker_with`, with `partitions` per topic. The mock cluster
+/// keeps at most 5 MiB per partition (older messages are deleted), so a
+/// large backlog needs enough partitions to stay whole.
+pub fn start_broker_partitioned(topics: &[&str], partitions: i32) -> EmbeddedKafka {
     let broker = EmbeddedKafka::start().expect("mock cluster");
     for topic in topics {
         let partitions = if *topic == CONTROL_TOPIC {
             1
         } else {
-            PARTITIONS
+            partitions
         };
         broker
             .create_topic(topic, partitions)
