@@ -165,6 +165,9 @@ impl System {
                 ("Worker__MinWorkers", workers.as_str()),
                 ("Worker__MaxWorkers", workers.as_str()),
                 ("Worker__LagThreshold", "200"),
+                // The mock cluster holds an empty fetch for this long even
+                // when messages arrive meanwhile (Kafka answers at once).
+                ("Worker__FetchWaitMaxMs", "10"),
                 ("Worker__BalanceIntervalMs", "1000"),
             ]
             .map(|(k, v)| (k.to_string(), v.to_string())),
@@ -412,11 +415,24 @@ async fn fixed_rate(args: &Args) -> Latency {
     let (worker, _) = system.spawn("run-worker");
     let orders = (args.rate * args.seconds) as usize;
     let mut db = system.sql().await;
-    // Warm-up, not measured: the consumer group's first join (the broker
-    // delays it by 3 s), the pools' first connections and statements.
+    // Warm-up, not measured: one second at the same rate, for the consumer
+    // group's first join (the broker delays it by 3 s) and the connection
+    // pools of the client, the API and the worker.
     let http = reqwest::Client::new();
-    for n in (1..100usize).filter(|n| !n.is_multiple_of(ADVANCE_EVERY)) {
-        let _ = create(&http, &base, n).await;
+    let interval = Duration::from_micros(1_000_000 / args.rate.max(1));
+    let warm_up: Vec<_> = (1..)
+        .filter(|n: &usize| !n.is_multiple_of(ADVANCE_EVERY))
+        .take(args.rate as usize)
+        .collect();
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(warm_up.len());
+    for (i, n) in warm_up.into_iter().enumerate() {
+        tokio::time::sleep_until((started + interval * i as u32).into()).await;
+        let (http, base) = (http.clone(), base.clone());
+        tasks.push(tokio::spawn(async move { create(&http, &base, n).await }));
+    }
+    for t in tasks {
+        let _ = t.await;
     }
     let measured_from: f64 = loop {
         let row = sqlx::query(
@@ -457,7 +473,6 @@ async fn fixed_rate(args: &Args) -> Latency {
         orders as u64,
         &format!("fixed rate {}/s (orders)", args.rate),
     );
-    let interval = Duration::from_micros(1_000_000 / args.rate.max(1));
     let started = Instant::now();
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(orders)));
     let mut tasks = Vec::with_capacity(orders);

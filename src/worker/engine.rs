@@ -8,6 +8,7 @@
 //! synchronously when partitions are revoked and at shutdown.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -81,9 +83,36 @@ struct EngineContext {
     progress: Arc<Progress>,
     topic: String,
     paused: Arc<AtomicBool>,
+    /// Per assigned partition: messages on the broker not yet handed to
+    /// the application, from librdkafka's statistics.
+    broker_lag: Mutex<HashMap<i32, i64>>,
 }
 
-impl ClientContext for EngineContext {}
+impl ClientContext for EngineContext {
+    /// librdkafka's statistics carry the high watermarks its fetches saw:
+    /// the lag without a request to the broker from the poll thread, whose
+    /// every pause delays the messages behind it.
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let lag = topic
+            .partitions
+            .values()
+            .filter(|p| p.partition >= 0 && p.desired && p.hi_offset >= 0)
+            .map(|p| {
+                // Nothing handed out yet: from the committed offset, or the
+                // whole partition.
+                let from = [p.app_offset, p.committed_offset, p.lo_offset]
+                    .into_iter()
+                    .find(|o| *o >= 0)
+                    .unwrap_or(0);
+                (p.partition, (p.hi_offset - from).max(0))
+            })
+            .collect();
+        *self.broker_lag.lock().unwrap_or_else(|e| e.into_inner()) = lag;
+    }
+}
 
 impl ConsumerContext for EngineContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -235,6 +264,7 @@ pub fn start(
         progress: progress.clone(),
         topic: settings.topic.clone(),
         paused: settings.paused.clone(),
+        broker_lag: Mutex::default(),
     };
     let consumer: BaseConsumer<EngineContext> = brokers
         .client_config(&settings.client_id)
@@ -249,6 +279,10 @@ pub fn start(
         // most of a worker's memory on a backlog. The worker pool holds
         // BufferSize messages per worker; a few thousand more keep the
         // fetches large enough.
+        .set(
+            "statistics.interval.ms",
+            settings.worker.balance_interval.as_millis().to_string(),
+        )
         .set("queued.min.messages", PREFETCH_MESSAGES.to_string())
         .set("queued.max.messages.kbytes", PREFETCH_KBYTES.to_string())
         .set(
@@ -299,29 +333,24 @@ fn commit(
     }
 }
 
-/// Messages between what was consumed and the partitions' ends, published
-/// per partition as a gauge. One small request per assigned partition, once
-/// per balance interval.
-fn total_lag(consumer: &BaseConsumer<EngineContext>, topic: &str) -> i64 {
-    let Ok(positions) = consumer.position() else {
-        return 0;
-    };
-    positions
-        .elements()
-        .iter()
-        .filter_map(|e| {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, e.partition(), Duration::from_millis(500))
-                .ok()?;
-            // Nothing consumed yet: the whole partition is lag.
-            let position = match e.offset() {
-                Offset::Offset(p) => p,
-                _ => 0,
-            };
-            let lag = (high - position).max(0);
-            metrics::gauge!(crate::prometheus::CONSUMER_LAG, "partition" => e.partition().to_string())
+/// Messages not yet handled: on the broker beyond what was handed out (as
+/// of librdkafka's last statistics), plus those handed out and still
+/// queued or running. Published per partition as a gauge.
+fn total_lag(consumer: &BaseConsumer<EngineContext>, progress: &Progress) -> i64 {
+    let broker_lag = consumer
+        .context()
+        .broker_lag
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let tracker = progress.lock();
+    broker_lag
+        .into_iter()
+        .map(|(partition, lag)| {
+            let lag = lag + tracker.in_flight(partition) as i64;
+            metrics::gauge!(crate::prometheus::CONSUMER_LAG, "partition" => partition.to_string())
                 .set(lag as f64);
-            Some(lag)
+            lag
         })
         .sum()
 }
@@ -371,10 +400,7 @@ fn run(
         }
         if last_balance.elapsed() >= w.balance_interval {
             last_balance = Instant::now();
-            // Fetched is not handled: the messages waiting in the workers'
-            // queues are lag the pool has yet to absorb.
-            let lag =
-                total_lag(&consumer, &settings.topic) + progress.lock().total_in_flight() as i64;
+            let lag = total_lag(&consumer, &progress);
             let wanted = desired_workers(lag, w.lag_threshold, w.min_workers, w.max_workers);
             if wanted != pool.len() {
                 // Changing the count re-maps keys to workers: let every
