@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, Mutex, Notify};
 type Db = sqlx::Postgres;
 
 const OUTBOX_CHANNEL: &str = "orderflow_outbox";
+const ANNOUNCE_SPACING: std::time::Duration = std::time::Duration::from_millis(2);
 /// The advisory lock key of a lease: every orderflow process derives the
 /// same key from the same name (FNV-1a, stable across builds).
 fn lease_key(name: &str) -> i64 {
@@ -46,9 +47,13 @@ pub struct PgStore {
 /// NOTIFY is its own statement, outside the writing transaction: a
 /// transaction that notifies takes a database-wide lock at commit, which
 /// would serialise every order's commit behind one WAL flush at a time.
-/// Requests that arrive while one NOTIFY is in flight share the next one.
+/// Requests that arrive while one NOTIFY is in flight, or within
+/// `ANNOUNCE_SPACING` of the last, share the next one: under load a relay
+/// elsewhere is busy reading anyway, and a NOTIFY per commit would cost a
+/// round trip per order.
 async fn announce(pool: PgPool, mut requests: mpsc::Receiver<()>) {
     while requests.recv().await.is_some() {
+        tokio::time::sleep(ANNOUNCE_SPACING).await;
         if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
             .bind(OUTBOX_CHANNEL)
             .execute(&pool)
