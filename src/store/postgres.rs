@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, Mutex, Notify};
 type Db = sqlx::Postgres;
 
 const OUTBOX_CHANNEL: &str = "orderflow_outbox";
-const ANNOUNCE_SPACING: std::time::Duration = std::time::Duration::from_millis(2);
+const ANNOUNCE_SPACING: std::time::Duration = std::time::Duration::from_millis(20);
 /// The advisory lock key of a lease: every orderflow process derives the
 /// same key from the same name (FNV-1a, stable across builds).
 fn lease_key(name: &str) -> i64 {
