@@ -11,6 +11,9 @@ use tokio::sync::{mpsc, Mutex, Notify};
 type Db = sqlx::Postgres;
 
 const OUTBOX_CHANNEL: &str = "orderflow_outbox";
+/// At most one NOTIFY per this long per process: a relay in another process
+/// hears of new rows within it, and 2 ms (one NOTIFY per order under load)
+/// cost the API 10–20 % of its throughput (BENCHMARKS.md).
 const ANNOUNCE_SPACING: std::time::Duration = std::time::Duration::from_millis(20);
 /// The advisory lock key of a lease: every orderflow process derives the
 /// same key from the same name (FNV-1a, stable across builds).
