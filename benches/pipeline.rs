@@ -304,18 +304,118 @@ async fn api_full_speed(args: &Args) -> (Throughput, f64) {
     };
     // The limit: pgbench running the same transaction at the same
     // concurrency on the same database.
-    let limit = pgbench(&system.db.url, "create_order.sql", args.concurrency, 10, 0);
+    let limit = pgbench(
+        &system.db.url,
+        "create_order.sql",
+        &create_order_script(),
+        args.concurrency,
+        10,
+        0,
+    );
     (throughput, limit)
 }
 
-/// pgbench's tps for one of benches/pgbench/*.sql.
-fn pgbench(url: &str, script: &str, clients: usize, seconds: u64, backlog: usize) -> f64 {
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("benches/pgbench")
-        .join(script);
+/// The API's create statement as pgbench runs it: the store's own SQL with
+/// each parameter replaced by a pgbench expression for one order of one
+/// item with an Idempotency-Key (the id is derived from a random 63-bit
+/// number instead of a UUIDv7). The API's NOTIFY is a separate statement
+/// after commit, shared by the commits that finish while one is in flight;
+/// it is not part of this transaction.
+fn create_order_script() -> String {
+    let id = "md5(:n::text)::uuid";
+    pgbench_script(
+        orderflow::store::CREATE_ORDER_SQL,
+        &[
+            id,
+            "'Bench Customer'",
+            "'bench@example.test'",
+            "NULL",
+            "2.50",
+            "'Pending'",
+            "now()",
+            "'order created'",
+            "('bench-' || :n || '-' || :client_id)",
+            "'hash'",
+            "'{0}'",
+            "'{bench-untracked}'",
+            "'{1}'",
+            "'{2.50}'",
+            "gen_random_uuid()",
+            "'orders'",
+            "md5(:n::text)",
+            "'OrderCreated'",
+            &format!("'{PAYLOAD}'"),
+            "'00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'",
+        ],
+        false,
+    )
+}
+
+/// The worker's OrderCreated transaction (the store's one-statement
+/// reservation between BEGIN and COMMIT) on one of the pre-filled orders,
+/// `backlog` (pgbench -D) of them. The target status is Pending, so an
+/// order picked twice does the same work again.
+fn handle_created_script() -> String {
+    pgbench_script(
+        orderflow::store::RESERVE_SQL,
+        &[
+            "md5(:n::text)::uuid",
+            "'pgbench'",
+            "gen_random_uuid()::text",
+            "'OrderCreated'",
+            "now()",
+            "'Pending'",
+            "'Pending'",
+            "'stock reserved'",
+        ],
+        true,
+    )
+}
+
+/// `sql` with `$1`, `$2`, … replaced by `values` (highest first, so `$1`
+/// does not eat into `$10`), as a pgbench script.
+fn pgbench_script(sql: &str, values: &[&str], in_transaction: bool) -> String {
+    let mut statement = sql.to_string();
+    for (i, value) in values.iter().enumerate().rev() {
+        let placeholder = format!("${}", i + 1);
+        assert!(
+            statement.contains(&placeholder),
+            "{placeholder} is not in the statement"
+        );
+        statement = statement.replace(&placeholder, &format!("({value})"));
+    }
+    assert!(
+        !statement.contains('$'),
+        "a parameter of the statement has no value"
+    );
+    let pick = if in_transaction {
+        "\\set n random(1, :backlog)"
+    } else {
+        "\\set n random(1, 9000000000000000000)"
+    };
+    if in_transaction {
+        format!("{pick}\nBEGIN;\n{statement};\nCOMMIT;\n")
+    } else {
+        format!("{pick}\n{statement};\n")
+    }
+}
+
+/// pgbench's tps on `script`, with prepared statements as the store uses.
+fn pgbench(
+    url: &str,
+    name: &str,
+    script: &str,
+    clients: usize,
+    seconds: u64,
+    backlog: usize,
+) -> f64 {
+    let file = std::env::temp_dir().join(format!("orderflow-bench-{}-{name}", std::process::id()));
+    std::fs::write(&file, script).expect("write the pgbench script");
     let output = Command::new("pgbench")
         .args([
             "-n",
+            "-M",
+            "prepared",
             "-T",
             &seconds.to_string(),
             "-c",
@@ -330,6 +430,7 @@ fn pgbench(url: &str, script: &str, clients: usize, seconds: u64, backlog: usize
         .arg(url)
         .output()
         .expect("pgbench is installed with PostgreSQL (apt-get install -y postgresql)");
+    let _ = std::fs::remove_file(&file);
     let text = String::from_utf8_lossy(&output.stdout);
     text.lines()
         .find(|l| l.starts_with("tps = "))
@@ -337,7 +438,7 @@ fn pgbench(url: &str, script: &str, clients: usize, seconds: u64, backlog: usize
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| {
             panic!(
-                "pgbench {script} failed: {text}{}",
+                "pgbench {name} failed: {text}{}\nscript:\n{script}",
                 String::from_utf8_lossy(&output.stderr)
             )
         })
@@ -798,6 +899,7 @@ async fn worker_backlog(args: &Args) -> (Throughput, f64) {
     let limit = pgbench(
         &system.db.url,
         "handle_created.sql",
+        &handle_created_script(),
         HANDLER_CLIENTS,
         10,
         ids.len(),

@@ -528,6 +528,39 @@ pub struct Order {
     pub timeline: Vec<TimelineEntry>,
 }
 
+impl Order {
+    /// The order `new` becomes when it is written at `at` with `note` as
+    /// its first timeline entry: what reading it back would return, so the
+    /// create response needs no second round of queries. `at` must already
+    /// be in the database's precision (microseconds).
+    pub fn pending(id: OrderId, new: &NewOrder, at: DateTime<Utc>, note: &str) -> Self {
+        Self {
+            id,
+            status: OrderStatus::Pending,
+            customer_name: new.customer_name.clone(),
+            customer_email: new.customer_email.clone(),
+            customer_id: new.customer_id.clone(),
+            total_amount: new.total(),
+            created_at: at,
+            updated_at: at,
+            items: new
+                .items
+                .iter()
+                .map(|i| OrderItem {
+                    product_name: i.product_name.clone(),
+                    quantity: i.quantity,
+                    unit_price: i.unit_price,
+                })
+                .collect(),
+            timeline: vec![TimelineEntry {
+                status: OrderStatus::Pending,
+                note: note.to_string(),
+                at,
+            }],
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderItem {

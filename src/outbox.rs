@@ -205,7 +205,7 @@ impl Relay {
                 if !lease.still_held().await {
                     return Round::LeaseLost;
                 }
-                match store.outbox_pending(limit, filter).await {
+                match store.outbox_pending(limit, filter, &[]).await {
                     Ok(batch) if batch.is_empty() => return Round::Empty,
                     Ok(batch) => batch,
                     Err(e) => {
@@ -215,18 +215,14 @@ impl Relay {
                 }
             }
         };
-        let in_flight = batch.first().zip(batch.last()).map(|(a, b)| (a.id, b.id));
+        let in_flight: Vec<i64> = batch.iter().map(|r| r.id).collect();
         let previous = std::mem::take(&mut carry.unmarked);
         let ahead = async {
             mark(store, max_backoff, &previous).await;
             if !lease.still_held().await {
                 return None;
             }
-            let filter = OutboxFilter {
-                in_flight,
-                ..*filter
-            };
-            Some(store.outbox_pending(limit, &filter).await)
+            Some(store.outbox_pending(limit, filter, &in_flight).await)
         };
         let (delivered, ahead) = tokio::join!(sink.deliver(&batch), ahead);
         count_published(&batch, &delivered.acked);

@@ -58,7 +58,11 @@ async fn create_then_read(backend: Backend) {
     // Exact decimals: 3 × 0.10 + 19.99, no float rounding.
     assert_eq!(created["totalAmount"], "20.29");
 
+    assert_eq!(created["items"][0]["unitPrice"], "0.10");
     let fetched: Value = app.get_json(&location).await;
+    // The create response is built without reading the order back: it
+    // must say exactly what a read says (decimal scale, timestamp precision).
+    assert_eq!(fetched, created);
     assert_eq!(fetched["customerId"], "c-42");
     assert_eq!(fetched["items"][1]["unitPrice"], "19.99");
     assert_eq!(fetched["timeline"][0]["status"], "Pending");
@@ -98,17 +102,42 @@ async fn idempotency(backend: Backend) {
         .expect("other");
     assert_eq!(problem(other).await.0, StatusCode::UNPROCESSABLE_ENTITY);
 
+    // Eight clients retrying one new key at the same moment: one order.
+    let racing = futures::future::join_all((0..8).map(|_| {
+        app.http
+            .post(app.url("/api/orders"))
+            .header("Idempotency-Key", "race-1")
+            .json(&order_body("Grace Hopper", "compiler", 3))
+            .send()
+    }))
+    .await;
+    let mut raced = Vec::new();
+    for response in racing {
+        let response = response.expect("racing post");
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let order: Value = response.json().await.expect("order");
+        raced.push(order["id"].clone());
+    }
+    raced.dedup();
+    assert_eq!(raced.len(), 1, "{raced:?}");
+
     let list: Value = app.get_json("/api/orders").await;
-    assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
-    // One order, one OrderCreated event on the topic.
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(2));
+    // Two orders, one OrderCreated event each on the topic.
     let bootstrap = broker.bootstrap_servers().to_string();
     let events = tokio::task::spawn_blocking(move || {
-        common::read_topic(&bootstrap, common::TOPIC, 2, Duration::from_secs(4))
+        common::read_topic(&bootstrap, common::TOPIC, 3, Duration::from_secs(4))
     })
     .await
     .expect("reader");
-    assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0].key, first["id"].as_str().expect("id"));
+    let mut keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
+    keys.sort_unstable();
+    let mut ids = [
+        first["id"].as_str().expect("id"),
+        raced[0].as_str().expect("id"),
+    ];
+    ids.sort_unstable();
+    assert_eq!(keys, ids, "{events:?}");
     app.stop().await;
 }
 both_backends!(idempotency_key_returns_the_same_order, idempotency);
@@ -403,7 +432,7 @@ async fn malformed(backend: Backend) {
     assert_eq!(list["items"], json!([]), "no order written");
     assert_eq!(
         app.store
-            .outbox_pending(10, &Default::default())
+            .outbox_pending(10, &Default::default(), &[])
             .await
             .expect("outbox"),
         vec![],

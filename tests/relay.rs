@@ -239,3 +239,50 @@ async fn outage(backend: Backend) {
     app.stop().await;
 }
 both_backends!(kafka_outage_delays_but_loses_nothing, outage);
+
+/// While a batch is delivered the relay reads the next one, skipping the
+/// rows in flight. It must skip exactly those: a row whose id falls between
+/// two of them committed after the batch was read, and a later event of its
+/// order may already be waiting behind it. Skipping the id range instead
+/// held that row back and let the later event overtake it.
+async fn read_ahead_skips_exactly_the_rows_in_flight(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let config = config_from_env(env_for(&db, "127.0.0.1:9"));
+    let store = orderflow::store::connect(&config.database)
+        .await
+        .expect("store");
+    store.migrate().await.expect("migrate");
+    let request: orderflow::domain::CreateOrderRequest =
+        serde_json::from_value(order_body("Ada", "pen", 1)).expect("request");
+    let order = request
+        .parse(orderflow::domain::OrderLimits { max_items: 10 })
+        .expect("valid order");
+    for _ in 0..5 {
+        store
+            .create_order(&order, None, None)
+            .await
+            .expect("create");
+    }
+    let filter = Default::default();
+    let ids = |rows: Vec<orderflow::store::OutboxRecord>| -> Vec<i64> {
+        rows.iter().map(|r| r.id).collect()
+    };
+    let all = ids(store.outbox_pending(10, &filter, &[]).await.expect("read"));
+    assert_eq!(all.len(), 5, "{all:?}");
+    // The middle row stands for one committed after the batch was read.
+    let in_flight = [all[0], all[1], all[3], all[4]];
+    let ahead = ids(store
+        .outbox_pending(10, &filter, &in_flight)
+        .await
+        .expect("read ahead"));
+    assert_eq!(ahead, vec![all[2]]);
+    let none = store
+        .outbox_pending(10, &filter, &all)
+        .await
+        .expect("read ahead");
+    assert!(none.is_empty(), "{none:?}");
+}
+both_backends!(
+    read_ahead_skips_exactly_the_rows_in_flight_test,
+    read_ahead_skips_exactly_the_rows_in_flight
+);

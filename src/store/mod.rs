@@ -18,7 +18,9 @@ use crate::config::{DatabaseSettings, DatabaseUrl};
 use crate::domain::{InventoryLevel, NewOrder, Order, OrderId, OrderStatus, OrderSummary};
 use crate::events::NewEvent;
 
-pub use postgres::PgStore;
+/// The statements behind PostgreSQL's one-round-trip create and reserve;
+/// the benchmark runs them through pgbench as the limit to compare with.
+pub use postgres::{PgStore, CREATE_ORDER_SQL, RESERVE_SQL};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +89,19 @@ impl StoreError {
     }
 }
 
+/// Timeline notes written by more than one statement (each backend's
+/// one-statement paths and the shared SQL).
+const NOTE_CREATED: &str = "order created";
+const NOTE_RESERVED: &str = "stock reserved";
+
+/// What a backend's `write_order` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Created,
+    /// The Idempotency-Key belongs to an earlier order: nothing was written.
+    KeyTaken,
+}
+
 /// `Idempotency-Key` of a POST, with a hash of the request it came with.
 #[derive(Debug, Clone)]
 pub struct IdempotencyKey {
@@ -134,9 +149,6 @@ pub struct OutboxBacklog {
 pub struct OutboxFilter {
     pub only: Option<&'static str>,
     pub except: Option<&'static str>,
-    /// The id range of the batch the relay is still delivering, skipped
-    /// while the next batch is read ahead.
-    pub in_flight: Option<(i64, i64)>,
 }
 
 /// The inbox row that makes a handled event's re-delivery a no-op.
@@ -229,11 +241,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<InventoryLevel, StoreError>;
     async fn get_inventory(&self, product: &str) -> Result<Option<InventoryLevel>, StoreError>;
 
-    /// Unpublished rows in commit order of each order's events.
+    /// Unpublished rows in commit order of each order's events, but for
+    /// the rows in `skip` (the batch still being delivered while the next
+    /// is read ahead). Exactly those: a row whose id lies between two of
+    /// them committed later, and an event of its order may follow it.
     async fn outbox_pending(
         &self,
         limit: usize,
         filter: &OutboxFilter,
+        skip: &[i64],
     ) -> Result<Vec<OutboxRecord>, StoreError>;
     async fn outbox_mark_published(&self, ids: &[i64]) -> Result<(), StoreError>;
     async fn outbox_purge(&self, published_before: DateTime<Utc>) -> Result<u64, StoreError>;

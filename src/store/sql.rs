@@ -5,16 +5,22 @@
 //!
 //! - `Db`: the sqlx database type;
 //! - `MoneyCol`, `money_to_db`, `money_from_db`: how exact decimals are stored;
-//! - `IdList`, `id_list`, `MARK_PUBLISHED_SQL`: how a list of ids is bound;
+//! - `IdList`, `id_list`, `MARK_PUBLISHED_SQL`, `NOT_IN_ID_LIST`: how a list
+//!   of ids is bound and tested;
 //! - inherent `run_migrations`, `wait_outbox`, `relay_lease` methods, and
-//!   `outbox_written`, called after a commit that wrote outbox rows.
+//!   `outbox_written`, called after a commit that wrote outbox rows;
+//! - inherent `write_order` (an order, its items, first timeline entry,
+//!   event and idempotency key, atomically) and `reserve_at_once` (the
+//!   common case of a reservation in one statement, or `None` to take the
+//!   general path): PostgreSQL does each in one statement with
+//!   data-modifying CTEs, which SQLite does not have.
 //!
 //! Placeholders are `$n` in both: sqlx's SQLite driver binds them by number.
 
 macro_rules! impl_store {
     ($store:ty) => {
         use async_trait::async_trait;
-        use chrono::{DateTime, Utc};
+        use chrono::{DateTime, SubsecRound, Utc};
         use sqlx::Row;
         use std::time::Duration;
         use uuid::Uuid;
@@ -26,10 +32,23 @@ macro_rules! impl_store {
         use crate::events::NewEvent;
         use crate::store::{
             Applied, Created, Effect, IdempotencyKey, InboxEntry, Notification, OutboxBacklog,
-            OutboxFilter, OutboxRecord, RelayLease, Store, StoreError, Transition,
+            OutboxFilter, OutboxRecord, RelayLease, Store, StoreError, Transition, Written,
+            NOTE_CREATED, NOTE_RESERVED,
         };
 
         type Tx<'a> = sqlx::Transaction<'a, Db>;
+
+        /// `$6` is the list of ids to skip, `NOT_IN_ID_LIST` the backend's
+        /// way of saying `id` is not in it.
+        static PENDING_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "SELECT id, event_id, destination, message_key, event_type, payload, \
+                 traceparent, created_at FROM outbox WHERE published_at IS NULL \
+                 AND ($2 IS NULL OR destination = $2) AND ($3 IS NULL OR destination <> $3) \
+                 AND ($4 IS NULL OR id < $4 OR id > $5 OR {NOT_IN_ID_LIST}) \
+                 ORDER BY id LIMIT $1"
+            )
+        });
 
         fn status_from_db(s: &str) -> Result<OrderStatus, StoreError> {
             s.parse().map_err(StoreError::Corrupt)
@@ -69,20 +88,6 @@ macro_rules! impl_store {
             .execute(&mut **tx)
             .await?;
             Ok(())
-        }
-
-        async fn find_idempotency(
-            tx: &mut Tx<'_>,
-            key: &str,
-        ) -> Result<Option<(String, OrderId)>, StoreError> {
-            let row = sqlx::query(
-                "SELECT request_hash, order_id FROM idempotency_keys WHERE key = $1",
-            )
-            .bind(key)
-            .fetch_optional(&mut **tx)
-            .await?;
-            row.map(|r| Ok((r.try_get("request_hash")?, OrderId(r.try_get("order_id")?))))
-                .transpose()
         }
 
         /// The guarded update of one order's status, its timeline entry and
@@ -187,6 +192,20 @@ macro_rules! impl_store {
         }
 
         impl $store {
+            async fn find_idempotency(
+                &self,
+                key: &str,
+            ) -> Result<Option<(String, OrderId)>, StoreError> {
+                let row = sqlx::query(
+                    "SELECT request_hash, order_id FROM idempotency_keys WHERE key = $1",
+                )
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|r| Ok((r.try_get("request_hash")?, OrderId(r.try_get("order_id")?))))
+                    .transpose()
+            }
+
             async fn replay(
                 &self,
                 key: &IdempotencyKey,
@@ -224,75 +243,26 @@ macro_rules! impl_store {
                 idempotency: Option<&IdempotencyKey>,
                 traceparent: Option<String>,
             ) -> Result<Created, StoreError> {
-                let mut tx = self.pool.begin().await?;
-                if let Some(key) = idempotency {
-                    if let Some((hash, id)) = find_idempotency(&mut tx, &key.key).await? {
-                        tx.rollback().await?;
-                        return self.replay(key, hash, id).await;
-                    }
-                }
                 let id = OrderId::new();
-                let now = Utc::now();
-                sqlx::query(
-                    "INSERT INTO orders (id, status, customer_name, customer_email, customer_id, \
-                     total_amount, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
-                )
-                .bind(id.0)
-                .bind(OrderStatus::Pending.as_str())
-                .bind(&order.customer_name)
-                .bind(&order.customer_email)
-                .bind(order.customer_id.as_deref())
-                .bind(money_to_db(order.total()))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                for (line, item) in order.items.iter().enumerate() {
-                    sqlx::query(
-                        "INSERT INTO order_items (order_id, line, product_name, quantity, unit_price) \
-                         VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind(id.0)
-                    .bind(line as i32)
-                    .bind(&item.product_name)
-                    .bind(item.quantity)
-                    .bind(money_to_db(item.unit_price))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                insert_timeline(&mut tx, id, OrderStatus::Pending, "order created", now).await?;
+                // The databases keep microseconds: the answer built here must
+                // say exactly what a later read says.
+                let now = Utc::now().trunc_subsecs(6);
                 let event = NewEvent::order_created(id, order, now).with_traceparent(traceparent);
-                insert_event(&mut tx, &event).await?;
-                if let Some(key) = idempotency {
-                    // A concurrent request with the same key may have won
-                    // the race since the check above: its insert makes ours
-                    // a no-op, and we answer with its order instead.
-                    let inserted = sqlx::query(
-                        "INSERT INTO idempotency_keys (key, request_hash, order_id, created_at) \
-                         VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
-                    )
-                    .bind(&key.key)
-                    .bind(&key.request_hash)
-                    .bind(id.0)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if inserted == 0 {
-                        tx.rollback().await?;
-                        let mut tx = self.pool.begin().await?;
-                        let found = find_idempotency(&mut tx, &key.key).await?;
-                        tx.rollback().await?;
-                        let (hash, other) = found.ok_or_else(|| {
+                match self.write_order(id, order, &event, idempotency, now).await? {
+                    Written::Created => {}
+                    Written::KeyTaken => {
+                        let key = idempotency.ok_or_else(|| {
+                            StoreError::Corrupt("a key was taken without a key".into())
+                        })?;
+                        let (hash, other) = self.find_idempotency(&key.key).await?.ok_or_else(|| {
                             StoreError::Corrupt("idempotency key vanished".into())
                         })?;
                         return self.replay(key, hash, other).await;
                     }
                 }
-                tx.commit().await?;
                 self.outbox_written();
-                let order = self.get_order(id).await?.ok_or(StoreError::NotFound(id))?;
                 Ok(Created {
-                    order,
+                    order: Order::pending(id, order, now, NOTE_CREATED),
                     replayed: false,
                 })
             }
@@ -415,6 +385,11 @@ macro_rules! impl_store {
                 inbox: &InboxEntry,
                 effect: &Effect,
             ) -> Result<Applied, StoreError> {
+                if let Effect::Reserve { order_id } = effect {
+                    if let Some(applied) = self.reserve_at_once(inbox, *order_id).await? {
+                        return Ok(applied);
+                    }
+                }
                 let mut tx = self.pool.begin().await?;
                 if !insert_inbox(&mut tx, inbox).await? {
                     tx.rollback().await?;
@@ -427,7 +402,7 @@ macro_rules! impl_store {
                         if short.is_empty() {
                             (*order_id, Transition {
                                 to: OrderStatus::Reserved,
-                                note: "stock reserved".into(),
+                                note: NOTE_RESERVED.into(),
                                 event: None,
                             })
                         } else {
@@ -576,35 +551,35 @@ macro_rules! impl_store {
                 &self,
                 limit: usize,
                 filter: &OutboxFilter,
+                skip: &[i64],
             ) -> Result<Vec<OutboxRecord>, StoreError> {
-                sqlx::query(
-                    "SELECT id, event_id, destination, message_key, event_type, payload, \
-                     traceparent, created_at FROM outbox WHERE published_at IS NULL \
-                     AND ($2 IS NULL OR destination = $2) AND ($3 IS NULL OR destination <> $3) \
-                     AND ($4 IS NULL OR id < $4 OR id > $5) \
-                     ORDER BY id LIMIT $1",
-                )
-                .bind(limit as i64)
-                .bind(filter.only)
-                .bind(filter.except)
-                .bind(filter.in_flight.map(|(first, _)| first))
-                .bind(filter.in_flight.map(|(_, last)| last))
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok(OutboxRecord {
-                        id: r.try_get("id")?,
-                        event_id: r.try_get::<Uuid, _>("event_id")?,
-                        destination: r.try_get("destination")?,
-                        key: r.try_get("message_key")?,
-                        event_type: r.try_get("event_type")?,
-                        payload: r.try_get("payload")?,
-                        traceparent: r.try_get("traceparent")?,
-                        created_at: r.try_get("created_at")?,
+                // The id range lets rows outside it pass without a look at
+                // the list.
+                let first = skip.iter().min().copied();
+                let last = skip.iter().max().copied();
+                sqlx::query(&PENDING_SQL)
+                    .bind(limit as i64)
+                    .bind(filter.only)
+                    .bind(filter.except)
+                    .bind(first)
+                    .bind(last)
+                    .bind(id_list(skip))
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        Ok(OutboxRecord {
+                            id: r.try_get("id")?,
+                            event_id: r.try_get::<Uuid, _>("event_id")?,
+                            destination: r.try_get("destination")?,
+                            key: r.try_get("message_key")?,
+                            event_type: r.try_get("event_type")?,
+                            payload: r.try_get("payload")?,
+                            traceparent: r.try_get("traceparent")?,
+                            created_at: r.try_get("created_at")?,
+                        })
                     })
-                })
-                .collect()
+                    .collect()
             }
 
             async fn outbox_mark_published(&self, ids: &[i64]) -> Result<(), StoreError> {

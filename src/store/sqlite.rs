@@ -18,6 +18,7 @@ type Db = sqlx::Sqlite;
 
 const MARK_PUBLISHED_SQL: &str =
     "UPDATE outbox SET published_at = $1 WHERE id IN (SELECT value FROM json_each($2))";
+const NOT_IN_ID_LIST: &str = "id NOT IN (SELECT value FROM json_each($6))";
 
 fn money_to_db(amount: Decimal) -> String {
     amount.to_string()
@@ -80,6 +81,84 @@ impl SqliteStore {
         _name: &str,
     ) -> Result<Option<Box<dyn super::RelayLease>>, super::StoreError> {
         Ok(Some(Box::new(LocalLease)))
+    }
+}
+
+impl SqliteStore {
+    /// The order's rows in one transaction, statement by statement (SQLite
+    /// has no data-modifying CTEs). One connection serialises writers, so
+    /// the key checked first cannot be taken before the insert below.
+    async fn write_order(
+        &self,
+        id: OrderId,
+        order: &NewOrder,
+        event: &NewEvent,
+        idempotency: Option<&IdempotencyKey>,
+        now: DateTime<Utc>,
+    ) -> Result<Written, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = idempotency {
+            let taken = sqlx::query("SELECT 1 FROM idempotency_keys WHERE key = $1")
+                .bind(&key.key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if taken.is_some() {
+                tx.rollback().await?;
+                return Ok(Written::KeyTaken);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO orders (id, status, customer_name, customer_email, customer_id, \
+             total_amount, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        )
+        .bind(id.0)
+        .bind(OrderStatus::Pending.as_str())
+        .bind(&order.customer_name)
+        .bind(&order.customer_email)
+        .bind(order.customer_id.as_deref())
+        .bind(money_to_db(order.total()))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for (line, item) in order.items.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO order_items (order_id, line, product_name, quantity, unit_price) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id.0)
+            .bind(line as i32)
+            .bind(&item.product_name)
+            .bind(item.quantity)
+            .bind(money_to_db(item.unit_price))
+            .execute(&mut *tx)
+            .await?;
+        }
+        insert_timeline(&mut tx, id, OrderStatus::Pending, NOTE_CREATED, now).await?;
+        insert_event(&mut tx, event).await?;
+        if let Some(key) = idempotency {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (key, request_hash, order_id, created_at) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&key.key)
+            .bind(&key.request_hash)
+            .bind(id.0)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Written::Created)
+    }
+
+    /// SQLite takes the general path of a reservation, statement by
+    /// statement: it cannot do it in one.
+    async fn reserve_at_once(
+        &self,
+        _inbox: &InboxEntry,
+        _order_id: OrderId,
+    ) -> Result<Option<Applied>, StoreError> {
+        Ok(None)
     }
 }
 
