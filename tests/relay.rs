@@ -60,7 +60,10 @@ async fn three_api_processes_relay_every_event_exactly_once_in_order() {
     let started = Instant::now();
     let db = TestDb::new(Backend::Postgres).await;
     let broker = start_broker();
-    let env = env_for(&db, broker.bootstrap_servers());
+    let mut env = env_for(&db, broker.bootstrap_servers());
+    // Published rows stay (marked), so the outbox is the ledger of every
+    // committed event to compare the topic with.
+    env.push(("Outbox__RetentionSeconds".into(), "3600".into()));
     let dir = tempfile::tempdir().expect("temp dir");
     let mut apis: Vec<Process> = (0..3)
         .map(|_| Process::spawn(&["serve-api"], &env, dir.path()))
@@ -229,6 +232,14 @@ async fn outage(backend: Backend) {
         "no order lost"
     );
     assert_eq!((after.len(), ce_ids.len()), (50, 50), "each event once");
+    // Nothing is retained by default: published rows were deleted, so a
+    // purge of everything published finds none.
+    let left = app
+        .store
+        .outbox_purge(chrono::Utc::now() + chrono::Duration::days(1))
+        .await
+        .expect("purge");
+    assert_eq!(left, 0, "published rows deleted on publish");
     let ready = app
         .http
         .get(app.url("/readyz"))

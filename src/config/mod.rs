@@ -341,7 +341,9 @@ pub struct RawOutbox {
     pub poll_interval_ms: u64,
     #[serde(alias = "maxbackoffms")]
     pub max_backoff_ms: u64,
-    /// Published rows are kept this long for inspection, then deleted.
+    /// Published rows are kept this long for inspection, then deleted; 0
+    /// (the default) deletes them as soon as the broker acknowledged them,
+    /// which costs the relay a sixth of marking them.
     #[serde(alias = "retentionseconds")]
     pub retention_seconds: u64,
 }
@@ -352,7 +354,7 @@ impl Default for RawOutbox {
             batch_size: 500,
             poll_interval_ms: 1_000,
             max_backoff_ms: 30_000,
-            retention_seconds: 24 * 3600,
+            retention_seconds: 0,
         }
     }
 }

@@ -252,6 +252,8 @@ pub trait Store: Send + Sync + 'static {
         skip: &[i64],
     ) -> Result<Vec<OutboxRecord>, StoreError>;
     async fn outbox_mark_published(&self, ids: &[i64]) -> Result<(), StoreError>;
+    /// Deletes published rows (nothing is retained).
+    async fn outbox_delete(&self, ids: &[i64]) -> Result<(), StoreError>;
     async fn outbox_purge(&self, published_before: DateTime<Utc>) -> Result<u64, StoreError>;
     async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError>;
     /// Returns when new outbox rows may be waiting, or after `timeout`.

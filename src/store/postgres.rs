@@ -24,6 +24,7 @@ fn lease_key(name: &str) -> i64 {
     hash as i64
 }
 const MARK_PUBLISHED_SQL: &str = "UPDATE outbox SET published_at = $1 WHERE id = ANY($2)";
+const DELETE_PUBLISHED_SQL: &str = "DELETE FROM outbox WHERE id = ANY($1)";
 const NOT_IN_ID_LIST: &str = "id <> ALL($6)";
 
 fn money_to_db(amount: rust_decimal::Decimal) -> Decimal {
@@ -77,8 +78,13 @@ impl PgStore {
         // One direct connection first: the pool would report a refused or
         // rejected connection only as "timed out".
         PgConnection::connect_with(&options).await?.close().await?;
+        // No ping before each acquire: it was a second round trip for every
+        // one-statement create or reservation. A connection that died while
+        // idle fails its next query with a connection error, which every
+        // caller treats as an outage and retries (or answers 503).
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
+            .test_before_acquire(false)
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect_with(options)
             .await?;
@@ -193,35 +199,42 @@ WITH key AS (
 )
 SELECT EXISTS (SELECT 1 FROM new_order)";
 
-/// The common case of OrderCreated in one statement: the inbox row, stock
-/// for every tracked product, the guarded move to Reserved and its timeline
-/// entry. Stock rows are locked in product order first (`locked`), so
-/// concurrent reservations cannot deadlock, and each decrement re-checks
-/// `on_hand` on the locked row. The caller commits only if the event was
-/// new, every tracked product was taken and the order moved; otherwise it
-/// rolls back and the general path finds out what happened (duplicate,
-/// short stock, wrong status) and records it.
+/// The common case of OrderCreated in one statement, which PostgreSQL runs
+/// as one transaction (one round trip instead of eight): the order, if it
+/// is Pending, and the stock rows of its tracked products are locked first
+/// (stock in product order, so concurrent reservations cannot deadlock;
+/// a locked row reads its latest committed version). Only if the order is
+/// Pending and every tracked product has enough does anything get written:
+/// the inbox row, the stock taken, the move to Reserved and its timeline
+/// entry. Otherwise nothing is written and the caller takes the general
+/// path, which finds out what happened (duplicate, short stock, another
+/// status) and records it. An inbox conflict (a re-delivery) writes
+/// nothing either.
 pub const RESERVE_SQL: &str = "\
-WITH fresh AS (
-    INSERT INTO inbox (consumer_group, event_id, event_type, handled_at)
-    VALUES ($2, $3, $4, $5)
-    ON CONFLICT (consumer_group, event_id) DO NOTHING
-    RETURNING 1
+WITH target AS MATERIALIZED (
+    SELECT id FROM orders WHERE id = $1 AND status = $7 FOR UPDATE
 ), wanted AS (
     SELECT product_name, CAST(SUM(quantity) AS BIGINT) AS quantity FROM order_items
-    WHERE order_id = $1 AND EXISTS (SELECT 1 FROM fresh)
+    WHERE order_id = $1 AND EXISTS (SELECT 1 FROM target)
     GROUP BY product_name
 ), locked AS MATERIALIZED (
-    SELECT stock.product_name, wanted.quantity
+    SELECT stock.product_name, stock.on_hand, wanted.quantity
     FROM inventory stock JOIN wanted ON wanted.product_name = stock.product_name
     ORDER BY stock.product_name
     FOR UPDATE OF stock
-), taken AS (
-    UPDATE inventory SET on_hand = on_hand - locked.quantity,
-        reserved = reserved + locked.quantity, updated_at = $5
-    FROM locked
-    WHERE inventory.product_name = locked.product_name AND inventory.on_hand >= locked.quantity
+), ready AS MATERIALIZED (
+    SELECT EXISTS (SELECT 1 FROM target)
+        AND NOT EXISTS (SELECT 1 FROM locked WHERE on_hand < quantity) AS ok
+), fresh AS (
+    INSERT INTO inbox (consumer_group, event_id, event_type, handled_at)
+    SELECT $2, $3, $4, $5 WHERE (SELECT ok FROM ready)
+    ON CONFLICT (consumer_group, event_id) DO NOTHING
     RETURNING 1
+), taken AS (
+    UPDATE inventory SET on_hand = inventory.on_hand - locked.quantity,
+        reserved = inventory.reserved + locked.quantity, updated_at = $5
+    FROM locked
+    WHERE inventory.product_name = locked.product_name AND EXISTS (SELECT 1 FROM fresh)
 ), moved AS (
     UPDATE orders SET status = $6, updated_at = $5
     WHERE id = $1 AND status = $7 AND EXISTS (SELECT 1 FROM fresh)
@@ -229,8 +242,7 @@ WITH fresh AS (
 ), entry AS (
     INSERT INTO order_timeline (order_id, status, note, at) SELECT id, $6, $8, $5 FROM moved
 )
-SELECT EXISTS (SELECT 1 FROM fresh), (SELECT COUNT(*) FROM locked), (SELECT COUNT(*) FROM taken),
-    EXISTS (SELECT 1 FROM moved)";
+SELECT (SELECT ok FROM ready), EXISTS (SELECT 1 FROM fresh)";
 
 impl PgStore {
     async fn write_order(
@@ -288,8 +300,7 @@ impl PgStore {
         inbox: &InboxEntry,
         order_id: OrderId,
     ) -> Result<Option<Applied>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let (fresh, tracked, taken, moved): (bool, i64, i64, bool) = sqlx::query_as(RESERVE_SQL)
+        let (ready, fresh): (bool, bool) = sqlx::query_as(RESERVE_SQL)
             .bind(order_id.0)
             .bind(&inbox.consumer_group)
             .bind(&inbox.event_id)
@@ -298,17 +309,16 @@ impl PgStore {
             .bind(OrderStatus::Reserved.as_str())
             .bind(OrderStatus::Pending.as_str())
             .bind(NOTE_RESERVED)
-            .fetch_one(&mut *tx)
+            .fetch_one(&self.pool)
             .await?;
-        if fresh && moved && taken == tracked {
-            tx.commit().await?;
-            return Ok(Some(Applied::Done {
+        Ok(match (ready, fresh) {
+            (true, true) => Some(Applied::Done {
                 status: OrderStatus::Reserved,
                 notification: None,
-            }));
-        }
-        tx.rollback().await?;
-        Ok((!fresh).then_some(Applied::Duplicate))
+            }),
+            (true, false) => Some(Applied::Duplicate),
+            (false, _) => None,
+        })
     }
 }
 

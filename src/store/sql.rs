@@ -5,7 +5,8 @@
 //!
 //! - `Db`: the sqlx database type;
 //! - `MoneyCol`, `money_to_db`, `money_from_db`: how exact decimals are stored;
-//! - `IdList`, `id_list`, `MARK_PUBLISHED_SQL`, `NOT_IN_ID_LIST`: how a list
+//! - `IdList`, `id_list`, `MARK_PUBLISHED_SQL`, `DELETE_PUBLISHED_SQL`,
+//!   `NOT_IN_ID_LIST`: how a list
 //!   of ids is bound and tested;
 //! - inherent `run_migrations`, `wait_outbox`, `relay_lease` methods, and
 //!   `outbox_written`, called after a commit that wrote outbox rows;
@@ -580,6 +581,17 @@ macro_rules! impl_store {
                         })
                     })
                     .collect()
+            }
+
+            async fn outbox_delete(&self, ids: &[i64]) -> Result<(), StoreError> {
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                sqlx::query(DELETE_PUBLISHED_SQL)
+                    .bind(id_list(ids))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn outbox_mark_published(&self, ids: &[i64]) -> Result<(), StoreError> {

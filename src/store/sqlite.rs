@@ -18,6 +18,8 @@ type Db = sqlx::Sqlite;
 
 const MARK_PUBLISHED_SQL: &str =
     "UPDATE outbox SET published_at = $1 WHERE id IN (SELECT value FROM json_each($2))";
+const DELETE_PUBLISHED_SQL: &str =
+    "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each($1))";
 const NOT_IN_ID_LIST: &str = "id NOT IN (SELECT value FROM json_each($6))";
 
 fn money_to_db(amount: Decimal) -> String {
