@@ -13,6 +13,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::kafka::{Brokers, KafkaSetupError};
+use crate::shutdown::Shutdown;
+
+/// How long a dead letter may still take once shutdown has begun.
+const DRAIN_SEND: Duration = Duration::from_secs(5);
 
 pub const X_ERROR: &str = "x-error";
 pub const X_ATTEMPTS: &str = "x-attempts";
@@ -30,14 +34,25 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    /// Publishes until the broker acknowledges: a message is never dropped
-    /// silently, and its offset is stored only after this returns.
-    pub async fn send(&self, message: &OwnedMessage, error: &str, attempts: u32) {
+    /// Publishes `message` to the dead-letter topic, retrying until the
+    /// broker acknowledges: a message is never dropped silently, and its
+    /// offset is stored only after this returns true. False if shutdown came
+    /// first: the caller leaves the message uncommitted, so the next owner
+    /// of its partition dead-letters it (a delivery still queued here may
+    /// make that a duplicate).
+    pub async fn send(
+        &self,
+        message: &OwnedMessage,
+        error: &str,
+        attempts: u32,
+        shutdown: &Shutdown,
+    ) -> bool {
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
         let attempts = attempts.to_string();
         let failed_at = Utc::now().to_rfc3339();
         let mut backoff = Duration::from_millis(100);
+        let mut stop = shutdown.clone();
         loop {
             let record = republished(
                 message,
@@ -51,18 +66,36 @@ impl DeadLetters {
                     (X_FAILED_AT, failed_at.as_str()),
                 ],
             );
-            match self.producer.send(record, self.timeout).await {
+            let send = self.producer.send(record, self.timeout);
+            tokio::pin!(send);
+            let sent = tokio::select! {
+                sent = &mut send => sent,
+                // Draining: a reachable broker still gets the message (a
+                // poison message met during shutdown), a gone one no longer
+                // holds the process past its grace period.
+                _ = stop.wait() => match tokio::time::timeout(DRAIN_SEND, &mut send).await {
+                    Ok(sent) => sent,
+                    Err(_) => return false,
+                },
+            };
+            match sent {
                 Ok(_) => {
                     metrics::counter!(crate::prometheus::DEAD_LETTERS).increment(1);
                     tracing::warn!(
                         topic = message.topic(), partition = message.partition(),
                         offset = message.offset(), %error, "message dead-lettered"
                     );
-                    return;
+                    return true;
                 }
                 Err((e, _)) => {
+                    if stop.is_triggered() {
+                        return false;
+                    }
                     tracing::error!(error = %e, "cannot publish to the dead-letter topic; retrying");
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.wait() => return false,
+                    }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }

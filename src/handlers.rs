@@ -234,15 +234,13 @@ async fn handle(
                 }
                 UnknownTypes::DeadLetter => {
                     let error = format!("no handler for type {type_name}");
-                    dead_letter(ctx, message, &error, 1).await;
-                    return "dead_lettered";
+                    return dead_letter(ctx, message, &error, 1, shutdown).await;
                 }
             }
             return "unknown";
         }
         Err(error) => {
-            dead_letter(ctx, message, &error, 1).await;
-            return "dead_lettered";
+            return dead_letter(ctx, message, &error, 1, shutdown).await;
         }
     };
     let inbox = InboxEntry {
@@ -312,16 +310,31 @@ async fn handle(
                 attempt += 1;
             }
             Err(e) => {
-                dead_letter(ctx, message, &e.to_string(), attempt).await;
-                return "dead_lettered";
+                return dead_letter(ctx, message, &e.to_string(), attempt, shutdown).await;
             }
         }
     }
 }
 
-async fn dead_letter(ctx: &HandlerContext, message: &OwnedMessage, error: &str, attempts: u32) {
-    ctx.dead_letters.send(message, error, attempts).await;
+/// The outcome label: dead_lettered, or abandoned when shutdown came while
+/// the dead-letter topic was unreachable (the message stays uncommitted and
+/// its partition's next owner dead-letters it).
+async fn dead_letter(
+    ctx: &HandlerContext,
+    message: &OwnedMessage,
+    error: &str,
+    attempts: u32,
+    shutdown: &Shutdown,
+) -> &'static str {
+    if !ctx
+        .dead_letters
+        .send(message, error, attempts, shutdown)
+        .await
+    {
+        return ABANDONED;
+    }
     ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    "dead_lettered"
 }
 
 #[cfg(test)]

@@ -411,3 +411,43 @@ async fn a_worker_killed_midway_loses_nothing_and_applies_nothing_twice() {
         (n, n, n, 3 * n, 0)
     );
 }
+
+/// A dead letter that cannot reach any broker (nothing listens on the
+/// address) is retried while the worker runs and given up once shutdown
+/// begins, so the caller leaves the message uncommitted and the process
+/// can stop. It used to retry forever: a worker that met a poison message
+/// during a Kafka outage ignored SIGTERM until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_gives_up_when_shutdown_begins() {
+    use rdkafka::message::{OwnedMessage, Timestamp};
+    use rdkafka::producer::FutureProducer;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:9")
+        .set("message.timeout.ms", "1000")
+        .create()
+        .expect("producer");
+    let letters = orderflow::dlq::DeadLetters {
+        producer,
+        topic: common::DLQ_TOPIC.into(),
+        timeout: Duration::from_secs(1),
+    };
+    let message = OwnedMessage::new(
+        Some(b"not json".to_vec()),
+        Some(b"poison-1".to_vec()),
+        common::TOPIC.into(),
+        Timestamp::NotAvailable,
+        0,
+        7,
+        None,
+    );
+    let (trigger, shutdown) = orderflow::shutdown::channel();
+    let sending = tokio::spawn(async move { letters.send(&message, "boom", 1, &shutdown).await });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!sending.is_finished(), "gave up while the worker still ran");
+    trigger.trigger();
+    let sent = tokio::time::timeout(Duration::from_secs(10), sending)
+        .await
+        .expect("still retrying 10 s after shutdown began")
+        .expect("send task");
+    assert!(!sent, "reported a dead letter that no broker took");
+}
