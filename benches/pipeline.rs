@@ -785,10 +785,7 @@ async fn handled_events(http: &reqwest::Client, admin: &str) -> i64 {
         return 0;
     };
     let text = response.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("orderflow_events_handled_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as i64
+    common::metric_total(&text, "orderflow_events_handled_total") as i64
 }
 
 /// The same messages (key, payload, CloudEvents headers) with the relay's

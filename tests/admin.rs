@@ -8,17 +8,8 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{env_for, order_body, start_broker, Backend, Process, TestDb};
+use common::{env_for, metric_total as total, order_body, start_broker, Backend, Process, TestDb};
 use serde_json::{json, Value};
-
-/// The sum of every sample of `name` on a /metrics page.
-fn total(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 async fn scrape(http: &reqwest::Client, base: &str) -> String {
     http.get(format!("{base}/metrics"))

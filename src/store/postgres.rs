@@ -265,7 +265,7 @@ impl PgStore {
             .iter()
             .map(|i| money_to_db(i.unit_price))
             .collect();
-        let created: bool = sqlx::query_scalar(CREATE_ORDER_SQL)
+        let create = sqlx::query(CREATE_ORDER_SQL)
             .bind(id.0)
             .bind(&order.customer_name)
             .bind(&order.customer_email)
@@ -279,15 +279,11 @@ impl PgStore {
             .bind(lines)
             .bind(products)
             .bind(quantities)
-            .bind(prices)
-            .bind(event.id)
-            .bind(event.destination)
-            .bind(event.order_id.to_string())
-            .bind(event.event_type.as_str())
-            .bind(event.payload.to_string())
-            .bind(event.traceparent.as_deref())
+            .bind(prices);
+        let created: bool = bind_event(create, event)
             .fetch_one(&self.pool)
-            .await?;
+            .await?
+            .try_get(0)?;
         Ok(if created {
             Written::Created
         } else {

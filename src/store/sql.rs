@@ -74,20 +74,30 @@ macro_rules! impl_store {
             Ok(())
         }
 
+        /// Binds an event's outbox columns (event_id, destination,
+        /// message_key, event_type, payload, traceparent), in that order.
+        fn bind_event<'q>(
+            query: sqlx::query::Query<'q, Db, <Db as sqlx::Database>::Arguments<'q>>,
+            event: &'q NewEvent,
+        ) -> sqlx::query::Query<'q, Db, <Db as sqlx::Database>::Arguments<'q>> {
+            query
+                .bind(event.id)
+                .bind(event.destination)
+                .bind(event.order_id.to_string())
+                .bind(event.event_type.as_str())
+                .bind(event.payload.to_string())
+                .bind(event.traceparent.as_deref())
+        }
+
         async fn insert_event(tx: &mut Tx<'_>, event: &NewEvent) -> Result<(), StoreError> {
-            sqlx::query(
+            let insert = sqlx::query(
                 "INSERT INTO outbox (event_id, destination, message_key, event_type, payload, \
                  traceparent, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(event.id)
-            .bind(event.destination)
-            .bind(event.order_id.to_string())
-            .bind(event.event_type.as_str())
-            .bind(event.payload.to_string())
-            .bind(event.traceparent.as_deref())
-            .bind(event.occurred_at)
-            .execute(&mut **tx)
-            .await?;
+            );
+            bind_event(insert, event)
+                .bind(event.occurred_at)
+                .execute(&mut **tx)
+                .await?;
             Ok(())
         }
 

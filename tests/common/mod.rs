@@ -429,6 +429,15 @@ impl Drop for Process {
     }
 }
 
+/// The sum of every sample of `name` on a /metrics page.
+pub fn metric_total(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A response header as text ("" when absent or not ASCII).
 pub fn header(response: &reqwest::Response, name: &str) -> String {
     response
