@@ -113,6 +113,80 @@ fn peak_rss_mb(process: &Process) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// User + system CPU seconds of one process, from /proc/PID/stat; with
+/// `children`, also those of its children it has reaped.
+fn cpu_seconds(pid: u32, children: bool) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, utime 14, stime 15, cutime 16, cstime 17.
+    let fields: Vec<f64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0.0))
+                .collect()
+        })
+        .unwrap_or_default();
+    let at = |n: usize| fields.get(n - 3).copied().unwrap_or(0.0);
+    let ticks = at(14) + at(15) + if children { at(16) + at(17) } else { 0.0 };
+    ticks / CLOCK_TICKS
+}
+
+/// Linux's USER_HZ, the unit of /proc's CPU times.
+const CLOCK_TICKS: f64 = 100.0;
+
+/// CPU seconds used so far by every PostgreSQL process, and by those that
+/// exited (their parent, the postmaster, has reaped them): the server's
+/// whole work, whichever backend did it.
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(|pid| cpu_seconds(pid, true))
+        .sum()
+}
+
+/// CPU used between `start` and `stop`: by the processes under test and by
+/// PostgreSQL, in microseconds per unit of work. Throughput moves with what
+/// else the machine does; CPU per order much less.
+#[derive(Default, Clone, Copy)]
+struct CpuPer {
+    process_us: f64,
+    postgres_us: f64,
+}
+
+struct CpuMeter {
+    pids: Vec<u32>,
+    process: f64,
+    postgres: f64,
+}
+
+impl CpuMeter {
+    fn start(processes: &[&Process]) -> Self {
+        let pids: Vec<u32> = processes.iter().map(|p| p.child.id()).collect();
+        Self {
+            process: pids.iter().map(|p| cpu_seconds(*p, false)).sum(),
+            postgres: postgres_cpu_seconds(),
+            pids,
+        }
+    }
+
+    fn per(&self, units: f64) -> CpuPer {
+        let process: f64 = self.pids.iter().map(|p| cpu_seconds(*p, false)).sum();
+        let per = |seconds: f64| seconds * 1e6 / units.max(1.0);
+        CpuPer {
+            process_us: per(process - self.process),
+            postgres_us: per(postgres_cpu_seconds() - self.postgres),
+        }
+    }
+}
+
 fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
@@ -273,9 +347,17 @@ struct Throughput {
     per_second: f64,
     latency: Spread,
     rss_mb: f64,
+    cpu: CpuPer,
 }
 
-async fn api_full_speed(args: &Args) -> (Throughput, f64) {
+/// A limit: what pgbench (or the raw producer) reached, and PostgreSQL's
+/// CPU per transaction meanwhile.
+struct Limit {
+    per_second: f64,
+    postgres_us: f64,
+}
+
+async fn api_full_speed(args: &Args) -> (Throughput, Limit, Limit, f64) {
     let system = System::new().await;
     let (api, base) = system.spawn("serve-api");
     let http = reqwest::Client::new();
@@ -285,6 +367,8 @@ async fn api_full_speed(args: &Args) -> (Throughput, f64) {
     let duration = Duration::from_secs(args.seconds);
     let bar = bar(args.seconds, "API create, full speed (s)");
     let latencies = Arc::new(Mutex::new(Vec::new()));
+    let groups_before = group_counts(&http, &base).await;
+    let cpu = CpuMeter::start(&[&api]);
     let started = Instant::now();
     let counter = Arc::new(AtomicUsize::new(1_000));
     let clients: Vec<_> = (0..args.concurrency)
@@ -315,11 +399,16 @@ async fn api_full_speed(args: &Args) -> (Throughput, f64) {
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     let samples = latencies.lock().expect("latencies").clone();
+    let cpu = cpu.per(samples.len() as f64);
+    let groups = group_counts(&http, &base).await;
+    let mean_group = (groups.1 - groups_before.1) / (groups.0 - groups_before.0).max(1.0);
     let throughput = Throughput {
         per_second: samples.len() as f64 / elapsed,
         latency: spread(samples),
         rss_mb: peak_rss_mb(&api),
+        cpu,
     };
+    drop(api);
     // The limit: pgbench running the same transaction at the same
     // concurrency on the same database.
     let limit = pgbench(
@@ -330,7 +419,36 @@ async fn api_full_speed(args: &Args) -> (Throughput, f64) {
         10,
         0,
     );
-    (throughput, limit)
+    // And what PostgreSQL does with the statements the API sent instead:
+    // the grouped create, as many at once as the API's lanes, each with as
+    // many orders as the API's mean batch.
+    let batch = mean_group.round().max(1.0) as usize;
+    let grouped = pgbench(
+        &system.db.url,
+        "create_orders.sql",
+        &create_orders_script(batch),
+        orderflow::store::WRITE_LANES,
+        10,
+        0,
+    );
+    let grouped = Limit {
+        per_second: grouped.per_second * batch as f64,
+        postgres_us: grouped.postgres_us / batch as f64,
+    };
+    (throughput, limit, grouped, mean_group)
+}
+
+/// Group commit's statements and the writes they carried so far, from a
+/// process's /metrics.
+async fn group_counts(http: &reqwest::Client, base: &str) -> (f64, f64) {
+    let Ok(response) = http.get(format!("{base}/metrics")).send().await else {
+        return (0.0, 0.0);
+    };
+    let text = response.text().await.unwrap_or_default();
+    (
+        common::metric_total(&text, "orderflow_db_group_statements_total"),
+        common::metric_total(&text, "orderflow_db_grouped_writes_total"),
+    )
 }
 
 /// The API's create statement as pgbench runs it: the store's own SQL with
@@ -370,6 +488,44 @@ fn create_order_script() -> String {
     )
 }
 
+/// The API's grouped create for `batch` orders of one item each, as
+/// [`create_order_script`] writes one: each array holds `batch` elements.
+fn create_orders_script(batch: usize) -> String {
+    let each = |value: &str, ty: &str| format!("array_fill({value}::{ty}, ARRAY[{batch}])");
+    let series = |value: &str| format!("ARRAY(SELECT {value} FROM generate_series(1, {batch}) g)");
+    let ids = series("md5(:n::text || '-' || g)::uuid");
+    pgbench_script(
+        orderflow::store::CREATE_ORDERS_SQL,
+        &[
+            &ids,
+            &each("'Bench Customer'", "text"),
+            &each("'bench@example.test'", "text"),
+            &each("NULL", "text"),
+            &each("2.50", "numeric"),
+            &each("now()", "timestamptz"),
+            &series("'bench-' || :n || '-' || :client_id || '-' || g"),
+            &each("'hash'", "text"),
+            "'Pending'",
+            "'order created'",
+            &ids,
+            &each("0", "int4"),
+            &each("'bench-untracked'", "text"),
+            &each("1", "int8"),
+            &each("2.50", "numeric"),
+            &series("gen_random_uuid()"),
+            &each("'orders'", "text"),
+            &series("md5(:n::text || '-' || g)"),
+            &each("'OrderCreated'", "text"),
+            &each("(:payload)", "text"),
+            &each(
+                "'00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'",
+                "text",
+            ),
+        ],
+        "9000000000000000000",
+    )
+}
+
 /// The worker's OrderCreated transaction (the store's one-statement
 /// reservation) on one of the pre-filled orders,
 /// `backlog` (pgbench -D) of them. pgbench runs after the worker reserved
@@ -384,6 +540,29 @@ fn handle_created_script() -> String {
             "'pgbench'",
             "gen_random_uuid()::text",
             "'OrderCreated'",
+            "now()",
+            "'Reserved'",
+            "'Reserved'",
+            "'stock reserved'",
+        ],
+        ":backlog",
+    )
+}
+
+/// [`handle_created_script`] for `batch` distinct orders at once, through
+/// the grouped reservation.
+fn handle_created_grouped_script(batch: usize) -> String {
+    let each = |value: &str| format!("array_fill({value}::text, ARRAY[{batch}])");
+    pgbench_script(
+        orderflow::store::RESERVE_MANY_SQL,
+        &[
+            &format!(
+                "ARRAY(SELECT md5(((:n + g) % :backlog + 1)::text)::uuid \
+                 FROM generate_series(1, {batch}) g)"
+            ),
+            &each("'pgbench'"),
+            &format!("ARRAY(SELECT gen_random_uuid()::text FROM generate_series(1, {batch}))"),
+            &each("'OrderCreated'"),
             "now()",
             "'Reserved'",
             "'Reserved'",
@@ -413,7 +592,8 @@ fn pgbench_script(sql: &str, values: &[&str], picks: &str) -> String {
     format!("\\set n random(1, {picks})\n{statement};\n")
 }
 
-/// pgbench's tps on `script`, with prepared statements as the store uses.
+/// pgbench's tps on `script`, with prepared statements as the store uses,
+/// and PostgreSQL's CPU per transaction.
 fn pgbench(
     url: &str,
     name: &str,
@@ -421,9 +601,10 @@ fn pgbench(
     clients: usize,
     seconds: u64,
     backlog: usize,
-) -> f64 {
+) -> Limit {
     let file = std::env::temp_dir().join(format!("orderflow-bench-{}-{name}", std::process::id()));
     std::fs::write(&file, script).expect("write the pgbench script");
+    let postgres_before = postgres_cpu_seconds();
     let output = Command::new("pgbench")
         .args([
             "-n",
@@ -445,18 +626,26 @@ fn pgbench(
         .arg(url)
         .output()
         .expect("pgbench is installed with PostgreSQL (apt-get install -y postgresql)");
+    let postgres = postgres_cpu_seconds() - postgres_before;
     let _ = std::fs::remove_file(&file);
     let text = String::from_utf8_lossy(&output.stdout);
-    text.lines()
-        .find(|l| l.starts_with("tps = "))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "pgbench {name} failed: {text}{}\nscript:\n{script}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })
+    let figure = |prefix: &str, at: usize| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split_whitespace().nth(at))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "pgbench {name} failed: {text}{}\nscript:\n{script}",
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            })
+    };
+    let transactions = figure("number of transactions actually processed:", 5);
+    Limit {
+        per_second: figure("tps = ", 2),
+        postgres_us: postgres * 1e6 / transactions.max(1.0),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -474,6 +663,8 @@ struct Latency {
     advanced: usize,
     api_rss_mb: f64,
     worker_rss_mb: f64,
+    /// API and worker together, per order.
+    cpu: CpuPer,
 }
 
 type Waiting = Arc<Mutex<Vec<uuid::Uuid>>>;
@@ -595,6 +786,7 @@ async fn fixed_rate(args: &Args) -> Latency {
         orders as u64,
         &format!("fixed rate {}/s (orders)", args.rate),
     );
+    let cpu = CpuMeter::start(&[&api, &worker]);
     let started = Instant::now();
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(orders)));
     let mut tasks = Vec::with_capacity(orders);
@@ -641,6 +833,7 @@ async fn fixed_rate(args: &Args) -> Latency {
     stop.store(true, Ordering::Relaxed);
     let _ = payer.await;
     let _ = shipper.await;
+    let cpu = cpu.per(orders as f64);
     let rows = sqlx::query(
         "SELECT t.order_id::text, t.status, \
          EXTRACT(EPOCH FROM t.at)::float8 * 1000 FROM order_timeline t",
@@ -685,6 +878,7 @@ async fn fixed_rate(args: &Args) -> Latency {
         advanced: orders.div_ceil(ADVANCE_EVERY),
         api_rss_mb: peak_rss_mb(&api),
         worker_rss_mb: peak_rss_mb(&worker),
+        cpu,
     }
 }
 
@@ -711,6 +905,7 @@ async fn relay_backlog(args: &Args) -> (Throughput, f64) {
     .expect("pre-fill the outbox");
     let bar = bar(args.backlog as u64, "relay backlog (events)");
     let (api, _) = system.spawn("serve-api");
+    let cpu = CpuMeter::start(&[&api]);
     let mut first: Option<Instant> = None;
     let last;
     // Progress is read off the broker: counting the outbox every 50 ms
@@ -737,6 +932,7 @@ async fn relay_backlog(args: &Args) -> (Throughput, f64) {
         per_second: args.backlog as f64 / seconds,
         latency: Spread::default(),
         rss_mb: peak_rss_mb(&api),
+        cpu: cpu.per(args.backlog as f64),
     };
     drop(api);
     let raw = raw_producer(&system.broker, args.backlog).await;
@@ -777,6 +973,36 @@ impl TopicWatch {
         .await
         .expect("watermarks")
     }
+}
+
+/// A bare rdkafka consumer with the worker's fetch settings reading `count`
+/// messages of the orders topic from the start, in a group of its own:
+/// messages per second from the first to the last, what consuming alone
+/// costs on this broker.
+fn raw_consumer(bootstrap: &str, count: usize) -> f64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bench-raw-consumer")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .set("queued.min.messages", "2000")
+        .set("queued.max.messages.kbytes", "8192")
+        .create()
+        .expect("raw consumer");
+    consumer.subscribe(&[common::TOPIC]).expect("subscribe");
+    let mut seen = 0;
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen < count && Instant::now() < deadline {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            seen += 1;
+        }
+    }
+    let seconds = first.map_or(0.0, |f| f.elapsed().as_secs_f64()).max(0.001);
+    seen as f64 / seconds
 }
 
 /// Events the worker has handled (any outcome), from its /metrics.
@@ -851,7 +1077,7 @@ async fn raw_producer(broker: &EmbeddedKafka, count: usize) -> f64 {
 // 4. Worker on a pre-filled topic; pgbench on its transaction as the limit
 // ---------------------------------------------------------------------------
 
-async fn worker_backlog(args: &Args) -> (Throughput, f64) {
+async fn worker_backlog(args: &Args) -> (Throughput, Limit, Limit, f64) {
     let system = System::new().await;
     system.migrate();
     let mut db = system.sql().await;
@@ -921,6 +1147,7 @@ async fn worker_backlog(args: &Args) -> (Throughput, f64) {
     eprintln!("worker phase: {} events on the topic", ids.len());
     let bar = bar(ids.len() as u64, "worker backlog (events)");
     let (worker, admin) = system.spawn("run-worker");
+    let cpu = CpuMeter::start(&[&worker]);
     let mut first: Option<Instant> = None;
     let last;
     let mut progress = (0i64, Instant::now());
@@ -955,12 +1182,21 @@ async fn worker_backlog(args: &Args) -> (Throughput, f64) {
         eprintln!("{}", worker.log_text());
     }
     let seconds = (last - first.unwrap_or(last)).as_secs_f64().max(0.001);
+    let cpu = cpu.per(ids.len() as f64);
+    let groups = group_counts(&http, &admin).await;
+    let mean_group = groups.1 / groups.0.max(1.0);
     let throughput = Throughput {
         per_second: ids.len() as f64 / seconds,
         latency: Spread::default(),
         rss_mb: peak_rss_mb(&worker),
+        cpu,
     };
     drop(worker);
+    let (bootstrap, count) = (system.broker.bootstrap_servers().to_string(), ids.len());
+    let consumed = tokio::task::spawn_blocking(move || raw_consumer(&bootstrap, count))
+        .await
+        .expect("raw consumer");
+    eprintln!("raw consumer: {consumed:.0} msgs/s");
     // The worker runs up to Worker.MaxWorkers transactions at once.
     let limit = pgbench(
         &system.db.url,
@@ -970,7 +1206,22 @@ async fn worker_backlog(args: &Args) -> (Throughput, f64) {
         10,
         ids.len(),
     );
-    (throughput, limit)
+    // And the grouped reservation the worker sent instead, as many at once
+    // as its lanes, each with as many events as its mean batch.
+    let batch = mean_group.round().max(1.0) as usize;
+    let grouped = pgbench(
+        &system.db.url,
+        "handle_created_grouped.sql",
+        &handle_created_grouped_script(batch),
+        orderflow::store::WRITE_LANES,
+        10,
+        ids.len(),
+    );
+    let grouped = Limit {
+        per_second: grouped.per_second * batch as f64,
+        postgres_us: grouped.postgres_us / batch as f64,
+    };
+    (throughput, limit, grouped, mean_group)
 }
 
 fn main() {
@@ -993,15 +1244,25 @@ fn main() {
         let mut rows = Vec::new();
         let mut rss = Vec::new();
         if args.runs("api") {
-            let (api, limit) = api_full_speed(&args).await;
+            let (api, limit, grouped, mean_group) = api_full_speed(&args).await;
             eprintln!(
-                "API full speed: {:.0} orders/s p50 {:.1} ms p99 {:.1} ms rss {:.1} MB; pgbench {limit:.0} tps",
-                api.per_second, api.latency.p50, api.latency.p99, api.rss_mb
+                "API full speed: {:.0} orders/s p50 {:.1} ms p99 {:.1} ms rss {:.1} MB, groups of {mean_group:.1}; pgbench {:.0} tps, grouped {:.0} orders/s",
+                api.per_second, api.latency.p50, api.latency.p99, api.rss_mb, limit.per_second, grouped.per_second
             );
             rows.push(format!(
-                "| API create, full speed ({} clients) | {:.0} orders/s, p50 {:.1} ms, p99 {:.1} ms | pgbench same transaction: {:.0} tps | {} |",
-                args.concurrency, api.per_second, api.latency.p50, api.latency.p99, limit,
-                ratio(api.per_second, limit)
+                "| API create, full speed ({} clients) | {:.0} orders/s, p50 {:.1} ms, p99 {:.1} ms | pgbench, one order per transaction, {} clients: {:.0} tps | {} |",
+                args.concurrency, api.per_second, api.latency.p50, api.latency.p99, args.concurrency,
+                limit.per_second, ratio(api.per_second, limit.per_second)
+            ));
+            rows.push(format!(
+                "| … against what the API sent: groups of {mean_group:.1} orders, {} at once | | pgbench, grouped create of {:.0}, {} clients: {:.0} orders/s | {} |",
+                orderflow::store::WRITE_LANES, mean_group.round().max(1.0),
+                orderflow::store::WRITE_LANES, grouped.per_second,
+                ratio(api.per_second, grouped.per_second)
+            ));
+            rows.push(format!(
+                "| CPU per order, API full speed | API process {:.0} µs, PostgreSQL {:.0} µs | pgbench: PostgreSQL {:.0} µs (one order), {:.0} µs (grouped) | |",
+                api.cpu.process_us, api.cpu.postgres_us, limit.postgres_us, grouped.postgres_us
             ));
             rss.push(format!("API {:.1} MB (full speed)", api.rss_mb));
         }
@@ -1028,6 +1289,10 @@ fn main() {
                 "| create → Fulfilled at {}/s ({} of them paid and shipped by a client reacting to their status) | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | | |",
                 args.rate, latency.advanced, latency.fulfilled.p50, latency.fulfilled.p99, latency.fulfilled.max
             ));
+            rows.push(format!(
+                "| CPU per order at {}/s | API + worker {:.0} µs, PostgreSQL {:.0} µs | | |",
+                args.rate, latency.cpu.process_us, latency.cpu.postgres_us
+            ));
             rss.push(format!(
                 "API {:.1} MB / worker {:.1} MB (at {}/s)",
                 latency.api_rss_mb, latency.worker_rss_mb, args.rate
@@ -1044,18 +1309,32 @@ fn main() {
                 args.backlog, relay.per_second, limit,
                 ratio(relay.per_second, limit)
             ));
+            rows.push(format!(
+                "| CPU per event, relay | API process {:.1} µs, PostgreSQL {:.1} µs | | |",
+                relay.cpu.process_us, relay.cpu.postgres_us
+            ));
             rss.push(format!("relay {:.1} MB", relay.rss_mb));
         }
         if args.runs("worker") {
-            let (worker, limit) = worker_backlog(&args).await;
+            let (worker, limit, grouped, mean_group) = worker_backlog(&args).await;
             eprintln!(
-                "worker: {:.0} events/s rss {:.1} MB; pgbench {limit:.0} tps",
-                worker.per_second, worker.rss_mb
+                "worker: {:.0} events/s rss {:.1} MB, groups of {mean_group:.1}; pgbench {:.0} tps, grouped {:.0} events/s",
+                worker.per_second, worker.rss_mb, limit.per_second, grouped.per_second
             );
             rows.push(format!(
-                "| worker, topic of {} | {:.0} events/s | pgbench handler transaction ({} clients): {:.0} tps | {} |",
-                args.backlog, worker.per_second, HANDLER_CLIENTS, limit,
-                ratio(worker.per_second, limit)
+                "| worker, topic of {} | {:.0} events/s | pgbench, one event per transaction, {} clients: {:.0} tps | {} |",
+                args.backlog, worker.per_second, HANDLER_CLIENTS, limit.per_second,
+                ratio(worker.per_second, limit.per_second)
+            ));
+            rows.push(format!(
+                "| … against what the worker sent: groups of {mean_group:.1} events, {} at once | | pgbench, grouped reservation of {:.0}, {} clients: {:.0} events/s | {} |",
+                orderflow::store::WRITE_LANES, mean_group.round().max(1.0),
+                orderflow::store::WRITE_LANES, grouped.per_second,
+                ratio(worker.per_second, grouped.per_second)
+            ));
+            rows.push(format!(
+                "| CPU per event, worker | worker process {:.0} µs, PostgreSQL {:.0} µs | pgbench: PostgreSQL {:.0} µs (one event), {:.0} µs (grouped) | |",
+                worker.cpu.process_us, worker.cpu.postgres_us, limit.postgres_us, grouped.postgres_us
             ));
             rss.push(format!("worker {:.1} MB (backlog)", worker.rss_mb));
         }

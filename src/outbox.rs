@@ -27,6 +27,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// After this many failed attempts the rows stay unmarked and are published
 /// again later: a duplicate the consumer's inbox absorbs, never a loss.
 const MARK_ATTEMPTS: u32 = 20;
+/// Behind a backlog the batch doubles each full round, up to this many
+/// times `Outbox.BatchSize`: a round waits for every acknowledgement of its
+/// batch, so larger batches spend less of the catch-up at that barrier,
+/// while a relay that keeps up reads what is there, as few rows as that.
+const MAX_BATCH_GROWTH: usize = 8;
 
 /// The relay of the orders topic and, with fulfilment on Kafka, of the
 /// fulfilment topic; lease name shared by every process.
@@ -101,10 +106,30 @@ impl Backoff {
 
 /// What one round leaves to the next: rows published but not yet marked,
 /// and the batch read ahead.
-#[derive(Default)]
 struct Carry {
     unmarked: Vec<i64>,
     next: Option<Vec<OutboxRecord>>,
+    /// Rows the next read asks for.
+    limit: usize,
+}
+
+impl Carry {
+    fn new(batch_size: usize) -> Self {
+        Self {
+            unmarked: Vec::new(),
+            next: None,
+            limit: batch_size,
+        }
+    }
+
+    /// A full read means more are waiting: ask for twice as many next time.
+    fn read(&mut self, rows: usize, batch_size: usize) {
+        self.limit = if rows >= self.limit {
+            (self.limit * 2).min(batch_size * MAX_BATCH_GROWTH)
+        } else {
+            batch_size
+        };
+    }
 }
 
 enum Round {
@@ -155,7 +180,7 @@ impl Relay {
     async fn lead(&mut self, mut lease: Box<dyn RelayLease>, shutdown: &mut Shutdown) {
         let mut backoff = Backoff::new(self.settings.max_backoff);
         let mut last_purge = std::time::Instant::now();
-        let mut carry = Carry::default();
+        let mut carry = Carry::new(self.settings.batch_size);
         while !shutdown.is_triggered() {
             match self.round(lease.as_mut(), &mut carry).await {
                 Round::Published(n) => {
@@ -197,7 +222,7 @@ impl Relay {
             settings,
             lease: lease_name,
         } = self;
-        let limit = settings.batch_size;
+        let limit = carry.limit;
         let batch = match carry.next.take() {
             Some(batch) => batch,
             None => {
@@ -217,7 +242,10 @@ impl Relay {
                         mark(store, settings, &std::mem::take(&mut carry.unmarked)).await;
                         return Round::Empty;
                     }
-                    Ok(batch) => batch,
+                    Ok(batch) => {
+                        carry.read(batch.len(), settings.batch_size);
+                        batch
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the outbox");
                         return Round::Failed;
@@ -227,12 +255,13 @@ impl Relay {
         };
         let in_flight: Vec<i64> = batch.iter().map(|r| r.id).collect();
         let previous = std::mem::take(&mut carry.unmarked);
+        let ahead_limit = carry.limit;
         let ahead = async {
             mark(store, settings, &previous).await;
             if !lease.still_held().await {
                 return None;
             }
-            Some(store.outbox_pending(limit, filter, &in_flight).await)
+            Some(store.outbox_pending(ahead_limit, filter, &in_flight).await)
         };
         let (delivered, ahead) = tokio::join!(sink.deliver(&batch), ahead);
         count_published(&batch, &delivered.acked);
@@ -254,6 +283,7 @@ impl Relay {
         match ahead {
             None => Round::LeaseLost,
             Some(Ok(next)) => {
+                carry.read(next.len(), settings.batch_size);
                 carry.next = (!next.is_empty()).then_some(next);
                 Round::Published(published)
             }
@@ -326,5 +356,24 @@ fn count_published(batch: &[OutboxRecord], acked: &[i64]) {
             "destination" => destination.to_string()
         )
         .increment(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backlog_doubles_the_batch_up_to_its_ceiling_and_a_short_read_resets_it() {
+        let mut carry = Carry::new(500);
+        let mut limits = Vec::new();
+        for _ in 0..5 {
+            let full = carry.limit;
+            carry.read(full, 500);
+            limits.push(carry.limit);
+        }
+        assert_eq!(limits, [1000, 2000, 4000, 4000, 4000]);
+        carry.read(3999, 500);
+        assert_eq!(carry.limit, 500, "caught up: back to Outbox.BatchSize");
     }
 }

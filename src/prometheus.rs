@@ -25,6 +25,10 @@ pub const CONSUMER_LAG: &str = "orderflow_consumer_lag";
 pub const WORKERS_ACTIVE: &str = "orderflow_workers_active";
 pub const DEAD_LETTERS: &str = "orderflow_dead_letters_total";
 pub const CONSUMPTION_PAUSED: &str = "orderflow_consumption_paused";
+/// Group commit: statements sent, and the writes they carried (their
+/// ratio is the mean batch size).
+pub const DB_GROUPS: &str = "orderflow_db_group_statements_total";
+pub const DB_GROUPED: &str = "orderflow_db_grouped_writes_total";
 
 /// Latency buckets from 1 ms to 10 s.
 const SECONDS_BUCKETS: &[f64] = &[

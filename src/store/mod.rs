@@ -3,6 +3,7 @@
 //! what differs — column types for money, id lists, wake-ups, the relay lock —
 //! lives in each backend's file.
 
+mod group_commit;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -18,9 +19,12 @@ use crate::config::{DatabaseSettings, DatabaseUrl};
 use crate::domain::{InventoryLevel, NewOrder, Order, OrderId, OrderStatus, OrderSummary};
 use crate::events::NewEvent;
 
-/// The statements behind PostgreSQL's one-round-trip create and reserve;
-/// the benchmark runs them through pgbench as the limit to compare with.
-pub use postgres::{PgStore, CREATE_ORDER_SQL, RESERVE_SQL};
+/// The statements behind PostgreSQL's one-round-trip create and reserve,
+/// for one order and for a group, and how many groups are written at once;
+/// the benchmark runs them through pgbench as the limits to compare with.
+pub use postgres::{
+    PgStore, CREATE_ORDERS_SQL, CREATE_ORDER_SQL, RESERVE_MANY_SQL, RESERVE_SQL, WRITE_LANES,
+};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]

@@ -8,6 +8,8 @@ use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::Connection;
 use tokio::sync::{mpsc, Mutex, Notify};
 
+use super::group_commit::GroupCommit;
+
 type Db = sqlx::Postgres;
 
 const OUTBOX_CHANNEL: &str = "orderflow_outbox";
@@ -46,7 +48,17 @@ pub struct PgStore {
     /// already due, which covers this commit too.
     announce: mpsc::Sender<()>,
     listener: Mutex<Option<PgListener>>,
+    creates: GroupCommit<OrderWrite, Result<Written, StoreError>>,
+    reservations: GroupCommit<Reservation, Result<Option<Applied>, StoreError>>,
 }
+
+/// Statements in flight at once for each kind of grouped write: two keep
+/// PostgreSQL busy while a lane answers its callers; more would split the
+/// same callers into smaller groups (three lanes gave the worker's eight
+/// callers groups of 1.8).
+pub const WRITE_LANES: usize = 2;
+/// Orders (or reservations) in one statement at most.
+const MAX_GROUP: usize = 64;
 
 /// Wakes relays in other processes after outbox rows were committed. The
 /// NOTIFY is its own statement, outside the writing transaction: a
@@ -90,11 +102,21 @@ impl PgStore {
             .await?;
         let (announce_tx, requests) = mpsc::channel(1);
         tokio::spawn(announce(pool.clone(), requests));
+        let writer = pool.clone();
+        let creates = GroupCommit::start("create_order", WRITE_LANES, MAX_GROUP, move |batch| {
+            create_orders(writer.clone(), batch)
+        });
+        let writer = pool.clone();
+        let reservations = GroupCommit::start("reserve", WRITE_LANES, MAX_GROUP, move |batch| {
+            reserve_orders(writer.clone(), batch)
+        });
         Ok(Self {
             pool,
             local_wakeup: Arc::new(Notify::new()),
             announce: announce_tx,
             listener: Mutex::new(None),
+            creates,
+            reservations,
         })
     }
 
@@ -244,6 +266,390 @@ WITH target AS MATERIALIZED (
 )
 SELECT (SELECT ok FROM ready), EXISTS (SELECT 1 FROM fresh)";
 
+/// [`CREATE_ORDER_SQL`] for several orders at once (group commit): the
+/// orders come as parallel arrays (`$1`–`$8`, one element per order), their
+/// items as arrays with the order's id on each (`$11`–`$15`), their events
+/// as arrays in the orders' order (`$16`–`$22`). An order whose key is taken,
+/// by an earlier order or by one before it in the same batch, is not
+/// written. Returns the ids of the orders written.
+pub const CREATE_ORDERS_SQL: &str = "\
+WITH input AS MATERIALIZED (
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[],
+        $6::timestamptz[], $7::text[], $8::text[]) WITH ORDINALITY
+        AS o (id, customer_name, customer_email, customer_id, total_amount, at, key, request_hash, n)
+), key AS (
+    INSERT INTO idempotency_keys (key, request_hash, order_id, created_at)
+    SELECT key, request_hash, id, at FROM input WHERE key IS NOT NULL ORDER BY n
+    ON CONFLICT (key) DO NOTHING
+    RETURNING order_id
+), new_order AS (
+    INSERT INTO orders (id, status, customer_name, customer_email, customer_id, total_amount, created_at, updated_at)
+    SELECT id, $9, customer_name, customer_email, customer_id, total_amount, at, at FROM input
+    WHERE key IS NULL OR id IN (SELECT order_id FROM key)
+    RETURNING id, created_at
+), items AS (
+    INSERT INTO order_items (order_id, line, product_name, quantity, unit_price)
+    SELECT item.order_id, item.line, item.product_name, item.quantity, item.unit_price
+    FROM UNNEST($11::uuid[], $12::int4[], $13::text[], $14::int8[], $15::numeric[])
+        AS item (order_id, line, product_name, quantity, unit_price)
+    WHERE item.order_id IN (SELECT id FROM new_order)
+), first_entry AS (
+    INSERT INTO order_timeline (order_id, status, note, at) SELECT id, $9, $10, created_at FROM new_order
+), event AS (
+    INSERT INTO outbox (event_id, destination, message_key, event_type, payload, traceparent, created_at)
+    SELECT e.event_id, e.destination, e.message_key, e.event_type, e.payload, e.traceparent, input.at
+    FROM UNNEST($16::uuid[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[])
+        WITH ORDINALITY AS e (event_id, destination, message_key, event_type, payload, traceparent, n)
+    JOIN input ON input.n = e.n
+    WHERE input.id IN (SELECT id FROM new_order)
+    ORDER BY e.n
+)
+SELECT id FROM new_order";
+
+/// [`RESERVE_SQL`] for several OrderCreated events of distinct orders at
+/// once (group commit), one element per event in `$1`–`$4`. The orders
+/// still Pending are locked in id order, then the stock of their tracked
+/// products in product order. An order is ready when it is Pending and none
+/// of its products is short for the whole batch (the sum every ready order
+/// wants); ready orders whose inbox row is new are reserved exactly as the
+/// one-order statement does. Returns, per event in input order, whether its
+/// order was ready and whether this statement reserved it: not ready takes
+/// the general path, ready but not reserved is a re-delivery.
+pub const RESERVE_MANY_SQL: &str = "\
+WITH input AS MATERIALIZED (
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY
+        AS i (order_id, consumer_group, event_id, event_type, n)
+), target AS MATERIALIZED (
+    SELECT id FROM orders WHERE id IN (SELECT order_id FROM input) AND status = $7
+    ORDER BY id FOR UPDATE
+), wanted AS MATERIALIZED (
+    SELECT order_id, product_name, CAST(SUM(quantity) AS BIGINT) AS quantity FROM order_items
+    WHERE order_id IN (SELECT id FROM target)
+    GROUP BY order_id, product_name
+), locked AS MATERIALIZED (
+    SELECT product_name, on_hand FROM inventory
+    WHERE product_name IN (SELECT product_name FROM wanted)
+    ORDER BY product_name
+    FOR UPDATE
+), short AS MATERIALIZED (
+    SELECT locked.product_name FROM locked JOIN wanted USING (product_name)
+    GROUP BY locked.product_name, locked.on_hand
+    HAVING SUM(wanted.quantity) > locked.on_hand
+), ready AS MATERIALIZED (
+    SELECT input.* FROM input JOIN target ON target.id = input.order_id
+    WHERE NOT EXISTS (
+        SELECT 1 FROM wanted JOIN short USING (product_name) WHERE wanted.order_id = input.order_id
+    )
+), fresh AS (
+    INSERT INTO inbox (consumer_group, event_id, event_type, handled_at)
+    SELECT consumer_group, event_id, event_type, $5 FROM ready
+    ON CONFLICT (consumer_group, event_id) DO NOTHING
+    RETURNING consumer_group, event_id
+), done AS MATERIALIZED (
+    SELECT ready.order_id FROM ready JOIN fresh USING (consumer_group, event_id)
+), taken AS (
+    UPDATE inventory SET on_hand = inventory.on_hand - total.quantity,
+        reserved = inventory.reserved + total.quantity, updated_at = $5
+    FROM (
+        SELECT product_name, CAST(SUM(quantity) AS BIGINT) AS quantity FROM wanted
+        WHERE order_id IN (SELECT order_id FROM done) GROUP BY product_name
+    ) total
+    WHERE inventory.product_name = total.product_name
+), moved AS (
+    UPDATE orders SET status = $6, updated_at = $5
+    WHERE id IN (SELECT order_id FROM done) AND status = $7
+    RETURNING id
+), entry AS (
+    INSERT INTO order_timeline (order_id, status, note, at) SELECT id, $6, $8, $5 FROM moved
+)
+SELECT EXISTS (SELECT 1 FROM ready WHERE ready.n = input.n),
+    EXISTS (SELECT 1 FROM done WHERE done.order_id = input.order_id)
+FROM input ORDER BY n";
+
+/// One order for the grouped create.
+struct OrderWrite {
+    id: OrderId,
+    order: NewOrder,
+    event: NewEvent,
+    idempotency: Option<IdempotencyKey>,
+    now: DateTime<Utc>,
+}
+
+/// One OrderCreated for the grouped reservation.
+struct Reservation {
+    inbox: InboxEntry,
+    order_id: OrderId,
+}
+
+/// What every request of a batch is told when the batch's statement could
+/// not reach the database: its own attempt would fail the same way (and
+/// one by one, each would wait for the pool's timeout in turn).
+fn shared_outage(e: &StoreError) -> StoreError {
+    StoreError::Unavailable(sqlx::Error::Io(std::io::Error::other(e.to_string())))
+}
+
+/// Writes a batch of orders: one statement for several, the one-order
+/// statement for one. If the shared statement fails for another reason than
+/// an outage, each order is written on its own, so one bad order fails
+/// alone.
+async fn create_orders(pool: PgPool, batch: Vec<OrderWrite>) -> Vec<Result<Written, StoreError>> {
+    if batch.len() > 1 {
+        match create_many(&pool, &batch).await {
+            Ok(created) => {
+                return batch
+                    .iter()
+                    .map(|w| {
+                        Ok(if created.contains(&w.id.0) {
+                            Written::Created
+                        } else {
+                            Written::KeyTaken
+                        })
+                    })
+                    .collect()
+            }
+            Err(e @ StoreError::Unavailable(_)) => {
+                return batch.iter().map(|_| Err(shared_outage(&e))).collect()
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, orders = batch.len(), "grouped create failed; writing the orders one by one");
+            }
+        }
+    }
+    let mut answers = Vec::with_capacity(batch.len());
+    for write in &batch {
+        answers.push(create_one(&pool, write).await);
+    }
+    answers
+}
+
+async fn create_one(pool: &PgPool, w: &OrderWrite) -> Result<Written, StoreError> {
+    let order = &w.order;
+    let lines: Vec<i32> = (0..order.items.len() as i32).collect();
+    let products: Vec<&str> = order
+        .items
+        .iter()
+        .map(|i| i.product_name.as_str())
+        .collect();
+    let quantities: Vec<i64> = order.items.iter().map(|i| i.quantity).collect();
+    let prices: Vec<Decimal> = order
+        .items
+        .iter()
+        .map(|i| money_to_db(i.unit_price))
+        .collect();
+    let create = sqlx::query(CREATE_ORDER_SQL)
+        .bind(w.id.0)
+        .bind(&order.customer_name)
+        .bind(&order.customer_email)
+        .bind(order.customer_id.as_deref())
+        .bind(money_to_db(order.total()))
+        .bind(OrderStatus::Pending.as_str())
+        .bind(w.now)
+        .bind(NOTE_CREATED)
+        .bind(w.idempotency.as_ref().map(|k| k.key.as_str()))
+        .bind(w.idempotency.as_ref().map(|k| k.request_hash.as_str()))
+        .bind(lines)
+        .bind(products)
+        .bind(quantities)
+        .bind(prices);
+    let created: bool = bind_event(create, &w.event)
+        .fetch_one(pool)
+        .await?
+        .try_get(0)?;
+    Ok(if created {
+        Written::Created
+    } else {
+        Written::KeyTaken
+    })
+}
+
+/// The ids of the orders [`CREATE_ORDERS_SQL`] wrote.
+async fn create_many(pool: &PgPool, batch: &[OrderWrite]) -> Result<Vec<Uuid>, StoreError> {
+    let orders = || batch.iter().map(|w| &w.order);
+    let items = || {
+        batch.iter().flat_map(|w| {
+            w.order
+                .items
+                .iter()
+                .enumerate()
+                .map(move |(line, item)| (w.id.0, line, item))
+        })
+    };
+    let events = || batch.iter().map(|w| &w.event);
+    let rows = sqlx::query(CREATE_ORDERS_SQL)
+        .bind(batch.iter().map(|w| w.id.0).collect::<Vec<_>>())
+        .bind(
+            orders()
+                .map(|o| o.customer_name.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            orders()
+                .map(|o| o.customer_email.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            orders()
+                .map(|o| o.customer_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(orders().map(|o| money_to_db(o.total())).collect::<Vec<_>>())
+        .bind(batch.iter().map(|w| w.now).collect::<Vec<_>>())
+        .bind(
+            batch
+                .iter()
+                .map(|w| w.idempotency.as_ref().map(|k| k.key.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|w| w.idempotency.as_ref().map(|k| k.request_hash.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(OrderStatus::Pending.as_str())
+        .bind(NOTE_CREATED)
+        .bind(items().map(|(id, _, _)| id).collect::<Vec<_>>())
+        .bind(items().map(|(_, line, _)| line as i32).collect::<Vec<_>>())
+        .bind(
+            items()
+                .map(|(_, _, i)| i.product_name.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(items().map(|(_, _, i)| i.quantity).collect::<Vec<_>>())
+        .bind(
+            items()
+                .map(|(_, _, i)| money_to_db(i.unit_price))
+                .collect::<Vec<_>>(),
+        )
+        .bind(events().map(|e| e.id).collect::<Vec<_>>())
+        .bind(events().map(|e| e.destination).collect::<Vec<_>>())
+        .bind(events().map(|e| e.order_id.to_string()).collect::<Vec<_>>())
+        .bind(events().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
+        .bind(events().map(|e| e.payload.to_string()).collect::<Vec<_>>())
+        .bind(
+            events()
+                .map(|e| e.traceparent.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+}
+
+/// Reserves a batch: one statement for the first event of each order, the
+/// one-order statement for a lone event and for an order's later events in
+/// the batch (after the shared statement, so an order's events keep their
+/// order). Other failures than an outage fall back to one by one as well.
+async fn reserve_orders(
+    pool: PgPool,
+    batch: Vec<Reservation>,
+) -> Vec<Result<Option<Applied>, StoreError>> {
+    let mut answers: Vec<Option<Result<Option<Applied>, StoreError>>> =
+        batch.iter().map(|_| None).collect();
+    let mut seen = std::collections::HashSet::new();
+    let firsts: Vec<usize> = (0..batch.len())
+        .filter(|&i| seen.insert(batch[i].order_id))
+        .collect();
+    if firsts.len() > 1 {
+        let group: Vec<&Reservation> = firsts.iter().map(|&i| &batch[i]).collect();
+        match reserve_many(&pool, &group).await {
+            Ok(applied) => {
+                for (&i, answer) in firsts.iter().zip(applied) {
+                    answers[i] = Some(Ok(answer));
+                }
+            }
+            Err(e @ StoreError::Unavailable(_)) => {
+                return batch.iter().map(|_| Err(shared_outage(&e))).collect();
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, events = group.len(), "grouped reservation failed; reserving one by one");
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(batch.len());
+    for (reservation, answer) in batch.iter().zip(answers) {
+        out.push(match answer {
+            Some(answer) => answer,
+            None => reserve_one(&pool, reservation).await,
+        });
+    }
+    out
+}
+
+fn reserve_answer(ready: bool, fresh: bool) -> Option<Applied> {
+    match (ready, fresh) {
+        (true, true) => Some(Applied::Done {
+            status: OrderStatus::Reserved,
+            notification: None,
+        }),
+        (true, false) => Some(Applied::Duplicate),
+        (false, _) => None,
+    }
+}
+
+async fn reserve_one(pool: &PgPool, r: &Reservation) -> Result<Option<Applied>, StoreError> {
+    let (ready, fresh): (bool, bool) = sqlx::query_as(RESERVE_SQL)
+        .bind(r.order_id.0)
+        .bind(&r.inbox.consumer_group)
+        .bind(&r.inbox.event_id)
+        .bind(&r.inbox.event_type)
+        .bind(Utc::now())
+        .bind(OrderStatus::Reserved.as_str())
+        .bind(OrderStatus::Pending.as_str())
+        .bind(NOTE_RESERVED)
+        .fetch_one(pool)
+        .await?;
+    Ok(reserve_answer(ready, fresh))
+}
+
+async fn reserve_many(
+    pool: &PgPool,
+    group: &[&Reservation],
+) -> Result<Vec<Option<Applied>>, StoreError> {
+    let rows: Vec<(bool, bool)> = sqlx::query_as(RESERVE_MANY_SQL)
+        .bind(group.iter().map(|r| r.order_id.0).collect::<Vec<_>>())
+        .bind(
+            group
+                .iter()
+                .map(|r| r.inbox.consumer_group.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            group
+                .iter()
+                .map(|r| r.inbox.event_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            group
+                .iter()
+                .map(|r| r.inbox.event_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(Utc::now())
+        .bind(OrderStatus::Reserved.as_str())
+        .bind(OrderStatus::Pending.as_str())
+        .bind(NOTE_RESERVED)
+        .fetch_all(pool)
+        .await?;
+    if rows.len() != group.len() {
+        return Err(StoreError::Corrupt(format!(
+            "grouped reservation answered {} rows for {} events",
+            rows.len(),
+            group.len()
+        )));
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(ready, fresh)| reserve_answer(ready, fresh))
+        .collect())
+}
+
+/// No answer from a group-commit lane: the runtime is shutting down.
+fn lanes_gone() -> StoreError {
+    StoreError::Unavailable(sqlx::Error::PoolClosed)
+}
+
 impl PgStore {
     async fn write_order(
         &self,
@@ -253,42 +659,17 @@ impl PgStore {
         idempotency: Option<&IdempotencyKey>,
         now: DateTime<Utc>,
     ) -> Result<Written, StoreError> {
-        let lines: Vec<i32> = (0..order.items.len() as i32).collect();
-        let products: Vec<&str> = order
-            .items
-            .iter()
-            .map(|i| i.product_name.as_str())
-            .collect();
-        let quantities: Vec<i64> = order.items.iter().map(|i| i.quantity).collect();
-        let prices: Vec<Decimal> = order
-            .items
-            .iter()
-            .map(|i| money_to_db(i.unit_price))
-            .collect();
-        let create = sqlx::query(CREATE_ORDER_SQL)
-            .bind(id.0)
-            .bind(&order.customer_name)
-            .bind(&order.customer_email)
-            .bind(order.customer_id.as_deref())
-            .bind(money_to_db(order.total()))
-            .bind(OrderStatus::Pending.as_str())
-            .bind(now)
-            .bind(NOTE_CREATED)
-            .bind(idempotency.map(|k| k.key.as_str()))
-            .bind(idempotency.map(|k| k.request_hash.as_str()))
-            .bind(lines)
-            .bind(products)
-            .bind(quantities)
-            .bind(prices);
-        let created: bool = bind_event(create, event)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?;
-        Ok(if created {
-            Written::Created
-        } else {
-            Written::KeyTaken
-        })
+        let write = OrderWrite {
+            id,
+            order: order.clone(),
+            event: event.clone(),
+            idempotency: idempotency.cloned(),
+            now,
+        };
+        self.creates
+            .submit(write)
+            .await
+            .unwrap_or_else(|| Err(lanes_gone()))
     }
 
     async fn reserve_at_once(
@@ -296,25 +677,14 @@ impl PgStore {
         inbox: &InboxEntry,
         order_id: OrderId,
     ) -> Result<Option<Applied>, StoreError> {
-        let (ready, fresh): (bool, bool) = sqlx::query_as(RESERVE_SQL)
-            .bind(order_id.0)
-            .bind(&inbox.consumer_group)
-            .bind(&inbox.event_id)
-            .bind(&inbox.event_type)
-            .bind(Utc::now())
-            .bind(OrderStatus::Reserved.as_str())
-            .bind(OrderStatus::Pending.as_str())
-            .bind(NOTE_RESERVED)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(match (ready, fresh) {
-            (true, true) => Some(Applied::Done {
-                status: OrderStatus::Reserved,
-                notification: None,
-            }),
-            (true, false) => Some(Applied::Duplicate),
-            (false, _) => None,
-        })
+        let reservation = Reservation {
+            inbox: inbox.clone(),
+            order_id,
+        };
+        self.reservations
+            .submit(reservation)
+            .await
+            .unwrap_or_else(|| Err(lanes_gone()))
     }
 }
 

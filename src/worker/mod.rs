@@ -4,6 +4,7 @@
 pub mod balancer;
 mod engine;
 pub mod offsets;
+mod window;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

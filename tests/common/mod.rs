@@ -321,8 +321,13 @@ pub struct Process {
     raw: Arc<Mutex<Vec<String>>>,
 }
 
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_orderflow")
+/// The binary cargo built, or `ORDERFLOW_BINARY` (the benchmark's A/B runs
+/// against an earlier build).
+pub fn binary() -> String {
+    std::env::var("ORDERFLOW_BINARY")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_orderflow").into())
 }
 
 impl Process {
