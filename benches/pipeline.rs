@@ -689,13 +689,20 @@ async fn advance_loop(
         if candidates.is_empty() {
             continue;
         }
+        // By primary key only: with the status in the condition PostgreSQL
+        // walked the (status, id) index through every Reserved order, a
+        // tenth of a core at 500/s (BENCHMARKS.md).
         let ready: Vec<uuid::Uuid> =
-            sqlx::query("SELECT id FROM orders WHERE id = ANY($1) AND status = $2")
+            sqlx::query("SELECT id, status FROM orders WHERE id = ANY($1)")
                 .bind(&candidates)
-                .bind(from)
                 .fetch_all(&mut db)
                 .await
-                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                .map(|rows| {
+                    rows.iter()
+                        .filter(|r| r.get::<String, _>(1) == from)
+                        .map(|r| r.get(0))
+                        .collect()
+                })
                 .unwrap_or_default();
         if ready.is_empty() {
             continue;
@@ -714,6 +721,31 @@ async fn advance_loop(
             next.lock().expect("waiting").extend(ready);
         }
     }
+}
+
+/// create → Reserved over the phase: the slowest order of each tenth of a
+/// second, by creation time (`BENCH_SERIES=1`). A p99 that comes from one
+/// stall shows as a run of slow tenths, steady queueing as a slow rise.
+fn reserved_series(at: &HashMap<String, HashMap<String, f64>>, measured_from: f64) -> String {
+    let mut slowest: std::collections::BTreeMap<i64, f64> = Default::default();
+    for statuses in at.values() {
+        if let (Some(created), Some(reserved)) = (statuses.get("Pending"), statuses.get("Reserved"))
+        {
+            if *created >= measured_from {
+                let tenth = ((created - measured_from) / 100.0) as i64;
+                let worst = slowest.entry(tenth).or_default();
+                *worst = worst.max(reserved - created);
+            }
+        }
+    }
+    let tenths: Vec<String> = slowest
+        .iter()
+        .map(|(tenth, ms)| format!("{:.1}s:{ms:.0}", *tenth as f64 / 10.0))
+        .collect();
+    format!(
+        "slowest create → Reserved (ms) per 0.1 s: {}",
+        tenths.join(" ")
+    )
 }
 
 async fn fixed_rate(args: &Args) -> Latency {
@@ -853,6 +885,9 @@ async fn fixed_rate(args: &Args) -> Latency {
             })
             .collect()
     };
+    if std::env::var_os("BENCH_SERIES").is_some() {
+        eprintln!("{}", reserved_series(&at, measured_from));
+    }
     // Where an OrderCreated spent its time: committed → marked published
     // (the relay; the mark follows the broker's acknowledgement), and
     // marked → handled by the worker.

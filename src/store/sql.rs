@@ -8,7 +8,8 @@
 //! - `IdList`, `id_list`, `MARK_PUBLISHED_SQL`, `DELETE_PUBLISHED_SQL`,
 //!   `NOT_IN_ID_LIST`: how a list
 //!   of ids is bound and tested;
-//! - inherent `run_migrations`, `wait_outbox`, `relay_lease` methods, and
+//! - inherent `run_migrations`, `wait_outbox`, `relay_lease`, `relay_pool`
+//!   (the connections the relay reads and marks the outbox on) methods, and
 //!   `outbox_written`, called after a commit that wrote outbox rows;
 //! - inherent `write_order` (an order, its items, first timeline entry,
 //!   event and idempotency key, atomically) and `reserve_at_once` (the
@@ -575,7 +576,7 @@ macro_rules! impl_store {
                     .bind(first)
                     .bind(last)
                     .bind(id_list(skip))
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.relay_pool())
                     .await?
                     .iter()
                     .map(|r| {
@@ -599,7 +600,7 @@ macro_rules! impl_store {
                 }
                 sqlx::query(DELETE_PUBLISHED_SQL)
                     .bind(id_list(ids))
-                    .execute(&self.pool)
+                    .execute(self.relay_pool())
                     .await?;
                 Ok(())
             }
@@ -611,7 +612,7 @@ macro_rules! impl_store {
                 sqlx::query(MARK_PUBLISHED_SQL)
                     .bind(Utc::now())
                     .bind(id_list(ids))
-                    .execute(&self.pool)
+                    .execute(self.relay_pool())
                     .await?;
                 Ok(())
             }

@@ -60,6 +60,10 @@ impl SqliteStore {
         })
     }
 
+    fn relay_pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// Called after a commit that wrote outbox rows: the relay is in this
     /// process (one process per database file).
     fn outbox_written(&self) {
