@@ -10,11 +10,6 @@ use orderflow::dlq::{self as dead_letters, Selection};
 use orderflow::shutdown;
 use orderflow::telemetry::{self, LogFormat};
 
-/// glibc's allocator took a sixth of the API's CPU at full speed (malloc,
-/// free and their consolidation across Tokio's threads; BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit code for configuration errors, so scripts and probes can tell a bad
 /// deployment from a crash.
 const EXIT_CONFIG: u8 = 2;
