@@ -24,7 +24,7 @@ use super::proxy::TcpProxy;
 pub const PRODUCT: &str = "proof-widget";
 pub const STOCK: i64 = 1_000_000;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Api,
     Worker,
@@ -284,7 +284,17 @@ impl Driver {
         None
     }
 
+    /// Waits until the order has reached `status` or gone past it: after a
+    /// lost answer, the step the driver retried may already be followed
+    /// by the worker's (Paid by AwaitingShipment, Shipped by Fulfilled).
+    /// Waiting for the exact status then waited out the driver's patience
+    /// and reported the order lost.
     async fn wait_for(&self, id: &str, status: &str) -> bool {
+        let wanted = CHAIN.iter().position(|s| *s == status);
+        let reached = |current: &str| match (wanted, CHAIN.iter().position(|s| *s == current)) {
+            (Some(wanted), Some(current)) => current >= wanted,
+            _ => current == status,
+        };
         let deadline = Instant::now() + self.patience;
         while Instant::now() < deadline {
             if let Answer::Status(200, order) = self
@@ -296,7 +306,7 @@ impl Driver {
                 )
                 .await
             {
-                if order["status"] == status {
+                if order["status"].as_str().is_some_and(reached) {
                     return true;
                 }
             }
@@ -467,6 +477,46 @@ const EVENTS: [&str; 3] = ["OrderCreated", "OrderPaid", "OrderShipped"];
 
 /// Compares what the driver was promised with the database and topics.
 /// `poison_keys` are the message keys of poison messages sent.
+/// What a failed run needs to be understood: the database's sessions (a
+/// lock held by a session nobody drives would stop an order for good) and
+/// every line the processes logged about each order that did not finish.
+async fn explain_lost(harness: &Harness, db: &mut PgConnection, lost: &[&str]) {
+    let sessions = sqlx::query(
+        "SELECT pid, state, wait_event_type, wait_event, \
+         EXTRACT(EPOCH FROM now() - xact_start)::float8, left(query, 120) \
+         FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&mut *db)
+    .await
+    .unwrap_or_default();
+    for r in sessions {
+        println!(
+            "session {:?} {:?} waits {:?}/{:?}, transaction open {:?} s: {:?}",
+            r.get::<i32, _>(0),
+            r.get::<Option<String>, _>(1),
+            r.get::<Option<String>, _>(2),
+            r.get::<Option<String>, _>(3),
+            r.get::<Option<f64>, _>(4),
+            r.get::<Option<String>, _>(5)
+        );
+    }
+    for member in &harness.members {
+        let log = member.process.log_text();
+        for id in lost {
+            for line in log.lines().filter(|l| l.contains(id)).take(20) {
+                println!("{id} {:?}: {line}", member.role);
+            }
+        }
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        for line in &warnings[warnings.len().saturating_sub(15)..] {
+            println!("{:?} last warnings: {line}", member.role);
+        }
+    }
+}
+
 pub async fn check(harness: &Harness, lifecycles: &[Lifecycle], poison_keys: &[String]) -> Figures {
     let accepted: Vec<&str> = lifecycles.iter().filter_map(|l| l.id.as_deref()).collect();
     // Straight to PostgreSQL: the proxy may still be cut.
@@ -488,10 +538,15 @@ pub async fn check(harness: &Harness, lifecycles: &[Lifecycle], poison_keys: &[S
     if stuck > 0 {
         println!("{stuck} orders did not reach Fulfilled within the driver's patience");
     }
-    let lost = accepted
+    let lost_ids: Vec<&str> = accepted
         .iter()
-        .filter(|id| statuses.get(**id).is_none_or(|s| s != "Fulfilled"))
-        .count();
+        .copied()
+        .filter(|id| statuses.get(*id).is_none_or(|s| s != "Fulfilled"))
+        .collect();
+    if !lost_ids.is_empty() {
+        explain_lost(harness, &mut db, &lost_ids).await;
+    }
+    let lost = lost_ids.len();
     let fulfilled = accepted
         .iter()
         .filter(|id| statuses.get(**id).is_some_and(|s| s == "Fulfilled"))
