@@ -213,24 +213,6 @@ struct System {
     dir: tempfile::TempDir,
 }
 
-/// Each phase's database is dropped with it: left behind, the 100,000-row
-/// tables of earlier runs kept autovacuum and the checkpointer busy during
-/// later ones.
-impl Drop for System {
-    fn drop(&mut self) {
-        let Some((_, name)) = self.db.url.rsplit_once('/') else {
-            return;
-        };
-        let _ = Command::new("psql")
-            .arg(common::pg_admin_url())
-            .args([
-                "-qc",
-                &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-            ])
-            .status();
-    }
-}
-
 impl System {
     async fn new() -> Self {
         let db = TestDb::new(Backend::Postgres).await;

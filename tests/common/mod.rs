@@ -103,6 +103,29 @@ impl TestDb {
     }
 }
 
+/// A test's PostgreSQL database goes with it (left behind, they piled up
+/// by the dozen and kept autovacuum and the checkpointer busy in later
+/// runs), unless the test failed: then it stays for a look.
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::thread::panicking() || !self.url.starts_with("postgres") {
+            return;
+        }
+        let Some((_, name)) = self.url.rsplit_once('/') else {
+            return;
+        };
+        let _ = std::process::Command::new("psql")
+            .arg(pg_admin_url())
+            .args([
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 /// The environment that points orderflow at the test's broker and database.
 pub fn env_for(db: &TestDb, bootstrap: &str) -> Vec<(String, String)> {
     [
