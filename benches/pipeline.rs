@@ -1098,35 +1098,31 @@ async fn raw_producer(broker: &EmbeddedKafka, count: usize) -> f64 {
         .create()
         .expect("producer");
     let bar = bar(count as u64, "raw rdkafka producer (msgs)");
-    let keys: Vec<String> = (0..count).map(|i| format!("{:032x}", i)).collect();
-    let time = chrono::Utc::now().to_rfc3339();
+    // The rows the relay would have read, built before the clock starts.
+    let created_at = chrono::Utc::now();
+    let rows: Vec<orderflow::store::OutboxRecord> = (0..count)
+        .map(|i| orderflow::store::OutboxRecord {
+            id: i as i64,
+            event_id: uuid::Uuid::new_v4(),
+            destination: "orders".into(),
+            key: format!("{i:032x}"),
+            event_type: "OrderCreated".into(),
+            payload: PAYLOAD.into(),
+            traceparent: Some(TRACEPARENT.into()),
+            created_at,
+        })
+        .collect();
     let started = Instant::now();
     let mut pending = futures::stream::FuturesUnordered::new();
     use futures::StreamExt;
     // The limit is the client and the broker at full speed: as many in
-    // flight as librdkafka's queue takes (the relay has up to two batches
-    // of 4,000), with the headers the relay sends.
-    for (i, key) in keys.iter().enumerate() {
-        let id = uuid::Uuid::new_v4().to_string();
-        let mut headers = OwnedHeaders::new_with_capacity(7);
-        for (key, value) in [
-            ("ce_specversion", "1.0"),
-            ("ce_id", id.as_str()),
-            ("ce_type", "OrderCreated"),
-            ("ce_source", "/orderflow/orders"),
-            ("ce_time", time.as_str()),
-            ("content-type", "application/json"),
-            ("traceparent", TRACEPARENT),
-        ] {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
+    // flight as librdkafka's queue takes (the relay's batch grows to
+    // 4,000), with the headers the relay's sink builds.
+    for (i, row) in rows.iter().enumerate() {
         let mut record = FutureRecord::to(common::TOPIC)
-            .key(key)
-            .payload(PAYLOAD)
-            .headers(headers);
+            .key(&row.key)
+            .payload(&row.payload)
+            .headers(orderflow::sink::kafka::headers(row));
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {

@@ -122,7 +122,7 @@ impl Sink for KafkaSink {
 
 /// CloudEvents Kafka binary mode: metadata in `ce_*` headers, the payload as
 /// the value.
-fn headers(record: &OutboxRecord) -> OwnedHeaders {
+pub fn headers(record: &OutboxRecord) -> OwnedHeaders {
     let id = record.event_id.to_string();
     let time = record.created_at.to_rfc3339();
     let mut headers = OwnedHeaders::new_with_capacity(7);

@@ -59,6 +59,8 @@ macro_rules! both_backends {
 pub struct TestDb {
     pub url: String,
     _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL database this test made.
+    pg_name: Option<String>,
 }
 
 pub fn pg_admin_url() -> String {
@@ -75,6 +77,7 @@ impl TestDb {
                 Self {
                     url,
                     _dir: Some(dir),
+                    pg_name: None,
                 }
             }
             Backend::Postgres => {
@@ -97,6 +100,7 @@ impl TestDb {
                 Self {
                     url: format!("{base}/{name}"),
                     _dir: None,
+                    pg_name: Some(name),
                 }
             }
         }
@@ -108,12 +112,12 @@ impl TestDb {
 /// runs), unless the test failed: then it stays for a look.
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if std::thread::panicking() || !self.url.starts_with("postgres") {
-            return;
-        }
-        let Some((_, name)) = self.url.rsplit_once('/') else {
+        let Some(name) = self.pg_name.as_deref() else {
             return;
         };
+        if std::thread::panicking() {
+            return;
+        }
         let _ = std::process::Command::new("psql")
             .arg(pg_admin_url())
             .args([

@@ -475,8 +475,6 @@ const CHAIN: [&str; 6] = [
 ];
 const EVENTS: [&str; 3] = ["OrderCreated", "OrderPaid", "OrderShipped"];
 
-/// Compares what the driver was promised with the database and topics.
-/// `poison_keys` are the message keys of poison messages sent.
 /// What a failed run needs to be understood: the database's sessions (a
 /// lock held by a session nobody drives would stop an order for good) and
 /// every line the processes logged about each order that did not finish.
@@ -517,6 +515,8 @@ async fn explain_lost(harness: &Harness, db: &mut PgConnection, lost: &[&str]) {
     }
 }
 
+/// Compares what the driver was promised with the database and topics.
+/// `poison_keys` are the message keys of poison messages sent.
 pub async fn check(harness: &Harness, lifecycles: &[Lifecycle], poison_keys: &[String]) -> Figures {
     let accepted: Vec<&str> = lifecycles.iter().filter_map(|l| l.id.as_deref()).collect();
     // Straight to PostgreSQL: the proxy may still be cut.
