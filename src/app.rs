@@ -11,7 +11,7 @@ use crate::api::{self, ApiState, Readiness};
 use crate::config::Config;
 use crate::config::FulfilmentSink;
 use crate::domain::OrderLimits;
-use crate::kafka::{Brokers, EmbeddedKafka, KafkaSetupError, Topics};
+use crate::kafka::{Brokers, EmbeddedKafka, KafkaSetupError, TopicSpec, Topics};
 use crate::outbox::{self, Relay};
 use crate::shutdown::{self, Shutdown};
 use crate::sink::kafka::KafkaSink;
@@ -55,8 +55,35 @@ pub struct Application {
     http: (LimitedListener, axum::Router),
     relays: Vec<Relay>,
     worker: Option<Worker>,
+    /// The topics the relay publishes to, created at start.
+    published: PublishedTopics,
     // Kept alive for as long as the clients that connect to it.
     _embedded: Option<EmbeddedKafka>,
+}
+
+struct PublishedTopics {
+    brokers: Brokers,
+    topics: Vec<TopicSpec>,
+    timeout: std::time::Duration,
+}
+
+/// Why a role stopped on its own; the first reason wins.
+#[derive(Clone, Default)]
+struct Failure(Arc<std::sync::Mutex<Option<AppError>>>);
+
+impl Failure {
+    /// Records `error` and stops the role as SIGTERM would: in-flight work
+    /// finishes, offsets are committed, the producer flushes.
+    fn stop_with(&self, error: AppError, stop: &shutdown::ShutdownTrigger) {
+        tracing::error!(error = %error, "stopping: this role cannot work until an operator acts");
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(error);
+        stop.trigger();
+    }
+
+    fn take(&self) -> Option<AppError> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 /// Connects to the database and runs the migrations: start-up and
@@ -131,8 +158,13 @@ impl Application {
                 config,
                 &brokers,
                 store.clone(),
-                topics.auxiliary.clone(),
+                topics.consumed.clone(),
             )?),
+        };
+        let published = PublishedTopics {
+            brokers: brokers.clone(),
+            topics: topics.published.clone(),
+            timeout: config.kafka.message_timeout,
         };
         let mut relays = vec![Relay {
             store: store.clone(),
@@ -170,6 +202,7 @@ impl Application {
             http,
             relays,
             worker,
+            published,
             _embedded: embedded,
         })
     }
@@ -187,14 +220,51 @@ impl Application {
     /// Runs until `shutdown`: stops taking requests and messages, finishes
     /// in-flight ones, commits, then lets the relay publish what they
     /// emitted before it stops too.
-    pub async fn run(self, shutdown: Shutdown) -> Result<(), AppError> {
+    ///
+    /// A broker that refuses the role's topics (replication factor, ACLs,
+    /// authentication) stops it the same way, and the error is returned:
+    /// the process exits non-zero with the reason, as a .NET host whose
+    /// `CreateTopicIfNotExists` fails does.
+    pub async fn run(self, outer: Shutdown) -> Result<(), AppError> {
+        let (stop, shutdown) = shutdown::channel();
+        let failure = Failure::default();
+        {
+            let (stop, mut outer) = (stop.clone(), outer);
+            tokio::spawn(async move {
+                outer.wait().await;
+                stop.trigger();
+            });
+        }
+        {
+            let (stop, failure, mut waiting) = (stop.clone(), failure.clone(), shutdown.clone());
+            let PublishedTopics {
+                brokers,
+                topics,
+                timeout,
+            } = self.published;
+            tokio::spawn(async move {
+                if let Err(e) = brokers
+                    .ensure_topics_until_ready(&topics, timeout, &mut waiting)
+                    .await
+                {
+                    failure.stop_with(e.into(), &stop);
+                }
+            });
+        }
         let (relay_stop, relay_shutdown) = shutdown::channel();
         let relays: Vec<_> = self
             .relays
             .into_iter()
             .map(|r| tokio::spawn(r.run(relay_shutdown.clone())))
             .collect();
-        let worker = self.worker.map(|w| tokio::spawn(w.run(shutdown.clone())));
+        let worker = self.worker.map(|w| {
+            let (stop, failure, shutdown) = (stop.clone(), failure.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                if let Err(e) = w.run(shutdown).await {
+                    failure.stop_with(e.into(), &stop);
+                }
+            })
+        });
         let (listener, router) = self.http;
         let router = router
             .layer(axum::middleware::from_fn(crate::telemetry::trace_http))
@@ -209,14 +279,13 @@ impl Application {
             .await
             .map_err(AppError::Serve);
         if let Some(worker) = worker {
-            if let Ok(Err(e)) = worker.await {
-                tracing::error!(error = %e, "worker failed");
-            }
+            let _ = worker.await;
         }
         relay_stop.trigger();
         for relay in relays {
             let _ = relay.await;
         }
-        served
+        served?;
+        failure.take().map_or(Ok(()), Err)
     }
 }

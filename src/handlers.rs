@@ -153,14 +153,8 @@ pub fn decode(message: &OwnedMessage) -> Result<Decoded, String> {
     })
 }
 
-/// Exponential backoff with full jitter, capped.
 fn retry_delay(retry: &RetrySettings, attempt: u32) -> Duration {
-    let exp = retry
-        .initial_backoff
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(retry.max_backoff);
-    let jitter = (uuid::Uuid::new_v4().as_u128() % 1_000) as u32;
-    exp.mul_f64(0.5 + f64::from(jitter) / 2_000.0)
+    crate::backoff::delay(retry.initial_backoff, retry.max_backoff, attempt)
 }
 
 fn count(event_type: &str, outcome: &'static str) {

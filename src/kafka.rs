@@ -25,15 +25,18 @@ pub struct TopicSpec {
     pub compacted: bool,
 }
 
-/// Which topics a deployment uses, all sized like the orders topic.
+/// Which topics a deployment uses, all sized like the orders topic. Each
+/// role creates the ones it uses before it uses them, as KafkaFlow's
+/// `CreateTopicIfNotExists` does, so pods may start in any order on a
+/// cluster that does not auto-create topics.
 pub struct Topics {
     /// Where the Kafka relay publishes: orders, and fulfilment when it goes
-    /// to Kafka. Order events wait until these exist.
+    /// to Kafka. `serve-api` creates them at start.
     pub published: Vec<TopicSpec>,
-    /// What the worker role and the admin use: the dead-letter topic and the
-    /// compacted control topic. Created by the worker role, in the
-    /// background, so a broker refusing them never holds up order events.
-    pub auxiliary: Vec<TopicSpec>,
+    /// What the worker role reads and writes besides: the orders topic it
+    /// consumes, the dead-letter topic and the compacted control topic.
+    /// `run-worker` creates them before it joins the group.
+    pub consumed: Vec<TopicSpec>,
 }
 
 impl Topics {
@@ -49,7 +52,8 @@ impl Topics {
         if let Some(fulfilment) = config.fulfilment.kafka_topic() {
             published.push(spec(fulfilment));
         }
-        let auxiliary = vec![
+        let consumed = vec![
+            spec(&orders.name),
             spec(&config.worker.dead_letter_topic),
             // One partition: the pause switch is one key, read in order.
             TopicSpec {
@@ -61,16 +65,19 @@ impl Topics {
         ];
         Self {
             published,
-            auxiliary,
+            consumed,
         }
     }
 
+    /// Every topic, once (the embedded cluster creates them all at start).
     pub fn all(&self) -> Vec<TopicSpec> {
-        self.published
-            .iter()
-            .chain(&self.auxiliary)
-            .cloned()
-            .collect()
+        let mut all: Vec<TopicSpec> = self.published.clone();
+        for topic in &self.consumed {
+            if !all.iter().any(|t| t.name == topic.name) {
+                all.push(topic.clone());
+            }
+        }
+        all
     }
 }
 
@@ -82,6 +89,49 @@ pub enum KafkaSetupError {
     Client(#[from] KafkaError),
     #[error("creating topic {topic}: {message}")]
     Topic { topic: String, message: String },
+    /// The broker answered and said no: retrying cannot help until an
+    /// operator changes the configuration, the cluster or its ACLs.
+    #[error("Kafka refused topic {topic}: {reason}")]
+    Refused { topic: String, reason: String },
+}
+
+impl KafkaSetupError {
+    /// Whether the broker refused for good (as opposed to being unreachable
+    /// or busy).
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            Self::Refused { .. } => true,
+            Self::Client(e) => e
+                .rdkafka_error_code()
+                .is_some_and(|code| refusal_hint(code).is_some()),
+            _ => false,
+        }
+    }
+}
+
+/// The broker's answers that no retry changes, with what to do about them.
+fn refusal_hint(code: RDKafkaErrorCode) -> Option<&'static str> {
+    use RDKafkaErrorCode::*;
+    Some(match code {
+        InvalidReplicationFactor => {
+            "the replication factor exceeds the brokers available: lower \
+             KafkaConfiguration.Orders.ReplicationFactor or add brokers"
+        }
+        InvalidPartitions => "check KafkaConfiguration.Orders.Partitions",
+        TopicAuthorizationFailed | ClusterAuthorizationFailed => {
+            "the principal may not create or describe this topic: grant it \
+             CREATE and DESCRIBE, or create the topic beforehand"
+        }
+        PolicyViolation | InvalidConfig | InvalidReplicaAssignment => {
+            "the cluster's topic policy forbids it: create the topic beforehand"
+        }
+        InvalidTopic => "the name is not a valid topic name",
+        SaslAuthenticationFailed | Authentication => {
+            "authentication failed: check KafkaConfiguration.Security \
+             (Username, Password, SaslMechanism)"
+        }
+        _ => return None,
+    })
 }
 
 /// librdkafka's in-process mock cluster, a real Kafka-protocol listener on
@@ -293,53 +343,112 @@ impl Brokers {
             .create()?)
     }
 
-    /// Creates `topic` if the cluster does not have it; "already exists" is
-    /// success, so any number of roles may race here.
-    pub async fn ensure_topic(
+    /// Creates each of `topics` the cluster does not have; "already
+    /// exists" is success, so any number of roles may race here.
+    pub async fn ensure_topics(
         &self,
-        spec: &TopicSpec,
+        topics: &[TopicSpec],
         timeout: Duration,
     ) -> Result<(), KafkaSetupError> {
-        let (topic, partitions, replication) =
-            (spec.name.as_str(), spec.partitions, spec.replication);
         let admin: AdminClient<DefaultClientContext> =
             self.client_config("orderflow-admin").create()?;
         let admin = std::sync::Arc::new(admin);
         let probe = admin.clone();
-        let name = topic.to_string();
         // Metadata first: it avoids CreateTopics where it is not needed (the
         // mock cluster never answers that request).
-        let exists = tokio::task::spawn_blocking(move || {
+        let existing = tokio::task::spawn_blocking(move || {
             probe.inner().fetch_metadata(None, timeout).map(|m| {
                 m.topics()
                     .iter()
-                    .any(|t| t.name() == name && t.error().is_none())
+                    .filter(|t| t.error().is_none())
+                    .map(|t| t.name().to_string())
+                    .collect::<Vec<_>>()
             })
         })
         .await
         .map_err(|e| KafkaSetupError::Embedded(e.to_string()))??;
-        if exists {
+        let missing: Vec<&TopicSpec> = topics
+            .iter()
+            .filter(|t| !existing.contains(&t.name))
+            .collect();
+        if missing.is_empty() {
             return Ok(());
         }
-        let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
-        if spec.compacted {
-            new_topic = new_topic.set("cleanup.policy", "compact");
-        }
+        let new_topics: Vec<NewTopic> = missing
+            .iter()
+            .map(|spec| {
+                let topic = NewTopic::new(
+                    &spec.name,
+                    spec.partitions,
+                    TopicReplication::Fixed(spec.replication),
+                );
+                if spec.compacted {
+                    topic.set("cleanup.policy", "compact")
+                } else {
+                    topic
+                }
+            })
+            .collect();
         let options = AdminOptions::new().operation_timeout(Some(timeout));
-        let results = admin.create_topics([&new_topic], &options).await?;
+        let results = admin.create_topics(&new_topics, &options).await?;
         for result in results {
             match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => {
-                    return Err(KafkaSetupError::Topic {
-                        topic: name,
-                        message: code.to_string(),
+                Ok(topic) => {
+                    if let Some(spec) = missing.iter().find(|s| s.name == topic) {
+                        tracing::info!(
+                            topic,
+                            partitions = spec.partitions,
+                            replication = spec.replication,
+                            "topic created"
+                        );
+                    }
+                }
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(match refusal_hint(code) {
+                        Some(hint) => KafkaSetupError::Refused {
+                            topic,
+                            reason: format!("{code} ({hint})"),
+                        },
+                        None => KafkaSetupError::Topic {
+                            topic,
+                            message: code.to_string(),
+                        },
                     })
                 }
             }
         }
-        tracing::info!(topic, partitions, replication, "topic created");
         Ok(())
+    }
+
+    /// Creates `topics` if missing before a role uses them, retrying with
+    /// backoff while the cluster is unreachable or busy, until `shutdown`.
+    /// A refusal ends it: the caller stops the role, since nothing it does
+    /// can work until an operator acts.
+    pub async fn ensure_topics_until_ready(
+        &self,
+        topics: &[TopicSpec],
+        timeout: Duration,
+        shutdown: &mut crate::shutdown::Shutdown,
+    ) -> Result<(), KafkaSetupError> {
+        let mut backoff = crate::backoff::Backoff::new(
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+        );
+        loop {
+            match self.ensure_topics(topics, timeout).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_refusal() => return Err(e),
+                Err(e) => {
+                    let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
+                    tracing::warn!(error = %e, topics = ?names, "topics not ready; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = shutdown.wait() => return Ok(()),
+                    }
+                }
+            }
+        }
     }
 }
 

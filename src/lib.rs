@@ -5,6 +5,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod backoff;
 pub mod config;
 pub mod control;
 pub mod dlq;

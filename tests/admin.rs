@@ -69,7 +69,7 @@ fn count(overview: &Value, status: &str) -> i64 {
 /// fresh PostgreSQL database and the test's broker.
 struct Cluster {
     _db: TestDb,
-    broker: orderflow::kafka::EmbeddedKafka,
+    broker: common::TestBroker,
     _dir: tempfile::TempDir,
     api: Process,
     _workers: Vec<Process>,
@@ -80,7 +80,7 @@ struct Cluster {
 async fn start_cluster() -> Cluster {
     let db = TestDb::new(Backend::Postgres).await;
     let broker = start_broker();
-    let mut env = env_for(&db, broker.bootstrap_servers());
+    let mut env = env_for(&db, &broker);
     env.push(("Admin__Enabled".into(), "true".into()));
     env.push(("Worker__CommitIntervalMs".into(), "200".into()));
     let dir = tempfile::tempdir().expect("temp dir");

@@ -82,7 +82,7 @@ async fn one_trace_runs_from_the_api_request_to_the_worker_handler() {
     let (endpoint, spans) = start_receiver().await;
     let broker = common::start_broker();
     let db = TestDb::new(Backend::Postgres).await;
-    let mut env = common::env_for(&db, broker.bootstrap_servers());
+    let mut env = common::env_for(&db, &broker);
     env.extend(
         [
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),

@@ -139,7 +139,7 @@ async fn verify_full_connects_over_tls_and_refuses_an_unknown_ca() {
         .expect("database name")
         .to_string();
     let broker = common::start_broker();
-    let mut env = common::env_for(&db, broker.bootstrap_servers());
+    let mut env = common::env_for(&db, &broker);
     env.retain(|(k, _)| k != "Database__Url");
     let ca = pki.ca_cert.display().to_string();
     env.extend(

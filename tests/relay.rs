@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     config_from_env, env_for, order_body, read_topic, start_broker, Backend, Process, Received,
-    TestApp, TestDb, TOPIC,
+    TestApp, TestBroker, TestDb, TOPIC,
 };
 use futures::stream::{self, StreamExt};
 use orderflow::domain::{OrderId, OrderStatus};
@@ -55,12 +55,14 @@ async fn move_to(store: &SharedStore, id: OrderId, to: OrderStatus) {
         .unwrap_or_else(|e| panic!("{id} → {to}: {e}"));
 }
 
+/// On the 3-node Apache Kafka cluster, replication factor 3: the relay
+/// produces with acks=all and idempotence, to a topic `serve-api` created.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_api_processes_relay_every_event_exactly_once_in_order() {
-    let started = Instant::now();
     let db = TestDb::new(Backend::Postgres).await;
-    let broker = start_broker();
-    let mut env = env_for(&db, broker.bootstrap_servers());
+    let broker = TestBroker::apache();
+    let started = Instant::now();
+    let mut env = env_for(&db, &broker);
     // Published rows stay (marked), so the outbox is the ledger of every
     // committed event to compare the topic with.
     env.push(("Outbox__RetentionSeconds".into(), "3600".into()));
@@ -126,8 +128,9 @@ async fn three_api_processes_relay_every_event_exactly_once_in_order() {
 
     let expected = ORDERS * EVENTS_PER_ORDER.len();
     let bootstrap = broker.bootstrap_servers().to_string();
+    let topic = broker.names.orders.clone();
     let events = tokio::task::spawn_blocking(move || {
-        read_topic(&bootstrap, TOPIC, expected, Duration::from_secs(120))
+        read_topic(&bootstrap, &topic, expected, Duration::from_secs(120))
     })
     .await
     .expect("reader");
@@ -195,7 +198,7 @@ async fn outage(backend: Backend) {
     };
     assert_eq!(before.len(), 10);
 
-    broker.broker_down().expect("broker down");
+    broker.mock_cluster().broker_down().expect("broker down");
     for i in 10..50 {
         create(i).await;
     }
@@ -209,7 +212,7 @@ async fn outage(backend: Backend) {
     // fail and the relay backs off, rather than librdkafka hiding the outage.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(app.store.outbox_backlog().await.expect("backlog").rows > 0);
-    broker.broker_up().expect("broker up");
+    broker.mock_cluster().broker_up().expect("broker up");
 
     let drained = common::eventually(Duration::from_secs(60), || async {
         (app.store.outbox_backlog().await.ok()?.rows == 0).then_some(())
@@ -258,7 +261,7 @@ both_backends!(kafka_outage_delays_but_loses_nothing, outage);
 /// held that row back and let the later event overtake it.
 async fn read_ahead_skips_exactly_the_rows_in_flight(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let config = config_from_env(env_for(&db, "127.0.0.1:9"));
+    let config = config_from_env(env_for(&db, &TestBroker::unreachable()));
     let store = orderflow::store::connect(&config.database)
         .await
         .expect("store");

@@ -36,7 +36,7 @@ fn assert_clean(what: &str, text: &str) {
 async fn a_full_run_logs_no_secret() {
     let db = TestDb::new(Backend::Postgres).await;
     let broker = common::start_broker();
-    let mut env = common::env_for(&db, broker.bootstrap_servers());
+    let mut env = common::env_for(&db, &broker);
     let url = db.url.replacen(
         "postgres://postgres@",
         &format!("postgres://postgres:{DB_PASSWORD}@"),

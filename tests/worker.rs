@@ -1,6 +1,7 @@
-//! The worker role as separate processes on PostgreSQL: reservations that
-//! never oversell, poison messages dead-lettered and replayed, and a worker
-//! killed mid-run without losing or double-applying anything.
+//! The worker role as separate processes on PostgreSQL and the 3-node
+//! Apache Kafka cluster: reservations that never oversell, poison messages
+//! dead-lettered and replayed, and a worker killed mid-run without losing or
+//! double-applying anything.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    config_from_env, env_for, order_body, start_broker, Backend, Process, TestDb, FULFILMENT_TOPIC,
+    config_from_env, env_for, order_body, Backend, Process, TestBroker, TestDb,
 };
 use futures::stream::{self, StreamExt};
 use orderflow::domain::{OrderId, OrderStatus};
@@ -103,8 +104,8 @@ async fn statuses(pool: &PgPool) -> Vec<(String, i64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reservations_never_oversell() {
     let db = TestDb::new(Backend::Postgres).await;
-    let broker = start_broker();
-    let mut env = env_for(&db, broker.bootstrap_servers());
+    let broker = TestBroker::apache();
+    let mut env = env_for(&db, &broker);
     // Reservations do not depend on each other's order: the free strategy
     // (next free worker, several workers per partition) must hold too.
     env.push(("Worker__DistributionStrategy".into(), "free".into()));
@@ -152,8 +153,9 @@ async fn concurrent_reservations_never_oversell() {
     assert_eq!((on_hand, reserved), (0, 50));
     // Each rejection is announced to the fulfilment sink.
     let bootstrap = broker.bootstrap_servers().to_string();
+    let topic = broker.names.fulfilment.clone();
     let rejected = tokio::task::spawn_blocking(move || {
-        common::read_topic(&bootstrap, FULFILMENT_TOPIC, 150, Duration::from_secs(30))
+        common::read_topic(&bootstrap, &topic, 150, Duration::from_secs(30))
     })
     .await
     .expect("reader");
@@ -163,13 +165,13 @@ async fn concurrent_reservations_never_oversell() {
         .all(|e| e.headers.get("ce_type").map(String::as_str) == Some("OrderRejected")));
 }
 
-fn kcat_produce(bootstrap: &str, key: &str, headers: &[(&str, &str)], payload: &str) {
+fn kcat_produce(broker: &TestBroker, key: &str, headers: &[(&str, &str)], payload: &str) {
     let mut args = vec![
         "-b".to_string(),
-        bootstrap.to_string(),
+        broker.bootstrap_servers().to_string(),
         "-P".into(),
         "-t".into(),
-        "orders".into(),
+        broker.names.orders.clone(),
         "-k".into(),
         key.to_string(),
     ];
@@ -193,9 +195,8 @@ fn kcat_produce(bootstrap: &str, key: &str, headers: &[(&str, &str)], payload: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_are_dead_lettered_and_a_fixed_one_replays() {
     let db = TestDb::new(Backend::Postgres).await;
-    let broker = start_broker();
-    let bootstrap = broker.bootstrap_servers().to_string();
-    let env = env_for(&db, &bootstrap);
+    let broker = TestBroker::apache();
+    let env = env_for(&db, &broker);
     let cluster = Cluster::start(env.clone(), 1);
     let x = cluster.create(&order_body("Xavier", "pen", 1)).await;
     let z = cluster.create(&order_body("Zoe", "pen", 1)).await;
@@ -208,7 +209,7 @@ async fn poison_messages_are_dead_lettered_and_a_fixed_one_replays() {
 
     // Undecodable, on X's partition.
     kcat_produce(
-        &bootstrap,
+        &broker,
         &x.to_string(),
         &[("ce_type", "OrderPaid"), ("ce_id", "poison-json")],
         "{this is not json",
@@ -216,7 +217,7 @@ async fn poison_messages_are_dead_lettered_and_a_fixed_one_replays() {
     // A payment event for Z, which has not been paid: a forbidden
     // transition (Reserved cannot become AwaitingShipment).
     kcat_produce(
-        &bootstrap,
+        &broker,
         &z.to_string(),
         &[("ce_type", "OrderPaid"), ("ce_id", "pay-z")],
         &format!(r#"{{"orderId":"{z}","paymentId":"kcat-pay"}}"#),
@@ -270,7 +271,7 @@ async fn poison_messages_are_dead_lettered_and_a_fixed_one_replays() {
     );
     for letter in [&json_poison, &forbidden] {
         assert_eq!(letter["attempts"], "1");
-        assert_eq!(letter["originalTopic"], "orders");
+        assert_eq!(letter["originalTopic"], broker.names.orders.as_str());
         assert!(letter["originalPartition"].as_str().is_some());
         assert!(letter["originalOffset"].as_str().is_some());
         assert!(letter["failedAt"].as_str().is_some());
@@ -320,10 +321,10 @@ const LIFECYCLE_ORDERS: usize = 2_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_midway_loses_nothing_and_applies_nothing_twice() {
-    let started = Instant::now();
     let db = TestDb::new(Backend::Postgres).await;
-    let broker = start_broker();
-    let mut env = env_for(&db, broker.bootstrap_servers());
+    let broker = TestBroker::apache();
+    let started = Instant::now();
+    let mut env = env_for(&db, &broker);
     env.push(("Worker__CommitIntervalMs".into(), "500".into()));
     let cluster = Cluster::start(env, 2);
     let pool = PgPool::connect(&db.url).await.expect("pool");

@@ -33,13 +33,12 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
+    /// The role created them at start; this covers a topic deleted since.
     async fn ensure_topics(&mut self) -> Result<(), String> {
-        for topic in &self.topics {
-            self.brokers
-                .ensure_topic(topic, self.timeout)
-                .await
-                .map_err(|e| format!("topic {} not ready: {e}", topic.name))?;
-        }
+        self.brokers
+            .ensure_topics(&self.topics, self.timeout)
+            .await
+            .map_err(|e| format!("topics not ready: {e}"))?;
         self.topics_ready = true;
         Ok(())
     }

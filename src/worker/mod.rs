@@ -20,7 +20,8 @@ use crate::store::SharedStore;
 pub struct Worker {
     brokers: Brokers,
     control_topic: String,
-    /// The dead-letter and control topics, created in the background.
+    /// The orders, dead-letter and control topics, created before the
+    /// consumer joins the group.
     topics: Vec<TopicSpec>,
     kafka_timeout: std::time::Duration,
     settings: engine::EngineSettings,
@@ -67,14 +68,18 @@ impl Worker {
     }
 
     /// Consumes until `shutdown`, then drains, commits and leaves the group.
+    /// Its topics are created first: subscribed to a topic that does not
+    /// exist yet, a consumer would notice it only at a later metadata
+    /// refresh, and the first orders would wait that long.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), KafkaSetupError> {
         let handlers = self.handlers.clone();
-        tokio::spawn(ensure_topics(
-            self.brokers.clone(),
-            self.topics,
-            self.kafka_timeout,
-            shutdown.clone(),
-        ));
+        let mut waiting = shutdown.clone();
+        self.brokers
+            .ensure_topics_until_ready(&self.topics, self.kafka_timeout, &mut waiting)
+            .await?;
+        if shutdown.is_triggered() {
+            return Ok(());
+        }
         let control = crate::control::follow(
             &self.brokers,
             &self.control_topic,
@@ -98,31 +103,5 @@ impl Worker {
             "worker stopped"
         );
         Ok(())
-    }
-}
-
-/// Creates the worker's auxiliary topics, retrying with backoff until they
-/// exist or the role stops; dead letters wait for their topic meanwhile.
-async fn ensure_topics(
-    brokers: Brokers,
-    topics: Vec<TopicSpec>,
-    timeout: std::time::Duration,
-    mut shutdown: Shutdown,
-) {
-    let mut delay = std::time::Duration::from_secs(1);
-    for topic in &topics {
-        while !shutdown.is_triggered() {
-            match brokers.ensure_topic(topic, timeout).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, topic = %topic.name, "topic not ready; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.wait() => {}
-                    }
-                    delay = (delay * 2).min(std::time::Duration::from_secs(60));
-                }
-            }
-        }
     }
 }

@@ -1,9 +1,12 @@
 //! Test helpers: real databases (a fresh SQLite file or PostgreSQL database
-//! per test), an embedded Kafka-protocol broker hosted by the test, the
-//! application started in-process on port 0, and the real binary spawned as
-//! separate processes.
+//! per test), brokers (librdkafka's mock cluster hosted by the test, or a
+//! 3-node Apache Kafka cluster), the application started in-process on
+//! port 0, and the real binary spawned as separate processes.
 #![allow(dead_code)]
 
+pub mod children;
+pub mod kafka_cluster;
+pub mod proxy;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -16,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use orderflow::app::{Application, Role};
 use orderflow::config::{Config, ConfigSource};
+use kafka_cluster::KafkaCluster;
 use orderflow::kafka::EmbeddedKafka;
 use orderflow::shutdown::{self, ShutdownTrigger};
 use orderflow::store::SharedStore;
@@ -130,15 +134,25 @@ impl Drop for TestDb {
     }
 }
 
-/// The environment that points orderflow at the test's broker and database.
-pub fn env_for(db: &TestDb, bootstrap: &str) -> Vec<(String, String)> {
+/// The environment that points orderflow at the test's broker, its topics
+/// and group, and its database.
+pub fn env_for(db: &TestDb, broker: &TestBroker) -> Vec<(String, String)> {
+    let names = &broker.names;
     [
         ("Database__Url", db.url.as_str()),
-        ("KafkaConfiguration__ServerUrl", bootstrap),
-        ("KafkaConfiguration__Orders__TopicName", TOPIC),
+        ("KafkaConfiguration__ServerUrl", broker.bootstrap_servers()),
+        ("KafkaConfiguration__Orders__TopicName", &names.orders),
+        ("KafkaConfiguration__Orders__ConsumerGroup", &names.group),
+        ("Fulfilment__Topic", &names.fulfilment),
+        ("Worker__DeadLetterTopic", &names.dead_letters),
+        ("Admin__ControlTopic", &names.control),
         (
             "KafkaConfiguration__Orders__Partitions",
             &PARTITIONS.to_string(),
+        ),
+        (
+            "KafkaConfiguration__Orders__ReplicationFactor",
+            &broker.replication().to_string(),
         ),
         ("KafkaConfiguration__MessageTimeoutMs", "3000"),
         ("Api__Listen", "127.0.0.1:0"),
@@ -162,22 +176,171 @@ pub fn config_from_env(env: Vec<(String, String)>) -> Config {
     Config::load_with_env(&source, env).expect("test configuration is valid")
 }
 
-/// A broker hosted by the test, with the topics orderflow uses created
-/// (the mock cluster does not answer CreateTopics).
-pub fn start_broker() -> EmbeddedKafka {
+/// The names one test's pipeline uses on its broker.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub orders: String,
+    pub fulfilment: String,
+    pub dead_letters: String,
+    pub control: String,
+    pub group: String,
+}
+
+impl Names {
+    /// The defaults, on a broker of the test's own.
+    fn standard() -> Self {
+        Self {
+            orders: TOPIC.into(),
+            fulfilment: FULFILMENT_TOPIC.into(),
+            dead_letters: DLQ_TOPIC.into(),
+            control: CONTROL_TOPIC.into(),
+            group: "order-processing".into(),
+        }
+    }
+
+    /// Names no other test on a shared cluster uses.
+    fn unique() -> Self {
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..12];
+        Self {
+            orders: format!("orders-{id}"),
+            fulfilment: format!("order-fulfilments-{id}"),
+            dead_letters: format!("orders-{id}.dlq"),
+            control: format!("orderflow.control-{id}"),
+            group: format!("order-processing-{id}"),
+        }
+    }
+}
+
+pub enum BrokerKind {
+    /// Nothing listens: for tests that never reach Kafka.
+    Unreachable,
+    /// librdkafka's mock cluster, hosted by this test.
+    Mock(EmbeddedKafka),
+    /// Apache Kafka: the process's shared cluster or one of the test's own.
+    Apache(Arc<KafkaCluster>),
+}
+
+/// The broker a test runs its pipeline against, and the names it uses there.
+pub struct TestBroker {
+    pub kind: BrokerKind,
+    pub names: Names,
+    bootstrap: String,
+}
+
+impl TestBroker {
+    /// A mock cluster with the topics orderflow uses created (it does not
+    /// answer CreateTopics).
+    pub fn mock() -> Self {
+        start_broker()
+    }
+
+    /// The 3-node Apache Kafka cluster this test process shares, with names
+    /// of this test's own; orderflow creates its topics there itself.
+    pub fn apache() -> Self {
+        Self::on(tokio_aware(KafkaCluster::shared))
+    }
+
+    /// A test's own Apache Kafka cluster (for tests that stop or cut nodes).
+    pub fn apache_own(options: kafka_cluster::ClusterOptions) -> Self {
+        let cluster = tokio_aware(|| KafkaCluster::start(options));
+        Self::on(Arc::new(cluster))
+    }
+
+    /// An address where nothing listens (the discard port).
+    pub fn unreachable() -> Self {
+        Self {
+            bootstrap: "127.0.0.1:9".into(),
+            kind: BrokerKind::Unreachable,
+            names: Names::standard(),
+        }
+    }
+
+    fn on(cluster: Arc<KafkaCluster>) -> Self {
+        Self {
+            bootstrap: cluster.bootstrap_servers(),
+            kind: BrokerKind::Apache(cluster),
+            names: Names::unique(),
+        }
+    }
+
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    pub fn replication(&self) -> i32 {
+        match &self.kind {
+            BrokerKind::Apache(_) => 3,
+            _ => 1,
+        }
+    }
+
+    pub fn mock_cluster(&self) -> &EmbeddedKafka {
+        match &self.kind {
+            BrokerKind::Mock(m) => m,
+            _ => panic!("this test needs the mock cluster"),
+        }
+    }
+
+    pub fn cluster(&self) -> &KafkaCluster {
+        match &self.kind {
+            BrokerKind::Apache(c) => c,
+            _ => panic!("this test needs Apache Kafka"),
+        }
+    }
+
+    /// Every broker unreachable (the mock cluster's broker down, or every
+    /// Apache Kafka node killed) until [`Self::outage_end`].
+    pub fn outage_start(&self) {
+        match &self.kind {
+            BrokerKind::Mock(m) => m.broker_down().expect("broker down"),
+            BrokerKind::Apache(c) => tokio_aware(|| {
+                for id in c.node_ids() {
+                    c.kill(id);
+                }
+            }),
+            BrokerKind::Unreachable => {}
+        }
+    }
+
+    pub fn outage_end(&self) {
+        match &self.kind {
+            BrokerKind::Mock(m) => m.broker_up().expect("broker up"),
+            BrokerKind::Apache(c) => tokio_aware(|| c.restart_nodes(&c.node_ids())),
+            BrokerKind::Unreachable => {}
+        }
+    }
+
+    pub fn is_apache(&self) -> bool {
+        matches!(self.kind, BrokerKind::Apache(_))
+    }
+}
+
+/// Runs blocking start-up work off the async worker when called from a
+/// multi-threaded tokio test.
+fn tokio_aware<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// A mock cluster hosted by the test, with the topics orderflow uses.
+pub fn start_broker() -> TestBroker {
     start_broker_with(&[TOPIC, FULFILMENT_TOPIC, DLQ_TOPIC, CONTROL_TOPIC])
 }
 
-/// A broker hosted by the test with only `topics` (the control topic with
-/// one partition, the others with `PARTITIONS`).
-pub fn start_broker_with(topics: &[&str]) -> EmbeddedKafka {
+/// A mock cluster hosted by the test with only `topics` (the control topic
+/// with one partition, the others with `PARTITIONS`).
+pub fn start_broker_with(topics: &[&str]) -> TestBroker {
     start_broker_partitioned(topics, PARTITIONS)
 }
 
 /// As `start_broker_with`, with `partitions` per topic. The mock cluster
 /// keeps at most 5 MiB per partition (older messages are deleted), so a
 /// large backlog needs enough partitions to stay whole.
-pub fn start_broker_partitioned(topics: &[&str], partitions: i32) -> EmbeddedKafka {
+pub fn start_broker_partitioned(topics: &[&str], partitions: i32) -> TestBroker {
     let broker = EmbeddedKafka::start().expect("mock cluster");
     for topic in topics {
         let partitions = if *topic == CONTROL_TOPIC {
@@ -189,7 +352,11 @@ pub fn start_broker_partitioned(topics: &[&str], partitions: i32) -> EmbeddedKaf
             .create_topic(topic, partitions)
             .expect("create topic");
     }
-    broker
+    TestBroker {
+        bootstrap: broker.bootstrap_servers().to_string(),
+        kind: BrokerKind::Mock(broker),
+        names: Names::standard(),
+    }
 }
 
 /// The API role running in this test process.
@@ -202,12 +369,12 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    pub async fn spawn(db: &TestDb, broker: &EmbeddedKafka) -> Self {
+    pub async fn spawn(db: &TestDb, broker: &TestBroker) -> Self {
         Self::spawn_with(db, broker, &[]).await
     }
 
-    pub async fn spawn_with(db: &TestDb, broker: &EmbeddedKafka, extra: &[(&str, &str)]) -> Self {
-        let mut env = env_for(db, broker.bootstrap_servers());
+    pub async fn spawn_with(db: &TestDb, broker: &TestBroker, extra: &[(&str, &str)]) -> Self {
+        let mut env = env_for(db, broker);
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let config = config_from_env(env);
         let app = Application::build(&config, Role::Api)
@@ -359,7 +526,8 @@ pub fn binary() -> String {
 
 impl Process {
     pub fn spawn(args: &[&str], env: &[(String, String)], dir: &Path) -> Self {
-        let mut child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args(["--log-format", "json"])
             .args(args)
             // The test's own RUST_LOG, if it sets one, wins.
@@ -367,9 +535,10 @@ impl Process {
             .envs(env.iter().cloned())
             .current_dir(dir)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn orderflow");
+            .stderr(Stdio::piped());
+        // Bound to the test process: a killed test binary leaves none behind.
+        let mut child =
+            children::spawn_bound_to_process(command).expect("spawn orderflow");
         let stderr = child.stderr.take().expect("stderr piped");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let raw = Arc::new(Mutex::new(Vec::new()));

@@ -1,5 +1,6 @@
-//! The proof harness: a Kafka-protocol broker hosted by the test (the
-//! rdkafka mock cluster, reached over TCP), a fresh PostgreSQL database
+//! The proof harness: a broker (librdkafka's mock cluster hosted by the
+//! test, or the 3-node Apache Kafka cluster, both reached over TCP), a
+//! fresh PostgreSQL database
 //! behind a TCP proxy that can cut it off, `serve-api` and `run-worker`
 //! processes of the built binary, a load driver that takes orders through
 //! their whole life over the public API, and a checker that compares what
@@ -12,12 +13,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
-use orderflow::kafka::EmbeddedKafka;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, Row};
 
-use super::common::{self, Backend, Process, TestDb};
-use super::proxy::TcpProxy;
+use super::common::proxy::TcpProxy;
+use super::common::{self, Backend, Process, TestBroker, TestDb};
 
 /// A tracked product with stock for every order: the reservation is the
 /// effect whose duplication would show in the numbers.
@@ -38,9 +38,10 @@ pub struct Member {
 }
 
 pub struct Harness {
-    pub name: &'static str,
+    /// `<broker>/<scenario>`, e.g. `apache/9-leader-sigkill`.
+    pub name: String,
     pub db: TestDb,
-    pub broker: EmbeddedKafka,
+    pub broker: TestBroker,
     pub pg_proxy: TcpProxy,
     env: Vec<(String, String)>,
     dir: tempfile::TempDir,
@@ -73,14 +74,17 @@ fn upstream_of(url: &str) -> SocketAddr {
 }
 
 impl Harness {
-    pub async fn start(name: &'static str, apis: usize, workers: usize) -> Self {
+    pub async fn start(name: &str, broker: TestBroker, apis: usize, workers: usize) -> Self {
         let db = TestDb::new(Backend::Postgres).await;
-        let broker = common::start_broker();
-        let pg_proxy = TcpProxy::start(upstream_of(&db.url)).await;
+        let name = format!(
+            "{}/{name}",
+            if broker.is_apache() { "apache" } else { "mock" }
+        );
+        let pg_proxy = TcpProxy::start(upstream_of(&db.url));
         let proxied = db
             .url
             .replacen(host_of(&db.url), &pg_proxy.addr.to_string(), 1);
-        let mut env = common::env_for(&db, broker.bootstrap_servers());
+        let mut env = common::env_for(&db, &broker);
         env.retain(|(k, _)| k != "Database__Url");
         env.extend(
             [
@@ -208,7 +212,7 @@ pub struct Driver {
     http: reqwest::Client,
     bases: Arc<RwLock<Vec<String>>>,
     next: AtomicUsize,
-    scenario: &'static str,
+    scenario: String,
     /// How long one step may wait for the pipeline (faults included).
     patience: Duration,
 }
@@ -227,7 +231,7 @@ impl Driver {
                 .expect("client"),
             bases: harness.bases.clone(),
             next: AtomicUsize::new(0),
-            scenario: harness.name,
+            scenario: harness.name.replace('/', "-"),
             patience,
         })
     }
@@ -449,7 +453,8 @@ impl Figures {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/proof");
         let _ = std::fs::create_dir_all(&dir);
         if let Ok(json) = serde_json::to_string_pretty(self) {
-            let _ = std::fs::write(dir.join(format!("{}.json", self.scenario)), json);
+            let file = format!("{}.json", self.scenario.replace('/', "-"));
+            let _ = std::fs::write(dir.join(file), json);
         }
         assert!(self.accepted > 0, "{}", self.summary());
         assert_eq!(self.lost, 0, "{}", self.summary());
@@ -614,9 +619,10 @@ pub async fn check(harness: &Harness, lifecycles: &[Lifecycle], poison_keys: &[S
     // The orders topic: per order, its events on one partition in order
     // (by distinct event id: a duplicate delivery is the same event).
     let bootstrap = harness.broker.bootstrap_servers();
+    let names = &harness.broker.names;
     let events = common::read_topic(
         bootstrap,
-        common::TOPIC,
+        &names.orders,
         accepted.len() * 3,
         Duration::from_secs(60),
     );
@@ -647,7 +653,7 @@ pub async fn check(harness: &Harness, lifecycles: &[Lifecycle], poison_keys: &[S
     // The fulfilment topic: one OrderFulfilled per order.
     let fulfilments = common::read_topic(
         bootstrap,
-        common::FULFILMENT_TOPIC,
+        &names.fulfilment,
         accepted.len(),
         Duration::from_secs(60),
     );
@@ -662,7 +668,7 @@ pub async fn check(harness: &Harness, lifecycles: &[Lifecycle], poison_keys: &[S
 
     if lost > 0 {
         // What happened to them: dead-lettered (and why), or never handled.
-        let letters = common::read_topic(bootstrap, common::DLQ_TOPIC, 0, Duration::from_secs(10));
+        let letters = common::read_topic(bootstrap, &names.dead_letters, 0, Duration::from_secs(10));
         for id in accepted
             .iter()
             .filter(|id| statuses.get(**id).is_none_or(|s| s != "Fulfilled"))
@@ -683,7 +689,7 @@ pub async fn check(harness: &Harness, lifecycles: &[Lifecycle], poison_keys: &[S
     } else {
         let letters = common::read_topic(
             bootstrap,
-            common::DLQ_TOPIC,
+            &names.dead_letters,
             poison_keys.len(),
             Duration::from_secs(60),
         );
@@ -695,7 +701,7 @@ pub async fn check(harness: &Harness, lifecycles: &[Lifecycle], poison_keys: &[S
     };
 
     Figures {
-        scenario: harness.name.to_string(),
+        scenario: harness.name.clone(),
         accepted: accepted.len(),
         fulfilled,
         lost,

@@ -18,9 +18,14 @@ pub struct TcpProxy {
 }
 
 impl TcpProxy {
-    pub async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    /// Listens on a free port of 127.0.0.1; forwards on the tokio runtime
+    /// this is called from.
+    pub fn start(upstream: SocketAddr) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
+        listener.set_nonblocking(true).expect("non-blocking listener");
+        let runtime = tokio::runtime::Handle::try_current()
+            .expect("a TCP proxy runs on the tokio runtime of the test that starts it");
         let open = Arc::new(AtomicBool::new(true));
         let (generation, _) = watch::channel(0u64);
         let proxy = Self {
@@ -29,7 +34,8 @@ impl TcpProxy {
             generation: generation.clone(),
             cuts: Arc::new(AtomicU64::new(0)),
         };
-        tokio::spawn(async move {
+        runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener).expect("tokio listener");
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
                     continue;
