@@ -6,11 +6,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{BaseProducer, FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::{Config, KafkaSecurity, KafkaServers, KafkaSettings, PropertyValue};
@@ -93,6 +92,11 @@ pub enum KafkaSetupError {
     /// operator changes the configuration, the cluster or its ACLs.
     #[error("Kafka refused topic {topic}: {reason}")]
     Refused { topic: String, reason: String },
+    #[error(
+        "Kafka refused the login: {0} (check KafkaConfiguration.Security: \
+         Username, Password, SaslMechanism)"
+    )]
+    AuthenticationFailed(String),
 }
 
 impl KafkaSetupError {
@@ -100,7 +104,7 @@ impl KafkaSetupError {
     /// or busy).
     pub fn is_refusal(&self) -> bool {
         match self {
-            Self::Refused { .. } => true,
+            Self::Refused { .. } | Self::AuthenticationFailed(_) => true,
             Self::Client(e) => e
                 .rdkafka_error_code()
                 .is_some_and(|code| refusal_hint(code).is_some()),
@@ -126,10 +130,6 @@ fn refusal_hint(code: RDKafkaErrorCode) -> Option<&'static str> {
             "the cluster's topic policy forbids it: create the topic beforehand"
         }
         InvalidTopic => "the name is not a valid topic name",
-        SaslAuthenticationFailed | Authentication => {
-            "authentication failed: check KafkaConfiguration.Security \
-             (Username, Password, SaslMechanism)"
-        }
         _ => return None,
     })
 }
@@ -350,23 +350,32 @@ impl Brokers {
         topics: &[TopicSpec],
         timeout: Duration,
     ) -> Result<(), KafkaSetupError> {
-        let admin: AdminClient<DefaultClientContext> =
-            self.client_config("orderflow-admin").create()?;
-        let admin = std::sync::Arc::new(admin);
-        let probe = admin.clone();
         // Metadata first: it avoids CreateTopics where it is not needed (the
-        // mock cluster never answers that request).
+        // mock cluster never answers that request). A producer asks, since
+        // its poll serves the error callback where a refused login shows:
+        // the request itself fails only as a transport failure.
+        let probe: BaseProducer<LoginWatch> = self
+            .client_config("orderflow-admin")
+            .create_with_context(LoginWatch::default())?;
         let existing = tokio::task::spawn_blocking(move || {
-            probe.inner().fetch_metadata(None, timeout).map(|m| {
+            let listed = probe.client().fetch_metadata(None, timeout).map(|m| {
                 m.topics()
                     .iter()
                     .filter(|t| t.error().is_none())
                     .map(|t| t.name().to_string())
                     .collect::<Vec<_>>()
-            })
+            });
+            if listed.is_err() {
+                probe.poll(Duration::from_millis(100));
+            }
+            (listed, probe.context().refusal())
         })
         .await
-        .map_err(|e| KafkaSetupError::Embedded(e.to_string()))??;
+        .map_err(|e| KafkaSetupError::Embedded(e.to_string()))?;
+        let existing = match existing {
+            (Err(_), Some(reason)) => return Err(KafkaSetupError::AuthenticationFailed(reason)),
+            (listed, _) => listed?,
+        };
         let missing: Vec<&TopicSpec> = topics
             .iter()
             .filter(|t| !existing.contains(&t.name))
@@ -389,6 +398,8 @@ impl Brokers {
                 }
             })
             .collect();
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            self.client_config("orderflow-admin").create()?;
         let options = AdminOptions::new().operation_timeout(Some(timeout));
         let results = admin.create_topics(&new_topics, &options).await?;
         for result in results {
@@ -452,10 +463,40 @@ impl Brokers {
     }
 }
 
+/// A client context that remembers a refused login (wrong password,
+/// unknown user, mechanism the broker does not offer), and logs the rest as
+/// the default context does.
+#[derive(Default)]
+pub struct LoginWatch {
+    refused: std::sync::Mutex<Option<String>>,
+}
+
+impl LoginWatch {
+    pub fn refusal(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl rdkafka::ClientContext for LoginWatch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Authentication) {
+            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+        }
+        tracing::error!("librdkafka: {error}: {reason}");
+    }
+}
+
+impl rdkafka::producer::ProducerContext for LoginWatch {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
+
 /// Whether the cluster answers a metadata request for `topic`: the Kafka half
 /// of `/readyz`.
 pub async fn topic_reachable(producer: &FutureProducer, topic: &str) -> bool {
-    use rdkafka::producer::Producer;
     let producer = producer.clone();
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {

@@ -1,9 +1,8 @@
-//! Kafka client security: the librdkafka properties each protocol sets, and
-//! a real TLS peer (`openssl s_server`, demanding a client certificate) that
-//! the binary's Kafka clients complete a mutual-TLS handshake with. The mock
-//! cluster speaks neither TLS nor SASL, so the SASL exchange itself is not
-//! run here; the credentials reach librdkafka (checked below) and never its
-//! logs (checked at debug level).
+//! Kafka client security: the librdkafka properties each protocol sets; a
+//! real TLS peer (`openssl s_server`, demanding a client certificate) that
+//! the binary's Kafka clients complete a mutual-TLS handshake with; and
+//! SASL_SSL with SCRAM-SHA-512 against the Apache Kafka cluster's TLS
+//! listeners: a whole order lifecycle, a wrong password and a wrong CA.
 
 mod common;
 
@@ -14,7 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{tls, Process};
+use common::kafka_cluster::{SASL_PASSWORD, SASL_USER};
+use common::{tls, Backend, Process, TestBroker, TestDb};
 use orderflow::config::PropertyValue;
 use orderflow::kafka::Brokers;
 
@@ -317,5 +317,109 @@ fn mutual_tls_handshake_with_a_real_tls_peer() {
     assert!(
         !api.log_text().contains(PASSWORD),
         "the SASL password reached the logs"
+    );
+}
+
+/// The environment for SASL_SSL/SCRAM-SHA-512 on the cluster's TLS
+/// listeners, with `password` and the CA file `ca`.
+fn sasl_ssl_env(
+    db: &TestDb,
+    broker: &TestBroker,
+    password: &str,
+    ca: &Path,
+) -> Vec<(String, String)> {
+    let mut env = common::env_for(db, broker);
+    env.retain(|(k, _)| k != "KafkaConfiguration__ServerUrl");
+    env.extend(
+        [
+            (
+                "KafkaConfiguration__ServerUrl",
+                broker.cluster().sasl_ssl_bootstrap_servers().as_str(),
+            ),
+            ("KafkaConfiguration__Security__Protocol", "SASL_SSL"),
+            (
+                "KafkaConfiguration__Security__SaslMechanism",
+                "SCRAM-SHA-512",
+            ),
+            ("KafkaConfiguration__Security__Username", SASL_USER),
+            ("KafkaConfiguration__Security__Password", password),
+            (
+                "KafkaConfiguration__Security__CaFile",
+                &ca.display().to_string(),
+            ),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    env
+}
+
+/// Waits until `process`'s log contains `needle`; false after `within`.
+fn logs_within(process: &Process, needle: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if process.log_text().contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_ssl_with_scram_sha_512_on_apache_kafka() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let broker = TestBroker::apache();
+    let ca = broker.cluster().ca_cert.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    // The whole lifecycle with every client on SASL_SSL.
+    let env = sasl_ssl_env(&db, &broker, SASL_PASSWORD, &ca);
+    let mut api = Process::spawn(&["serve-api"], &env, dir.path());
+    let base = format!("http://{}", api.http_addr());
+    let mut worker = Process::spawn(&["run-worker"], &env, dir.path());
+    tokio::task::block_in_place(|| {
+        worker.wait_for_log("partitions assigned", Duration::from_secs(60));
+    });
+    let http = reqwest::Client::new();
+    let id = common::run_order_to_fulfilment(&http, &base, "Scram Sam").await;
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let topic = broker.names.fulfilment.clone();
+    let fulfilled = tokio::task::spawn_blocking(move || {
+        common::read_topic(&bootstrap, &topic, 1, Duration::from_secs(30))
+    })
+    .await
+    .expect("reader");
+    assert_eq!(fulfilled.len(), 1, "{fulfilled:?}");
+    assert_eq!(fulfilled[0].key, id);
+    for p in [&api, &worker] {
+        p.signal("TERM");
+    }
+    assert_eq!(api.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(worker.wait_exit(Duration::from_secs(60)), Some(0));
+
+    // A wrong password: the broker refuses the login, the role says so and
+    // stops (exit 1) rather than run without Kafka.
+    let wrong = sasl_ssl_env(&db, &broker, "not-the-password", &ca);
+    let mut refused = Process::spawn(&["run-worker"], &wrong, dir.path());
+    let code = tokio::task::block_in_place(|| refused.wait_exit(Duration::from_secs(60)));
+    let log = refused.log_text();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("Authentication failed"), "{log}");
+    assert!(!log.contains("not-the-password"), "the password reached the logs");
+
+    // A CA that did not sign the brokers' certificate: nothing is sent.
+    let other = tempfile::tempdir().expect("temp dir");
+    let foreign = tls::make_pki(other.path(), "another CA");
+    let untrusting = sasl_ssl_env(&db, &broker, SASL_PASSWORD, &foreign.ca_cert);
+    let mut api = Process::spawn(&["serve-api"], &untrusting, dir.path());
+    api.http_addr();
+    let refused = tokio::task::block_in_place(|| {
+        logs_within(&api, "certificate verify failed", Duration::from_secs(30))
+    });
+    assert!(refused, "{}", api.log_text());
+    api.signal("TERM");
+    assert_eq!(
+        tokio::task::block_in_place(|| api.wait_exit(Duration::from_secs(30))),
+        Some(0)
     );
 }
