@@ -52,7 +52,7 @@ pub async fn publish(
 fn reader(brokers: &Brokers, topic: &str, offset: Offset) -> Result<BaseConsumer, KafkaSetupError> {
     // Assigned, not subscribed: every worker reads the whole topic.
     let consumer: BaseConsumer = brokers
-        .client_config("orderflow-control")
+        .consumer_config("orderflow-control")
         .set("group.id", "orderflow-control-reader")
         .set("enable.auto.commit", "false")
         .create()?;

@@ -175,7 +175,7 @@ pub async fn read_all(brokers: &Brokers, topic: &str) -> Result<Vec<DeadLetter>,
 fn read_all_blocking(brokers: &Brokers, topic: &str) -> Result<Vec<DeadLetter>, KafkaSetupError> {
     let timeout = Duration::from_secs(10);
     let consumer: BaseConsumer = brokers
-        .client_config("orderflow-dlq")
+        .consumer_config("orderflow-dlq")
         .set("group.id", "orderflow-dlq-reader")
         .set("enable.auto.commit", "false")
         .create()?;

@@ -12,7 +12,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::{Config, KafkaSecurity, KafkaServers, KafkaSettings, PropertyValue};
+use crate::config::{
+    Config, KafkaProperties, KafkaSecurity, KafkaServers, KafkaSettings, PropertyValue,
+};
 
 /// A topic this deployment needs, created if missing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,6 +255,9 @@ impl Drop for EmbeddedKafka {
 pub struct Brokers {
     servers: String,
     security: KafkaSecurity,
+    /// `KafkaConfiguration.Client`, `.Producer` and `.Consumer`; applied on
+    /// the embedded cluster too, so development runs what production does.
+    properties: KafkaProperties,
 }
 
 impl Brokers {
@@ -278,6 +283,7 @@ impl Brokers {
                     Self {
                         servers: embedded.bootstrap_servers().to_string(),
                         security: KafkaSecurity::default(),
+                        properties: settings.properties.clone(),
                     },
                     Some(embedded),
                 ))
@@ -292,6 +298,7 @@ impl Brokers {
             KafkaServers::Brokers(list) => Ok(Self {
                 servers: list.join(","),
                 security: settings.security.clone(),
+                properties: settings.properties.clone(),
             }),
             KafkaServers::Embedded => Err(KafkaSetupError::Embedded(
                 "the embedded broker lives inside the running process; point \
@@ -311,6 +318,8 @@ impl Brokers {
     /// (its Debug prints every property).
     pub fn client_config(&self, client_id: &str) -> ClientConfig {
         let mut config = ClientConfig::new();
+        // First, so that what orderflow sets below always wins.
+        self.properties.client.apply_to(&mut config);
         config
             .set("bootstrap.servers", &self.servers)
             .set("client.id", client_id);
@@ -323,6 +332,15 @@ impl Brokers {
         config
     }
 
+    /// The base of every consumer: [`Self::client_config`] with
+    /// `KafkaConfiguration.Consumer`. Callers set the consumer properties
+    /// orderflow owns (group, commits) on top.
+    pub fn consumer_config(&self, client_id: &str) -> ClientConfig {
+        let mut config = self.client_config(client_id);
+        self.properties.consumer.apply_to(&mut config);
+        config
+    }
+
     /// The relay's producer: idempotent with acks from all in-sync replicas,
     /// so retries inside librdkafka neither duplicate nor reorder messages of
     /// a partition.
@@ -331,11 +349,19 @@ impl Brokers {
         client_id: &str,
         message_timeout: Duration,
     ) -> Result<FutureProducer, KafkaSetupError> {
-        Ok(self
-            .client_config(client_id)
+        let mut config = self.client_config(client_id);
+        self.properties.producer.apply_to(&mut config);
+        // A default, not a guarantee: `linger.ms` (or its alias) in the
+        // Client or Producer table replaces it.
+        if ["linger.ms", "queue.buffering.max.ms"]
+            .iter()
+            .all(|k| config.get(k).is_none())
+        {
+            config.set("linger.ms", "2");
+        }
+        Ok(config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "2")
             .set(
                 "message.timeout.ms",
                 message_timeout.as_millis().to_string(),

@@ -151,6 +151,36 @@ fn malformed_configs_exit_2_naming_the_key() {
             "KafkaConfiguration.Orders.ReplicationFactor",
             "environment variable",
         ),
+        (
+            "config.toml",
+            "[KafkaConfiguration.Producer]\ncompression.typo = \"zstd\"\n",
+            &[],
+            "KafkaConfiguration.Producer.compression.typo: librdkafka has no such property",
+            "config.toml",
+        ),
+        (
+            "config.toml",
+            "[KafkaConfiguration.Producer]\ncompression.type = \"snappy-ish\"\n",
+            &[],
+            "KafkaConfiguration.Producer.compression.type: librdkafka rejects it",
+            "config.toml",
+        ),
+        (
+            "appsettings.json",
+            r#"{"KafkaConfiguration": {"Client": {"SecurityProtocol": "SASL_SSL"}}}"#,
+            &[],
+            "KafkaConfiguration.Client.security.protocol: is set by orderflow; \
+             set KafkaConfiguration.Security.Protocol instead",
+            "appsettings.json",
+        ),
+        (
+            "config.toml",
+            "",
+            &[("KafkaConfiguration__Producer__MessageTimeoutMs", "5000")],
+            "KafkaConfiguration.Producer.message.timeout.ms: is set by orderflow; \
+             set KafkaConfiguration.MessageTimeoutMs instead",
+            "environment variable KafkaConfiguration__Producer__message.timeout.ms",
+        ),
     ];
     for (file, content, env, key, source) in cases {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -163,6 +193,58 @@ fn malformed_configs_exit_2_naming_the_key() {
             lines[0].contains(key) && lines[0].contains(source),
             "{key} from {source}: {}",
             lines[0]
+        );
+    }
+}
+
+/// librdkafka properties show as set, credentials as `***`; the
+/// environment overrides one property of the file's table.
+#[test]
+fn client_properties_show_in_the_effective_config() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[KafkaConfiguration.Producer]\n\
+         compression.type = \"zstd\"\n\
+         linger.ms = 5\n\
+         [KafkaConfiguration.Client]\n\
+         \"socket.keepalive.enable\" = true\n\
+         \"ssl.keystore.password\" = \"k3ystore-s3cret\"\n",
+    )
+    .expect("write");
+    let run = orderflow(
+        dir.path(),
+        &["config"],
+        &[
+            ("KafkaConfiguration__Producer__LingerMs", "20"),
+            (
+                "KafkaConfiguration__Consumer__SaslOauthbearerConfig",
+                "principal=env-s3cret",
+            ),
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let effective: toml::Value = toml::from_str(&run.stdout).expect("TOML output");
+    let kafka = &effective["KafkaConfiguration"];
+    assert_eq!(kafka["Producer"]["compression.type"].as_str(), Some("zstd"));
+    assert_eq!(kafka["Producer"]["linger.ms"].as_str(), Some("20"));
+    assert_eq!(
+        kafka["Client"]["socket.keepalive.enable"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        kafka["Client"]["ssl.keystore.password"].as_str(),
+        Some("***")
+    );
+    assert_eq!(
+        kafka["Consumer"]["sasl.oauthbearer.config"].as_str(),
+        Some("***")
+    );
+    for secret in ["k3ystore-s3cret", "env-s3cret"] {
+        assert!(
+            !run.stdout.contains(secret) && !run.stderr.contains(secret),
+            "{secret}: {}",
+            run.stdout
         );
     }
 }

@@ -125,7 +125,7 @@ fn kafka_error(e: impl std::fmt::Display) -> ApiError {
 fn partitions(brokers: &Brokers, topic: &str, group: &str) -> Result<Vec<PartitionView>, String> {
     let timeout = Duration::from_secs(5);
     let consumer: BaseConsumer = brokers
-        .client_config("orderflow-admin")
+        .consumer_config("orderflow-admin")
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()

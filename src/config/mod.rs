@@ -15,8 +15,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod properties;
 mod security;
 
+pub use properties::{
+    property_name, KafkaProperties, PropertyTable, RawProperties, RawProperty, Scalar,
+};
 pub use security::*;
 
 use figment::providers::{Format, Json, Toml};
@@ -81,6 +85,12 @@ pub struct RawKafka {
     #[serde(alias = "messagetimeoutms")]
     pub message_timeout_ms: u64,
     pub security: RawKafkaSecurity,
+    /// librdkafka properties for every client, by librdkafka's name.
+    pub client: RawProperties,
+    /// librdkafka properties for producers only.
+    pub producer: RawProperties,
+    /// librdkafka properties for consumers only.
+    pub consumer: RawProperties,
 }
 
 impl Default for RawKafka {
@@ -90,6 +100,9 @@ impl Default for RawKafka {
             orders: RawTopic::default(),
             message_timeout_ms: 30_000,
             security: RawKafkaSecurity::default(),
+            client: RawProperties::default(),
+            producer: RawProperties::default(),
+            consumer: RawProperties::default(),
         }
     }
 }
@@ -400,6 +413,7 @@ pub struct KafkaSettings {
     pub orders: TopicSettings,
     pub message_timeout: Duration,
     pub security: KafkaSecurity,
+    pub properties: KafkaProperties,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -786,9 +800,24 @@ impl Provider for CaseInsensitiveFile {
 }
 
 fn fold_keys(dict: Dict) -> Dict {
+    fold_dict(dict, &[])
+}
+
+fn fold_dict(dict: Dict, parent: &[String]) -> Dict {
+    if properties::is_table(parent) {
+        return properties::fold_names(dict);
+    }
     let mut folded = Dict::new();
     for (key, value) in dict {
-        insert_folded(&mut folded, key.to_lowercase(), fold_value(value));
+        let key = key.to_lowercase();
+        let value = match value {
+            Value::Dict(tag, d) => {
+                let path = [parent, std::slice::from_ref(&key)].concat();
+                Value::Dict(tag, fold_dict(d, &path))
+            }
+            other => fold_value(other),
+        };
+        insert_folded(&mut folded, key, value);
     }
     folded
 }
@@ -843,14 +872,25 @@ impl Provider for EnvLayer {
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         let mut dict = Dict::new();
         for (key, value) in &self.vars {
-            let path: Vec<String> = key.split("__").map(str::to_lowercase).collect();
+            let segments: Vec<&str> = key.split("__").collect();
+            let mut path: Vec<String> = segments.iter().map(|s| s.to_lowercase()).collect();
+            // A librdkafka property is one key however it is spelled
+            // (`compression.type`, `CompressionType`, `compression__type`),
+            // so it merges with the file's value of the same property.
+            let property = path.len() > 2 && properties::is_table(&path[..2]);
+            if property {
+                path.truncate(2);
+                path.push(properties::env_name(&segments[2..]));
+            }
             // Parsed as figment parses its own environment values: "12"
             // becomes a number, "true" a boolean, anything else a string.
             // Credentials and URLs stay verbatim: a password "007" or
-            // "[x]" is not a number or a list.
-            let verbatim = path
-                .last()
-                .is_some_and(|k| VERBATIM_KEYS.contains(&k.as_str()));
+            // "[x]" is not a number or a list; librdkafka takes every
+            // property as a string anyway.
+            let verbatim = property
+                || path
+                    .last()
+                    .is_some_and(|k| VERBATIM_KEYS.contains(&k.as_str()));
             let value: Value = match verbatim {
                 true => Value::from(value.clone()),
                 false => value.parse().unwrap_or_else(|_| Value::from(value.clone())),
@@ -971,6 +1011,9 @@ fn canonical(segment: &str) -> &str {
         "JwksFile",
         "JwksUrl",
         "AnonymousPaths",
+        "Client",
+        "Producer",
+        "Consumer",
     ];
     NAMES
         .iter()
@@ -979,11 +1022,21 @@ fn canonical(segment: &str) -> &str {
         .unwrap_or(segment)
 }
 
-fn canonical_key(path: &[String]) -> String {
+/// Key segments as messages spell them. librdkafka property names are
+/// free-form and stay as they are, whatever our key list holds.
+fn canonical_segments(path: &[String]) -> Vec<&str> {
+    let in_table = path.len() > 2 && properties::is_table(&path[..2]);
     path.iter()
-        .map(|s| canonical(s))
-        .collect::<Vec<_>>()
-        .join(".")
+        .enumerate()
+        .map(|(i, s)| match in_table && i >= 2 {
+            true => s.as_str(),
+            false => canonical(s),
+        })
+        .collect()
+}
+
+fn canonical_key(path: &[String]) -> String {
+    canonical_segments(path).join(".")
 }
 
 fn source_name(metadata: Option<&Metadata>, path: &[String]) -> String {
@@ -992,7 +1045,7 @@ fn source_name(metadata: Option<&Metadata>, path: &[String]) -> String {
         Some(md) => match &md.source {
             Some(figment::Source::File(p)) => p.display().to_string(),
             _ => {
-                let key = canonical_key(path).replace('.', "__");
+                let key = canonical_segments(path).join("__");
                 format!("{} {key}", md.name)
             }
         },
@@ -1119,6 +1172,7 @@ impl Validator<'_> {
                 100,
             )?,
             security: self.kafka_security(&k.security)?,
+            properties: self.kafka_properties(&k.client, &k.producer, &k.consumer)?,
         };
         let database = DatabaseSettings {
             url: DatabaseUrl::parse(&raw.database.url)
@@ -1428,6 +1482,311 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} shown in:\n{shown}");
         }
         assert!(shown.contains("Password = \"***\""), "{shown}");
+    }
+
+    fn plain(v: &str) -> Option<PropertyValue> {
+        Some(PropertyValue::Plain(v.into()))
+    }
+
+    #[test]
+    fn property_tables_parse_from_toml() {
+        let cfg = load(
+            "[KafkaConfiguration.Producer]\n\
+             compression.type = \"lz4\"\n\
+             linger.ms = 5\n\
+             \"batch.num.messages\" = 1000\n\
+             [kafkaconfiguration.client]\n\
+             socket.keepalive.enable = true\n\
+             [KafkaConfiguration.Consumer]\n\
+             FetchMinBytes = 2\n",
+            "toml",
+            &[],
+        )
+        .expect("valid");
+        let p = &cfg.kafka.properties;
+        assert_eq!(p.producer.get("compression.type").cloned(), plain("lz4"));
+        assert_eq!(p.producer.get("linger.ms").cloned(), plain("5"));
+        assert_eq!(p.producer.get("batch.num.messages").cloned(), plain("1000"));
+        assert_eq!(
+            p.client.get("socket.keepalive.enable").cloned(),
+            plain("true")
+        );
+        assert_eq!(p.consumer.get("fetch.min.bytes").cloned(), plain("2"));
+        assert_eq!(p.consumer.0.len(), 1);
+    }
+
+    #[test]
+    fn property_tables_parse_from_json_in_dotnet_spelling() {
+        let cfg = load(
+            r#"{"KafkaConfiguration": {
+                "Producer": {"CompressionType": "lz4", "LingerMs": 5, "compression": {"level": 3}},
+                "Client": {"SocketKeepaliveEnable": true, "ReconnectBackoffMs": 50}
+            }}"#,
+            "json",
+            &[],
+        )
+        .expect("valid");
+        let p = &cfg.kafka.properties;
+        assert_eq!(p.producer.get("compression.type").cloned(), plain("lz4"));
+        assert_eq!(p.producer.get("linger.ms").cloned(), plain("5"));
+        assert_eq!(p.producer.get("compression.level").cloned(), plain("3"));
+        assert_eq!(
+            p.client.get("socket.keepalive.enable").cloned(),
+            plain("true")
+        );
+        assert_eq!(p.client.get("reconnect.backoff.ms").cloned(), plain("50"));
+    }
+
+    #[test]
+    fn dotnet_property_names_map_to_librdkafka_names() {
+        for (raw, name) in [
+            ("CompressionType", "compression.type"),
+            ("SaslOauthbearerClientId", "sasl.oauthbearer.client.id"),
+            ("lingerMs", "linger.ms"),
+            ("compression.type", "compression.type"),
+            ("COMPRESSION.TYPE", "compression.type"),
+            ("SSLCaLocation", "ssl.ca.location"),
+            ("debug", "debug"),
+        ] {
+            assert_eq!(property_name(raw), name, "{raw}");
+        }
+        assert_eq!(Scalar::Float(0.5).to_string(), "0.5");
+        assert_eq!(Scalar::Bool(false).to_string(), "false");
+    }
+
+    #[test]
+    fn environment_overrides_properties_one_by_one() {
+        let cfg = load(
+            "[KafkaConfiguration.Producer]\ncompression.type = \"lz4\"\nlinger.ms = 5\n",
+            "toml",
+            &[
+                ("KafkaConfiguration__Producer__linger.ms", "10"),
+                ("KAFKACONFIGURATION__PRODUCER__BatchNumMessages", "500"),
+                ("KafkaConfiguration__Producer__compression__level", "4"),
+                (
+                    "KafkaConfiguration__Client__TopicMetadataRefreshIntervalMs",
+                    "60000",
+                ),
+            ],
+        )
+        .expect("valid");
+        let p = &cfg.kafka.properties;
+        assert_eq!(p.producer.get("linger.ms").cloned(), plain("10"));
+        assert_eq!(p.producer.get("compression.type").cloned(), plain("lz4"));
+        assert_eq!(p.producer.get("batch.num.messages").cloned(), plain("500"));
+        assert_eq!(p.producer.get("compression.level").cloned(), plain("4"));
+        assert_eq!(
+            p.client.get("topic.metadata.refresh.interval.ms").cloned(),
+            plain("60000")
+        );
+    }
+
+    #[test]
+    fn unknown_properties_and_rejected_values_name_key_and_source() {
+        let err = load(
+            "[KafkaConfiguration.Producer]\ncompression.typo = \"lz4\"\n",
+            "toml",
+            &[],
+        )
+        .expect_err("unknown property")
+        .to_string();
+        assert!(
+            err.starts_with(
+                "KafkaConfiguration.Producer.compression.typo: librdkafka has no such property ("
+            ) && err.ends_with("config.toml)"),
+            "{err}"
+        );
+
+        let err = load(
+            "",
+            "toml",
+            &[("KafkaConfiguration__Consumer__FetchWaitMaxxMs", "1")],
+        )
+        .expect_err("unknown property from env")
+        .to_string();
+        assert_eq!(
+            err,
+            "KafkaConfiguration.Consumer.fetch.wait.maxx.ms: librdkafka has no such property \
+             (environment variable KafkaConfiguration__Consumer__fetch.wait.maxx.ms)"
+        );
+
+        let err = load(
+            "[KafkaConfiguration.Client]\n\"compression.type\" = \"snappy-ish\"\n",
+            "toml",
+            &[],
+        )
+        .expect_err("bad value")
+        .to_string();
+        assert!(
+            err.starts_with("KafkaConfiguration.Client.compression.type: librdkafka rejects it: ")
+                && err.contains("snappy-ish")
+                && err.ends_with("config.toml)"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+
+        let err = load(
+            "",
+            "toml",
+            &[("KafkaConfiguration__Client__ssl.keystore.password", "pw\0x")],
+        )
+        .expect_err("a secret librdkafka cannot take")
+        .to_string();
+        assert!(
+            err.contains("ssl.keystore.password: librdkafka rejects its value"),
+            "{err}"
+        );
+        assert!(!err.contains("pw"), "{err}");
+    }
+
+    #[test]
+    fn owned_properties_name_the_key_to_use() {
+        for (table, name, owner) in [
+            (
+                "Producer",
+                "message.timeout.ms",
+                "KafkaConfiguration.MessageTimeoutMs",
+            ),
+            ("Consumer", "session.timeout.ms", "Worker.SessionTimeoutMs"),
+            (
+                "Client",
+                "security.protocol",
+                "KafkaConfiguration.Security.Protocol",
+            ),
+            (
+                "Client",
+                "sasl.password",
+                "KafkaConfiguration.Security.Password",
+            ),
+            (
+                "Client",
+                "bootstrap.servers",
+                "KafkaConfiguration.ServerUrl",
+            ),
+            (
+                "Consumer",
+                "group.id",
+                "KafkaConfiguration.Orders.ConsumerGroup",
+            ),
+        ] {
+            let err = load(
+                &format!("[KafkaConfiguration.{table}]\n\"{name}\" = \"1\"\n"),
+                "toml",
+                &[],
+            )
+            .expect_err(name)
+            .to_string();
+            assert!(
+                err.starts_with(&format!(
+                    "KafkaConfiguration.{table}.{name}: is set by orderflow; set {owner} instead ("
+                )),
+                "{err}"
+            );
+        }
+        for (name, value) in [
+            ("enable.idempotence", "false"),
+            ("acks", "1"),
+            ("enable.auto.commit", "true"),
+            ("auto.offset.reset", "latest"),
+            ("EnableAutoOffsetStore", "true"),
+        ] {
+            let var = format!("KafkaConfiguration__Client__{name}");
+            let err = load("", "toml", &[(var.as_str(), value)])
+                .expect_err(name)
+                .to_string();
+            assert!(
+                err.contains(": is set by orderflow; ") && err.contains("environment variable"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn secret_properties_never_show() {
+        let cfg = load(
+            "[KafkaConfiguration.Client]\n\
+             sasl.oauthbearer.config = \"principal=s3cr3t-in-file\"\n\
+             client.rack = \"rack-1\"\n\
+             [KafkaConfiguration.Producer]\n\
+             compression.type = \"lz4\"\n",
+            "toml",
+            &[(
+                "KafkaConfiguration__Consumer__SslKeystorePassword",
+                "007-from-env",
+            )],
+        )
+        .expect("valid");
+        let p = &cfg.kafka.properties;
+        match p.client.get("sasl.oauthbearer.config") {
+            Some(PropertyValue::Secret(s)) => assert_eq!(s.expose(), "principal=s3cr3t-in-file"),
+            other => panic!("not a secret: {other:?}"),
+        }
+        match p.consumer.get("ssl.keystore.password") {
+            Some(PropertyValue::Secret(s)) => assert_eq!(s.expose(), "007-from-env"),
+            other => panic!("not a secret: {other:?}"),
+        }
+        let toml_text = cfg.to_redacted_toml();
+        let shown: toml::Value = toml::from_str(&toml_text).expect("TOML");
+        let kafka = &shown["KafkaConfiguration"];
+        assert_eq!(
+            kafka["Client"]["sasl.oauthbearer.config"].as_str(),
+            Some("***")
+        );
+        assert_eq!(kafka["Client"]["client.rack"].as_str(), Some("rack-1"));
+        assert_eq!(kafka["Producer"]["compression.type"].as_str(), Some("lz4"));
+        assert_eq!(
+            kafka["Consumer"]["ssl.keystore.password"].as_str(),
+            Some("***")
+        );
+        let everything = format!("{toml_text}\n{cfg:?}");
+        for secret in ["s3cr3t-in-file", "007-from-env"] {
+            assert!(!everything.contains(secret), "{secret} in:\n{everything}");
+        }
+    }
+
+    /// librdkafka must be built with zstd: without it, setting
+    /// `compression.type = zstd` fails.
+    #[test]
+    fn a_producer_with_the_producer_table_and_zstd_is_created() {
+        let cfg = load(
+            "[KafkaConfiguration]\nServerUrl = \"127.0.0.1:9\"\n\
+             [KafkaConfiguration.Producer]\ncompression.type = \"zstd\"\nlinger.ms = 7\n\
+             [KafkaConfiguration.Client]\nsocket.keepalive.enable = true\n\
+             [KafkaConfiguration.Consumer]\nfetch.min.bytes = 3\n",
+            "toml",
+            &[],
+        )
+        .expect("valid");
+        let brokers = crate::kafka::Brokers::configured(&cfg.kafka).expect("brokers");
+        let _producer = brokers
+            .producer("orderflow-test", cfg.kafka.message_timeout)
+            .expect("zstd producer");
+        let client = brokers.client_config("orderflow-test");
+        assert_eq!(client.get("socket.keepalive.enable"), Some("true"));
+        assert_eq!(client.get("bootstrap.servers"), Some("127.0.0.1:9"));
+        assert_eq!(client.get("fetch.min.bytes"), None);
+        let consumer = brokers.consumer_config("orderflow-test");
+        assert_eq!(consumer.get("fetch.min.bytes"), Some("3"));
+        assert_eq!(consumer.get("socket.keepalive.enable"), Some("true"));
+    }
+
+    #[test]
+    fn the_embedded_cluster_gets_the_tables_too() {
+        let cfg = load(
+            "[KafkaConfiguration.Consumer]\nfetch.min.bytes = 3\n",
+            "toml",
+            &[],
+        )
+        .expect("valid");
+        let (brokers, embedded) =
+            crate::kafka::Brokers::resolve(&cfg.kafka, &[]).expect("embedded");
+        assert!(embedded.is_some());
+        assert_eq!(
+            brokers
+                .consumer_config("orderflow-test")
+                .get("fetch.min.bytes"),
+            Some("3")
+        );
     }
 
     #[test]

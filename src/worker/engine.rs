@@ -271,8 +271,22 @@ pub fn start(
         paused: settings.paused.clone(),
         broker_lag: Mutex::default(),
     };
-    let consumer: BaseConsumer<EngineContext> = brokers
-        .client_config(&settings.client_id)
+    let mut config = brokers.consumer_config(&settings.client_id);
+    // librdkafka prefetches up to 100,000 messages or 64 MB by default:
+    // most of a worker's memory on a backlog. The worker pool holds
+    // BufferSize messages per worker; a few thousand more keep the
+    // fetches large enough. Defaults only: the Consumer or Client table
+    // may tune them.
+    for (key, value) in [
+        ("queued.min.messages", PREFETCH_MESSAGES),
+        ("queued.max.messages.kbytes", PREFETCH_KBYTES),
+        ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
+    ] {
+        if config.get(key).is_none() {
+            config.set(key, value.to_string());
+        }
+    }
+    let consumer: BaseConsumer<EngineContext> = config
         .set("group.id", &settings.group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -280,17 +294,10 @@ pub fn start(
             "session.timeout.ms",
             settings.session_timeout.as_millis().to_string(),
         )
-        // librdkafka prefetches up to 100,000 messages or 64 MB by default:
-        // most of a worker's memory on a backlog. The worker pool holds
-        // BufferSize messages per worker; a few thousand more keep the
-        // fetches large enough.
         .set(
             "statistics.interval.ms",
             settings.worker.balance_interval.as_millis().to_string(),
         )
-        .set("queued.min.messages", PREFETCH_MESSAGES.to_string())
-        .set("queued.max.messages.kbytes", PREFETCH_KBYTES.to_string())
-        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS.to_string())
         .set(
             "fetch.wait.max.ms",
             settings.worker.fetch_wait_max.as_millis().to_string(),
