@@ -174,3 +174,83 @@ async fn a_topic_the_cluster_refuses_stops_the_role_with_the_reason() {
         );
     }
 }
+
+/// The compression codec of every record batch in a partition's log
+/// segments (the low three bits of a batch's attributes: 4 is zstd).
+fn batch_codecs(partition_dir: &std::path::Path) -> Vec<u16> {
+    let mut codecs = Vec::new();
+    let Ok(entries) = std::fs::read_dir(partition_dir) else {
+        return codecs;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        if entry.path().extension().is_none_or(|e| e != "log") {
+            continue;
+        }
+        let bytes = std::fs::read(entry.path()).expect("log segment");
+        // baseOffset i64, batchLength i32, partitionLeaderEpoch i32,
+        // magic i8, crc u32, attributes i16, …
+        let mut at = 0;
+        while at + 23 <= bytes.len() {
+            let length = i32::from_be_bytes(bytes[at + 8..at + 12].try_into().expect("4 bytes"));
+            if length <= 0 {
+                break;
+            }
+            let attributes = u16::from_be_bytes([bytes[at + 21], bytes[at + 22]]);
+            codecs.push(attributes & 0x7);
+            at += 12 + length as usize;
+        }
+    }
+    codecs
+}
+
+/// `[KafkaConfiguration.Producer]` reaches librdkafka: with
+/// `compression.type = zstd` the brokers store zstd batches, and consumers
+/// read the events intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_properties_reach_the_broker_zstd_batches() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let broker = TestBroker::apache();
+    let mut env = common::env_for(&db, &broker);
+    env.push((
+        "KafkaConfiguration__Producer__compression.type".into(),
+        "zstd".into(),
+    ));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut api = Process::spawn(&["serve-api"], &env, dir.path());
+    let base = format!("http://{}", api.http_addr());
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let body = order_body(&format!("Zed {i}"), "squeezed", 1);
+        ids.push(common::create_order_at(&http, &base, &body).await.to_string());
+    }
+    let (bootstrap, topic) = (
+        broker.bootstrap_servers().to_string(),
+        broker.names.orders.clone(),
+    );
+    let events = tokio::task::spawn_blocking(move || {
+        common::read_topic(&bootstrap, &topic, 20, Duration::from_secs(30))
+    })
+    .await
+    .expect("reader");
+    let mut keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
+    keys.sort();
+    ids.sort();
+    assert_eq!(keys, ids);
+    assert!(events
+        .iter()
+        .all(|e| e.payload["customerName"].as_str().is_some_and(|n| n.starts_with("Zed"))));
+
+    // Every node holds every partition (replication factor 3).
+    let log_dir = broker.cluster().log_dir(1);
+    let codecs: Vec<u16> = (0..common::PARTITIONS)
+        .flat_map(|p| batch_codecs(&log_dir.join(format!("{}-{p}", broker.names.orders))))
+        .collect();
+    assert!(!codecs.is_empty(), "no batches found under {}", log_dir.display());
+    assert!(codecs.iter().all(|c| *c == 4), "codecs {codecs:?} (4 = zstd)");
+    api.signal("TERM");
+    assert_eq!(
+        tokio::task::block_in_place(|| api.wait_exit(Duration::from_secs(30))),
+        Some(0)
+    );
+}

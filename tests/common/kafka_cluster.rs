@@ -216,6 +216,7 @@ impl KafkaCluster {
             .enumerate()
             .map(|(i, ports)| {
                 let id = i as i32 + 1;
+                // As `log_dir` finds it.
                 let data = dir.path().join(format!("node-{id}"));
                 let mut listeners = vec![
                     format!("PLAINTEXT://127.0.0.1:{}", ports.plaintext),
@@ -363,6 +364,11 @@ num.io.threads=4
             .iter()
             .find(|n| n.id == id)
             .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// Where node `id` keeps its partitions (`<topic>-<partition>/`).
+    pub fn log_dir(&self, id: i32) -> PathBuf {
+        self.dir.path().join(format!("node-{}", self.node(id).id))
     }
 
     /// Node ids, 1-based.
