@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{Backend, Process, TestDb};
 use indicatif::{ProgressBar, ProgressStyle};
-use orderflow::kafka::EmbeddedKafka;
+use common::TestBroker;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -208,7 +208,7 @@ const HANDLER_CLIENTS: usize = 8;
 /// One system under test: a fresh database, a broker, processes.
 struct System {
     db: TestDb,
-    broker: EmbeddedKafka,
+    broker: TestBroker,
     env: Vec<(String, String)>,
     dir: tempfile::TempDir,
 }
@@ -225,7 +225,7 @@ impl System {
             ],
             PARTITIONS,
         );
-        let mut env = common::env_for(&db, broker.bootstrap_servers());
+        let mut env = common::env_for(&db, &broker);
         let (partitions, workers) = (PARTITIONS.to_string(), HANDLER_CLIENTS.to_string());
         env.extend(
             [
@@ -1089,7 +1089,7 @@ async fn handled_events(http: &reqwest::Client, admin: &str) -> i64 {
 
 /// The same messages (key, payload, CloudEvents headers) with the relay's
 /// producer settings, straight from rdkafka; messages per second.
-async fn raw_producer(broker: &EmbeddedKafka, count: usize) -> f64 {
+async fn raw_producer(broker: &TestBroker, count: usize) -> f64 {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap_servers())
         .set("enable.idempotence", "true")

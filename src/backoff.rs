@@ -48,7 +48,10 @@ mod tests {
         let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
         for (attempt, d) in delays.iter().enumerate() {
             let step = initial.saturating_mul(1 << attempt).min(max);
-            assert!(*d >= step / 2 && *d <= step, "attempt {attempt}: {d:?} of {step:?}");
+            assert!(
+                *d >= step / 2 && *d <= step,
+                "attempt {attempt}: {d:?} of {step:?}"
+            );
         }
         assert!(delays[7] >= max / 2);
     }

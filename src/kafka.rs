@@ -468,10 +468,8 @@ impl Brokers {
         timeout: Duration,
         shutdown: &mut crate::shutdown::Shutdown,
     ) -> Result<(), KafkaSetupError> {
-        let mut backoff = crate::backoff::Backoff::new(
-            Duration::from_millis(500),
-            Duration::from_secs(30),
-        );
+        let mut backoff =
+            crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
             match self.ensure_topics(topics, timeout).await {
                 Ok(()) => return Ok(()),

@@ -53,7 +53,10 @@ async fn worker_started_first_creates_its_topics_and_an_order_runs_to_fulfilment
     for topic in [&names.orders, &names.dead_letters] {
         assert_eq!(
             topic_layout(&bootstrap, topic),
-            Some((common::PARTITIONS as usize, vec![3; common::PARTITIONS as usize])),
+            Some((
+                common::PARTITIONS as usize,
+                vec![3; common::PARTITIONS as usize]
+            )),
             "{topic}"
         );
     }
@@ -84,8 +87,14 @@ async fn worker_started_first_creates_its_topics_and_an_order_runs_to_fulfilment
         .await
         .expect("pay");
     assert_eq!(paid.status(), 200);
-    common::wait_for_status(&http, &base, &id, "AwaitingShipment", Duration::from_secs(60))
-        .await;
+    common::wait_for_status(
+        &http,
+        &base,
+        &id,
+        "AwaitingShipment",
+        Duration::from_secs(60),
+    )
+    .await;
     let shipped = http
         .post(format!("{base}/api/orders/{id}/shipments"))
         .json(&json!({"trackingNumber": "1Z-FIRST"}))
@@ -222,7 +231,11 @@ async fn producer_properties_reach_the_broker_zstd_batches() {
     let mut ids = Vec::new();
     for i in 0..20 {
         let body = order_body(&format!("Zed {i}"), "squeezed", 1);
-        ids.push(common::create_order_at(&http, &base, &body).await.to_string());
+        ids.push(
+            common::create_order_at(&http, &base, &body)
+                .await
+                .to_string(),
+        );
     }
     let (bootstrap, topic) = (
         broker.bootstrap_servers().to_string(),
@@ -237,17 +250,24 @@ async fn producer_properties_reach_the_broker_zstd_batches() {
     keys.sort();
     ids.sort();
     assert_eq!(keys, ids);
-    assert!(events
-        .iter()
-        .all(|e| e.payload["customerName"].as_str().is_some_and(|n| n.starts_with("Zed"))));
+    assert!(events.iter().all(|e| e.payload["customerName"]
+        .as_str()
+        .is_some_and(|n| n.starts_with("Zed"))));
 
     // Every node holds every partition (replication factor 3).
     let log_dir = broker.cluster().log_dir(1);
     let codecs: Vec<u16> = (0..common::PARTITIONS)
         .flat_map(|p| batch_codecs(&log_dir.join(format!("{}-{p}", broker.names.orders))))
         .collect();
-    assert!(!codecs.is_empty(), "no batches found under {}", log_dir.display());
-    assert!(codecs.iter().all(|c| *c == 4), "codecs {codecs:?} (4 = zstd)");
+    assert!(
+        !codecs.is_empty(),
+        "no batches found under {}",
+        log_dir.display()
+    );
+    assert!(
+        codecs.iter().all(|c| *c == 4),
+        "codecs {codecs:?} (4 = zstd)"
+    );
     api.signal("TERM");
     assert_eq!(
         tokio::task::block_in_place(|| api.wait_exit(Duration::from_secs(30))),

@@ -405,7 +405,10 @@ async fn sasl_ssl_with_scram_sha_512_on_apache_kafka() {
     let log = refused.log_text();
     assert_eq!(code, Some(1), "{log}");
     assert!(log.contains("Authentication failed"), "{log}");
-    assert!(!log.contains("not-the-password"), "the password reached the logs");
+    assert!(
+        !log.contains("not-the-password"),
+        "the password reached the logs"
+    );
 
     // A CA that did not sign the brokers' certificate: nothing is sent.
     let other = tempfile::tempdir().expect("temp dir");

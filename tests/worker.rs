@@ -8,9 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    config_from_env, env_for, order_body, Backend, Process, TestBroker, TestDb,
-};
+use common::{config_from_env, env_for, order_body, Backend, Process, TestBroker, TestDb};
 use futures::stream::{self, StreamExt};
 use orderflow::domain::{OrderId, OrderStatus};
 use orderflow::store::Transition;

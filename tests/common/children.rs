@@ -48,4 +48,3 @@ fn spawn_with_death_signal(command: &mut Command) -> std::io::Result<Child> {
     }
     command.spawn()
 }
-

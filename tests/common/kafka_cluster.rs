@@ -94,8 +94,8 @@ fn remove_abandoned_clusters() {
 
 /// Where the jars are; a clear failure when they are not.
 fn libs() -> PathBuf {
-    let home = std::env::var("ORDERFLOW_KAFKA_HOME")
-        .unwrap_or_else(|_| "/var/tmp/orderflow-kafka".into());
+    let home =
+        std::env::var("ORDERFLOW_KAFKA_HOME").unwrap_or_else(|_| "/var/tmp/orderflow-kafka".into());
     let libs = Path::new(&home).join("libs");
     let has_broker = std::fs::read_dir(&libs)
         .map(|entries| {
@@ -463,9 +463,11 @@ num.io.threads=4
             );
             self.launch(node);
         }
-        self.wait_for(&format!("brokers {ids:?}"), Duration::from_secs(120), |live| {
-            ids.iter().all(|id| live.contains(id))
-        });
+        self.wait_for(
+            &format!("brokers {ids:?}"),
+            Duration::from_secs(120),
+            |live| ids.iter().all(|id| live.contains(id)),
+        );
     }
 
     /// The node that leads `topic`'s `partition`.

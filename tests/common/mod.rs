@@ -17,9 +17,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kafka_cluster::KafkaCluster;
 use orderflow::app::{Application, Role};
 use orderflow::config::{Config, ConfigSource};
-use kafka_cluster::KafkaCluster;
 use orderflow::kafka::EmbeddedKafka;
 use orderflow::shutdown::{self, ShutdownTrigger};
 use orderflow::store::SharedStore;
@@ -537,8 +537,7 @@ impl Process {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         // Bound to the test process: a killed test binary leaves none behind.
-        let mut child =
-            children::spawn_bound_to_process(command).expect("spawn orderflow");
+        let mut child = children::spawn_bound_to_process(command).expect("spawn orderflow");
         let stderr = child.stderr.take().expect("stderr piped");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let raw = Arc::new(Mutex::new(Vec::new()));

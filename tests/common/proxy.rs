@@ -23,7 +23,9 @@ impl TcpProxy {
     pub fn start(upstream: SocketAddr) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
-        listener.set_nonblocking(true).expect("non-blocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
         let runtime = tokio::runtime::Handle::try_current()
             .expect("a TCP proxy runs on the tokio runtime of the test that starts it");
         let open = Arc::new(AtomicBool::new(true));

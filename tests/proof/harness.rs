@@ -668,7 +668,8 @@ pub async fn check(harness: &Harness, lifecycles: &[Lifecycle], poison_keys: &[S
 
     if lost > 0 {
         // What happened to them: dead-lettered (and why), or never handled.
-        let letters = common::read_topic(bootstrap, &names.dead_letters, 0, Duration::from_secs(10));
+        let letters =
+            common::read_topic(bootstrap, &names.dead_letters, 0, Duration::from_secs(10));
         for id in accepted
             .iter()
             .filter(|id| statuses.get(**id).is_none_or(|s| s != "Fulfilled"))
