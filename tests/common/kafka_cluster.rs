@@ -322,7 +322,11 @@ num.io.threads=4
             .map(|node| {
                 let mut command = self.java(libs);
                 command
-                    .args(["kafka.tools.StorageTool", "format", "-t", &id, "-c"])
+                    // `=`: an id may begin with '-', which a separate
+                    // argument would read as an option.
+                    .args(["kafka.tools.StorageTool", "format"])
+                    .arg(format!("--cluster-id={id}"))
+                    .arg("-c")
                     .arg(&node.properties)
                     .args(["--add-scram", &scram]);
                 command.output()

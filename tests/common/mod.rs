@@ -542,8 +542,19 @@ impl Process {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let raw = Arc::new(Mutex::new(Vec::new()));
         let (l, r) = (lines.clone(), raw.clone());
+        // ORDERFLOW_TEST_LOG_DIR keeps every process's log as a file, for a
+        // run that hangs or aborts before a test can print them.
+        let mut file = std::env::var_os("ORDERFLOW_TEST_LOG_DIR").and_then(|dir| {
+            let name = format!("{}-{}.log", args.join("-"), child.id());
+            std::fs::create_dir_all(&dir).ok()?;
+            std::fs::File::create(Path::new(&dir).join(name)).ok()
+        });
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(f) = file.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{line}");
+                }
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
                     l.lock().expect("log lines").push(v);
                 }

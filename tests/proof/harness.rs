@@ -213,6 +213,10 @@ pub struct Driver {
     bases: Arc<RwLock<Vec<String>>>,
     next: AtomicUsize,
     scenario: String,
+    /// Set when an order is given up: the pipeline is stuck, and starting
+    /// more orders would only make the scenario wait out its patience again
+    /// for each of them.
+    gave_up: std::sync::atomic::AtomicBool,
     /// How long one step may wait for the pipeline (faults included).
     patience: Duration,
 }
@@ -231,6 +235,7 @@ impl Driver {
                 .expect("client"),
             bases: harness.bases.clone(),
             next: AtomicUsize::new(0),
+            gave_up: Default::default(),
             scenario: harness.name.replace('/', "-"),
             patience,
         })
@@ -339,6 +344,12 @@ impl Driver {
 
     /// One order from creation to Fulfilled, through whatever faults.
     pub async fn lifecycle(&self, n: usize) -> Lifecycle {
+        if self.gave_up.load(Ordering::Relaxed) {
+            return Lifecycle {
+                id: None,
+                seen_fulfilled: false,
+            };
+        }
         let key = format!("proof-{}-{n}", self.scenario);
         let body = json!({
             "customerName": format!("Customer {n}"),
@@ -379,6 +390,9 @@ impl Driver {
                 )
                 .await
             && self.wait_for(&id, "Fulfilled").await;
+        if !seen_fulfilled {
+            self.gave_up.store(true, Ordering::Relaxed);
+        }
         Lifecycle {
             id: Some(id),
             seen_fulfilled,
