@@ -471,7 +471,11 @@ impl Brokers {
         let mut backoff =
             crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
-            match self.ensure_topics(topics, timeout).await {
+            let attempt = tokio::select! {
+                result = self.ensure_topics(topics, timeout) => result,
+                _ = shutdown.wait() => return Ok(()),
+            };
+            match attempt {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_refusal() => return Err(e),
                 Err(e) => {

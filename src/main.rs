@@ -110,7 +110,12 @@ fn run_command(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, config)) {
+    let result = runtime.block_on(run(cli.command, config));
+    // Everything that must finish (drain, commit, flush) was awaited inside
+    // `run`; a blocking call still waiting on an unreachable broker (a
+    // metadata request with its own timeout) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "orderflow failed");
