@@ -114,11 +114,24 @@ fn libs() -> PathBuf {
     libs
 }
 
+/// A free port below Linux's ephemeral range (32768-60999). A node's port
+/// must still be free when the node restarts, and one from the ephemeral
+/// range is not: while the node is down, a client reconnecting to it can be
+/// given that very port as its source port and connect to itself (TCP
+/// simultaneous open), holding it; the restarted node then fails to bind.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Start from a point that differs between runs, so that a stale node of
+    // an earlier run rarely sits on the ports probed first.
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU32::new(std::process::id()));
+    for _ in 0..12_000 {
+        let port = 20_000 + (next.fetch_add(1, Ordering::Relaxed) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in 20000-31999")
 }
 
 /// JVM settings for a test node: a small heap, and the C1 compiler only,
@@ -555,7 +568,10 @@ num.io.threads=4
 impl Drop for KafkaCluster {
     fn drop(&mut self) {
         for node in &self.nodes {
-            if let Some(mut child) = node.child.lock().expect("node").take() {
+            // A panic while a node's lock was held poisons it; the node
+            // must still be stopped, and a second panic here would abort.
+            let mut slot = node.child.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(mut child) = slot.take() {
                 let _ = child.kill();
                 let _ = child.wait();
             }

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Prints PROOF.md's "Last run" tables from the figures a proof run leaves in
+target/proof/*.json: `python3 tests/proof/table.py [target/proof]`."""
+import json
+import pathlib
+import sys
+
+SCENARIOS = {
+    "1-api-sigkill": ("API SIGKILL during a burst", "2 API, 2 workers",
+                      "one API SIGKILLed at 2 s (of 5 s of creations at 60/s), replaced 2 s later"),
+    "2-worker-sigkill": ("worker SIGKILL mid-batch", "1 API, 2 workers",
+                         "one worker SIGKILLed at 3 s, restarted 3 s later"),
+    "3-kafka-outage": ("Kafka unavailable 30 s", "1 API, 2 workers",
+                       "mock: `broker_down` at 3 s, `broker_up` 30 s later; Apache: every node stopped at 3 s, restarted 30 s later"),
+    "4-postgres-cut": ("PostgreSQL cut 10 s", "2 API, 2 workers",
+                       "proxy closes every connection and refuses new ones for 10 s"),
+    "5-rebalance": ("forced rebalances", "1 API, 1→3 workers",
+                     "+1 worker at 2 s and 4 s, oldest SIGTERMed at 6 s, next SIGKILLed at 8 s, +1 at 9 s"),
+    "6-duplicate-delivery": ("duplicate delivery", "1 API, 2 workers",
+                     "at 4 s every event on the topic so far produced again byte for byte"),
+    "7-poison": ("poison interleaved", "1 API, 2 workers",
+                 "30 poison messages among the orders (bad JSON, unknown order, missing order id)"),
+    "8-rolling-restart": ("rolling restart", "2 API, 2 workers",
+                          "every original process in turn: SIGTERM (exit 0 asserted), replacement started"),
+    "9-leader-sigkill": ("partition leader SIGKILL", "1 API, 2 workers",
+                         "the busy partition's leader SIGKILLed at 3 s, restarted 20 s later"),
+    "10-broker-cut": ("broker cut off 20 s", "1 API, 2 workers",
+                      "the clients' connections to the busy partition's leader cut at 3 s for 20 s (a proxy); replication untouched"),
+    "11-one-node-left": ("down to one node 20 s", "1 API, 2 workers",
+                         "the two nodes that do not lead the busy partition SIGKILLed at 3 s, restarted 20 s later"),
+}
+
+BROKERS = [
+    ("mock", "librdkafka mock cluster"),
+    ("apache", "Apache Kafka 4.4.0, 3 KRaft nodes, RF 3, min.insync.replicas 2"),
+]
+
+
+def number(name):
+    return int(name.split("-", 1)[0])
+
+
+def main():
+    directory = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/proof")
+    for broker, title in BROKERS:
+        rows = []
+        for path in directory.glob(f"{broker}-*.json"):
+            figures = json.loads(path.read_text())
+            rows.append((path.stem[len(broker) + 1:], figures))
+        if not rows:
+            continue
+        print(f"### {title}\n")
+        print("| # | scenario | processes | fault | accepted | fulfilled | lost | duplicated effects "
+              "| out of order | poison in DLQ | redelivered | max delay | wall |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for name, f in sorted(rows, key=lambda r: number(r[0])):
+            label, processes, fault = SCENARIOS.get(name, (name, "?", "?"))
+            poison = f"{f['poison_dead_lettered']}/{f['poison_sent']}" if f["poison_sent"] else "–"
+            print(f"| {number(name)} | {label} | {processes} | {fault} | {f['accepted']} | "
+                  f"{f['fulfilled']} | {f['lost']} | {f['duplicated_effects']} | "
+                  f"{f['out_of_order']} | {poison} | {f['redelivered']} | "
+                  f"{f['max_delay_ms'] / 1000:.1f} s | {f['seconds']:.0f} s |")
+        print()
+
+
+if __name__ == "__main__":
+    main()
