@@ -548,7 +548,7 @@ fn handle_created_grouped_script(batch: usize) -> String {
             "now()",
             "'Reserved'",
             "'Reserved'",
-            "'stock reserved'",
+            &each("'stock reserved'"),
         ],
         ":backlog",
     )

@@ -104,7 +104,7 @@ async fn bind(addr: SocketAddr, max_connections: usize) -> Result<LimitedListene
 impl Application {
     pub async fn build(config: &Config, role: Role) -> Result<Self, AppError> {
         // Installed before anything records, so no early figure is lost.
-        crate::prometheus::handle();
+        crate::metrics::handle();
         let store = migrate(config).await?;
         let topics = Topics::of(config);
         let (brokers, embedded) = Brokers::resolve(&config.kafka, &topics.all())?;
@@ -149,7 +149,7 @@ impl Application {
             }
             Role::Worker => (
                 bind(config.worker.admin_listen, config.api.max_connections).await?,
-                api::health_router(readiness),
+                api::operations_router(readiness),
             ),
         };
         let worker = match role {
@@ -268,7 +268,7 @@ impl Application {
         let (listener, router) = self.http;
         let router = router
             .layer(axum::middleware::from_fn(crate::telemetry::trace_http))
-            .layer(axum::middleware::from_fn(crate::prometheus::track_http));
+            .layer(axum::middleware::from_fn(crate::api::track_http));
         if let Ok(addr) = axum::serve::Listener::local_addr(&listener) {
             tracing::info!(%addr, "HTTP listening");
         }

@@ -1,8 +1,12 @@
 //! Exponential backoff with "equal jitter": each delay is half the
 //! exponential step plus a random part of the other half, so retries of
-//! many processes spread out but never collapse to zero.
+//! many processes spread out but never collapse to zero. Every retry loop
+//! of the crate waits through this module, and every wait ends early on
+//! shutdown.
 
 use std::time::Duration;
+
+use crate::shutdown::Shutdown;
 
 /// The delay before retry `attempt` (0-based): `initial · 2^attempt`,
 /// capped at `max`, then jittered into its upper half.
@@ -34,6 +38,25 @@ impl Backoff {
         let d = delay(self.initial, self.max, self.attempt);
         self.attempt = self.attempt.saturating_add(1);
         d
+    }
+
+    /// After a success: the next failure starts from the initial delay.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// Waits the next delay; false if shutdown came first.
+    pub async fn wait(&mut self, shutdown: &Shutdown) -> bool {
+        Self::sleep(self.next_delay(), shutdown).await
+    }
+
+    /// Waits `delay`; false if shutdown came first.
+    pub async fn sleep(delay: Duration, shutdown: &Shutdown) -> bool {
+        let mut stop = shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = stop.wait() => false,
+        }
     }
 }
 

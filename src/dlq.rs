@@ -12,6 +12,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
+use crate::backoff::Backoff;
 use crate::kafka::{Brokers, KafkaSetupError};
 use crate::shutdown::Shutdown;
 
@@ -51,7 +52,7 @@ impl DeadLetters {
         let offset = message.offset().to_string();
         let attempts = attempts.to_string();
         let failed_at = Utc::now().to_rfc3339();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
         let mut stop = shutdown.clone();
         loop {
             let record = republished(
@@ -80,7 +81,7 @@ impl DeadLetters {
             };
             match sent {
                 Ok(_) => {
-                    metrics::counter!(crate::prometheus::DEAD_LETTERS).increment(1);
+                    metrics::counter!(crate::metrics::DEAD_LETTERS).increment(1);
                     tracing::warn!(
                         topic = message.topic(), partition = message.partition(),
                         offset = message.offset(), %error, "message dead-lettered"
@@ -92,11 +93,9 @@ impl DeadLetters {
                         return false;
                     }
                     tracing::error!(error = %e, "cannot publish to the dead-letter topic; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.wait() => return false,
+                    if !backoff.wait(&stop).await {
+                        return false;
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }

@@ -9,6 +9,9 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The first timeline entry of every order.
+pub const CREATED_NOTE: &str = "order created";
+
 /// Order ids are UUIDv7: time-ordered, so keyset pagination by id lists
 /// orders in creation order without a second sort key.
 #[derive(

@@ -140,7 +140,7 @@ impl NewEvent {
         let payload = OrderPaid {
             order_id,
             payment_id,
-            paid_at: Utc::now(),
+            paid_at: Some(Utc::now()),
         };
         Self::new(order_id, EventType::OrderPaid, payload)
     }
@@ -148,8 +148,8 @@ impl NewEvent {
     pub fn order_shipped(order_id: OrderId, tracking_number: String) -> Self {
         let payload = OrderShipped {
             order_id,
-            tracking_number,
-            shipped_at: Utc::now(),
+            tracking_number: Some(tracking_number),
+            shipped_at: Some(Utc::now()),
         };
         Self::new(order_id, EventType::OrderShipped, payload)
     }
@@ -221,13 +221,57 @@ pub struct EventItem {
 pub struct OrderPaid {
     pub order_id: OrderId,
     pub payment_id: String,
-    pub paid_at: DateTime<Utc>,
+    /// Optional on the way in: producers of other stacks may not send it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderShipped {
     pub order_id: OrderId,
-    pub tracking_number: String,
-    pub shipped_at: DateTime<Utc>,
+    /// Optional on the way in: a carrier without tracking is still a
+    /// shipment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking_number: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipped_at: Option<DateTime<Utc>>,
+}
+
+/// What any order event is about: all a consumer needs that reads the
+/// order itself from the database (the reservation reads the items there,
+/// not from the OrderCreated payload).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderSubject {
+    pub order_id: OrderId,
+}
+
+/// Decodes an event payload. Field names are read in camelCase (ours) or
+/// PascalCase (a .NET producer's default).
+pub fn read_payload<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| format!("payload is not JSON: {e}"))?;
+    serde_json::from_value(camel_case_keys(value)).map_err(|e| format!("payload: {e}"))
+}
+
+fn camel_case_keys(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(key, value)| {
+                    let mut chars = key.chars();
+                    let key = match chars.next() {
+                        Some(first) => first.to_lowercase().chain(chars).collect(),
+                        None => key,
+                    };
+                    (key, camel_case_keys(value))
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(camel_case_keys).collect()),
+        other => other,
+    }
 }

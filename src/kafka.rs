@@ -481,9 +481,8 @@ impl Brokers {
                 Err(e) => {
                     let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
                     tracing::warn!(error = %e, topics = ?names, "topics not ready; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                        _ = shutdown.wait() => return Ok(()),
+                    if !backoff.wait(shutdown).await {
+                        return Ok(());
                     }
                 }
             }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
+use crate::backoff::Backoff;
 use crate::config::{Config, FulfilmentSink, OutboxSettings};
 use crate::events::{DESTINATION_FULFILMENT, DESTINATION_ORDERS};
 use crate::shutdown::Shutdown;
@@ -72,38 +73,6 @@ pub fn kafka_filter(config: &Config) -> OutboxFilter {
     }
 }
 
-/// Doubles up to a ceiling; reset after a success.
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(max: Duration) -> Self {
-        Self {
-            next: FIRST_BACKOFF,
-            max,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = FIRST_BACKOFF;
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    async fn wait(&mut self, shutdown: &mut Shutdown) {
-        tokio::select! {
-            _ = tokio::time::sleep(self.next_delay()) => {}
-            _ = shutdown.wait() => {}
-        }
-    }
-}
-
 /// What one round leaves to the next: rows published but not yet marked,
 /// and the batch read ahead.
 struct Carry {
@@ -142,7 +111,7 @@ enum Round {
 
 impl Relay {
     pub async fn run(mut self, mut shutdown: Shutdown) {
-        let mut backoff = Backoff::new(self.settings.max_backoff);
+        let mut backoff = Backoff::new(FIRST_BACKOFF, self.settings.max_backoff);
         let mut standing_by_logged = false;
         while !shutdown.is_triggered() {
             match self.store.try_relay_lease(self.lease).await {
@@ -160,7 +129,7 @@ impl Relay {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot take the relay lease");
-                    backoff.wait(&mut shutdown).await;
+                    backoff.wait(&shutdown).await;
                 }
             }
         }
@@ -178,7 +147,7 @@ impl Relay {
     }
 
     async fn lead(&mut self, mut lease: Box<dyn RelayLease>, shutdown: &mut Shutdown) {
-        let mut backoff = Backoff::new(self.settings.max_backoff);
+        let mut backoff = Backoff::new(FIRST_BACKOFF, self.settings.max_backoff);
         let mut last_purge = std::time::Instant::now();
         let mut carry = Carry::new(self.settings.batch_size);
         while !shutdown.is_triggered() {
@@ -198,7 +167,9 @@ impl Relay {
                         _ = shutdown.wait() => {}
                     }
                 }
-                Round::Failed => backoff.wait(shutdown).await,
+                Round::Failed => {
+                    backoff.wait(shutdown).await;
+                }
                 Round::LeaseLost => {
                     tracing::warn!("relay lease lost; standing by");
                     break;
@@ -267,8 +238,7 @@ impl Relay {
         count_published(&batch, &delivered.acked);
         let published = delivered.acked.len();
         if let Some(e) = delivered.failure {
-            metrics::counter!(crate::prometheus::SINK_FAILURES, "relay" => *lease_name)
-                .increment(1);
+            metrics::counter!(crate::metrics::SINK_FAILURES, "relay" => *lease_name).increment(1);
             // The batch read ahead would overtake the rows that failed.
             mark(store, settings, &delivered.acked).await;
             tracing::warn!(
@@ -317,7 +287,7 @@ async fn mark(store: &SharedStore, settings: &OutboxSettings, ids: &[i64]) {
     if ids.is_empty() {
         return;
     }
-    let mut backoff = Backoff::new(settings.max_backoff);
+    let mut backoff = Backoff::new(FIRST_BACKOFF, settings.max_backoff);
     let mut attempts = 0u32;
     loop {
         let done = if settings.retention.is_zero() {
@@ -351,7 +321,7 @@ fn count_published(batch: &[OutboxRecord], acked: &[i64]) {
     }
     for ((event_type, destination), n) in counts {
         metrics::counter!(
-            crate::prometheus::EVENTS_PUBLISHED,
+            crate::metrics::EVENTS_PUBLISHED,
             "type" => event_type.to_string(),
             "destination" => destination.to_string()
         )

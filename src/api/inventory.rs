@@ -12,6 +12,13 @@ use super::error::Problem;
 use super::{json, ApiError, ApiState};
 use crate::domain::{InventoryLevel, MAX_NAME_LEN};
 
+pub fn router() -> axum::Router<ApiState> {
+    axum::Router::new().route(
+        "/api/inventory/{product}",
+        axum::routing::get(self::get).put(put),
+    )
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PutInventory {

@@ -3,22 +3,23 @@
 pub mod admin;
 mod error;
 pub mod guard;
-mod health;
+mod http_metrics;
 mod inventory;
 mod json;
 pub mod listener;
 pub mod openapi;
+mod operations;
 mod orders;
 
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
 use axum::Router;
-use rdkafka::producer::FutureProducer;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
+pub use http_metrics::track_http;
+pub use operations::{router as operations_router, Readiness};
 
 use crate::domain::OrderLimits;
 use crate::store::SharedStore;
@@ -29,23 +30,6 @@ pub struct ApiState {
     pub store: SharedStore,
     pub limits: OrderLimits,
     pub max_body_bytes: usize,
-}
-
-/// What `/readyz` checks: the database, and Kafka metadata for the topic.
-pub struct Readiness {
-    pub store: SharedStore,
-    pub producer: FutureProducer,
-    pub topic: String,
-}
-
-/// `/healthz`, `/readyz` and `/metrics`, served by every role (the worker
-/// on its admin port).
-pub fn health_router(readiness: Arc<Readiness>) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(crate::prometheus::metrics_page))
-        .with_state(readiness)
 }
 
 /// The order API, health endpoints, the OpenAPI document and, when
@@ -60,30 +44,11 @@ pub fn router(
     let max_items = state.limits.max_items;
     let admin = admin.map_or_else(admin::disabled_router, admin::router);
     Router::new()
-        .route("/api/orders", get(orders::list).post(orders::create))
-        .route("/api/orders/{id}", get(orders::get))
-        .route(
-            "/api/orders/{id}/payments",
-            axum::routing::post(orders::pay),
-        )
-        .route(
-            "/api/orders/{id}/shipments",
-            axum::routing::post(orders::ship),
-        )
-        .route(
-            "/api/inventory/{product}",
-            get(inventory::get).put(inventory::put),
-        )
+        .merge(orders::router())
+        .merge(inventory::router())
         .with_state(state)
-        .route(
-            "/api/openapi.json",
-            get({
-                let guard = guard.clone();
-                move || openapi::document(max_items, guard)
-            }),
-        )
-        .route("/api/docs", get(openapi::docs_page))
-        .merge(health_router(readiness))
+        .merge(openapi::router(max_items, guard.clone()))
+        .merge(operations::router(readiness))
         .merge(admin)
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
         // Runs before any handler reads the body: a caller without the

@@ -13,7 +13,7 @@ use utoipa::OpenApi;
 use super::guard::{required_access, Access, Guard};
 
 use super::error::Problem;
-use super::{admin, health, inventory, orders};
+use super::{admin, inventory, operations, orders};
 use crate::domain::{
     CreateItemRequest, CreateOrderRequest, FieldError, InventoryLevel, Order, OrderId, OrderItem,
     OrderStatus, OrderSummary, TimelineEntry,
@@ -29,7 +29,7 @@ use crate::domain::{
     paths(
         orders::create, orders::get, orders::list, orders::pay, orders::ship,
         inventory::put, inventory::get,
-        health::healthz, health::readyz, crate::prometheus::metrics_page,
+        operations::healthz, operations::readyz, operations::metrics_page,
         document, docs_page,
         admin::page, admin::overview, admin::pause, admin::resume, admin::replay,
     ),
@@ -48,6 +48,16 @@ use crate::domain::{
     )
 )]
 pub struct ApiDoc;
+
+/// The document at `/api/openapi.json`, and the page that renders it.
+pub fn router(max_items: usize, guard: Arc<Guard>) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/api/openapi.json",
+            axum::routing::get(move || document(max_items, guard)),
+        )
+        .route("/api/docs", axum::routing::get(docs_page))
+}
 
 #[utoipa::path(get, path = "/api/openapi.json", operation_id = "openApiDocument", tag = "operations",
     responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json")))]

@@ -19,6 +19,15 @@ use crate::events::NewEvent;
 use crate::store::{IdempotencyKey, Transition};
 use crate::telemetry::RequestTrace;
 
+pub fn router() -> axum::Router<ApiState> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/api/orders", get(list).post(create))
+        .route("/api/orders/{id}", get(self::get))
+        .route("/api/orders/{id}/payments", post(pay))
+        .route("/api/orders/{id}/shipments", post(ship))
+}
+
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 const DEFAULT_PAGE: u32 = 20;

@@ -35,9 +35,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> GroupCommit<Req, Resp> {
             let (queue, write) = (queue.clone(), write.clone());
             tokio::spawn(async move {
                 while let Some(batch) = next_batch(&queue, max_batch).await {
-                    metrics::counter!(crate::prometheus::DB_GROUPS, "statement" => name)
-                        .increment(1);
-                    metrics::counter!(crate::prometheus::DB_GROUPED, "statement" => name)
+                    metrics::counter!(crate::metrics::DB_GROUPS, "statement" => name).increment(1);
+                    metrics::counter!(crate::metrics::DB_GROUPED, "statement" => name)
                         .increment(batch.len() as u64);
                     let (batch, replies): (Vec<Req>, Vec<_>) = batch.into_iter().unzip();
                     let answers = write(batch).await;

@@ -93,11 +93,6 @@ impl StoreError {
     }
 }
 
-/// Timeline notes written by more than one statement (each backend's
-/// one-statement paths and the shared SQL).
-const NOTE_CREATED: &str = "order created";
-const NOTE_RESERVED: &str = "stock reserved";
-
 /// What a backend's `write_order` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Written {
@@ -165,27 +160,23 @@ pub struct InboxEntry {
     pub traceparent: Option<String>,
 }
 
-/// What a handler does to the database, applied in one transaction with its
-/// inbox row and any events it emits.
+/// What a handler's decision writes besides its transition, in the same
+/// transaction as the transition and the inbox row. The store executes it;
+/// what it means (and what to do when it cannot be done) is the handler's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// Reserve stock for every item; if a tracked product is short, reserve
-    /// nothing and reject the order.
-    Reserve { order_id: OrderId },
-    /// Request shipping: a shipment request row, status AwaitingShipment.
-    RequestShipment {
-        order_id: OrderId,
-        payment_id: String,
-    },
-    /// Record the customer notification, status Fulfilled, emit
-    /// OrderFulfilled for the fulfilment sink.
-    Fulfil {
-        order_id: OrderId,
-        tracking_number: Option<String>,
-    },
+    /// Take the stock of every tracked product of the order, all or nothing:
+    /// if one is short, nothing is written and [`Applied::Short`] says which.
+    TakeStock,
+    /// A shipment request row for the order.
+    RequestShipment { payment_id: String },
+    /// A notification row, to be sent after commit.
+    RecordNotification(Notification),
+    /// Only the transition.
+    Nothing,
 }
 
-/// A notification written by [`Effect::Fulfil`], to send after commit.
+/// A message for a customer, recorded with the change that causes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
     pub order_id: OrderId,
@@ -193,15 +184,30 @@ pub struct Notification {
     pub text: String,
 }
 
+/// A tracked product without enough stock for an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortage {
+    pub product: String,
+    pub wanted: i64,
+    pub on_hand: i64,
+}
+
+/// Whom an order belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Customer {
+    pub name: String,
+    pub email: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
-    /// The effect happened; the order now has this status.
-    Done {
-        status: OrderStatus,
-        notification: Option<Notification>,
-    },
+    /// The effect and transition happened; the order now has this status.
+    Done { status: OrderStatus },
     /// The inbox already had the event: nothing was done again.
     Duplicate,
+    /// [`Effect::TakeStock`] found these products short: nothing was
+    /// written, the inbox row neither.
+    Short(Vec<Shortage>),
 }
 
 /// Proof that this process may relay the outbox now. Held for as long as the
@@ -234,8 +240,16 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<OrderSummary>, StoreError>;
     async fn transition(&self, id: OrderId, change: Transition) -> Result<Order, StoreError>;
-    /// A handler's effect, its inbox row and emitted events, atomically.
-    async fn apply(&self, inbox: &InboxEntry, effect: &Effect) -> Result<Applied, StoreError>;
+    /// A handler's effect, its transition (with any event it emits) and its
+    /// inbox row, atomically.
+    async fn apply(
+        &self,
+        inbox: &InboxEntry,
+        order_id: OrderId,
+        effect: &Effect,
+        change: &Transition,
+    ) -> Result<Applied, StoreError>;
+    async fn customer(&self, id: OrderId) -> Result<Option<Customer>, StoreError>;
     async fn mark_notification_sent(&self, order_id: OrderId) -> Result<(), StoreError>;
 
     async fn put_inventory(

@@ -357,7 +357,7 @@ WITH input AS MATERIALIZED (
 SELECT id FROM new_order";
 
 /// [`RESERVE_SQL`] for several OrderCreated events of distinct orders at
-/// once (group commit), one element per event in `$1`–`$4`. The orders
+/// once (group commit), one element per event in `$1`–`$4` and `$8`. The orders
 /// still Pending are locked in id order, then the stock of their tracked
 /// products in product order. An order is ready when it is Pending and none
 /// of its products is short for the whole batch (the sum every ready order
@@ -376,8 +376,8 @@ SELECT id FROM new_order";
 /// no status test: its rows are the ones locked above, as Pending.
 pub const RESERVE_MANY_SQL: &str = "\
 WITH input AS MATERIALIZED (
-    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY
-        AS i (order_id, consumer_group, event_id, event_type, n)
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $8::text[])
+        WITH ORDINALITY AS i (order_id, consumer_group, event_id, event_type, note, n)
 ), locked_orders AS MATERIALIZED (
     SELECT id, status FROM orders WHERE id = ANY($1::uuid[])
     ORDER BY id FOR UPDATE
@@ -421,7 +421,8 @@ WITH input AS MATERIALIZED (
     WHERE id IN (SELECT order_id FROM done)
     RETURNING id
 ), entry AS (
-    INSERT INTO order_timeline (order_id, status, note, at) SELECT id, $6, $8, $5 FROM moved
+    INSERT INTO order_timeline (order_id, status, note, at)
+    SELECT moved.id, $6, input.note, $5 FROM moved JOIN input ON input.order_id = moved.id
 )
 SELECT EXISTS (SELECT 1 FROM ready WHERE ready.n = input.n),
     EXISTS (SELECT 1 FROM done WHERE done.order_id = input.order_id)
@@ -440,6 +441,8 @@ struct OrderWrite {
 struct Reservation {
     inbox: InboxEntry,
     order_id: OrderId,
+    /// The timeline note of the move to Reserved.
+    note: String,
 }
 
 /// What every request of a batch is told when the batch's statement could
@@ -505,7 +508,7 @@ async fn create_one(pool: &PgPool, w: &OrderWrite) -> Result<Written, StoreError
         .bind(money_to_db(order.total()))
         .bind(OrderStatus::Pending.as_str())
         .bind(w.now)
-        .bind(NOTE_CREATED)
+        .bind(CREATED_NOTE)
         .bind(w.idempotency.as_ref().map(|k| k.key.as_str()))
         .bind(w.idempotency.as_ref().map(|k| k.request_hash.as_str()))
         .bind(lines)
@@ -568,7 +571,7 @@ async fn create_many(pool: &PgPool, batch: &[OrderWrite]) -> Result<Vec<Uuid>, S
                 .collect::<Vec<_>>(),
         )
         .bind(OrderStatus::Pending.as_str())
-        .bind(NOTE_CREATED)
+        .bind(CREATED_NOTE)
         .bind(items().map(|(id, _, _)| id).collect::<Vec<_>>())
         .bind(items().map(|(_, line, _)| line as i32).collect::<Vec<_>>())
         .bind(
@@ -641,7 +644,6 @@ fn reserve_answer(ready: bool, fresh: bool) -> Option<Applied> {
     match (ready, fresh) {
         (true, true) => Some(Applied::Done {
             status: OrderStatus::Reserved,
-            notification: None,
         }),
         (true, false) => Some(Applied::Duplicate),
         (false, _) => None,
@@ -657,7 +659,7 @@ async fn reserve_one(pool: &PgPool, r: &Reservation) -> Result<Option<Applied>, 
         .bind(Utc::now())
         .bind(OrderStatus::Reserved.as_str())
         .bind(OrderStatus::Pending.as_str())
-        .bind(NOTE_RESERVED)
+        .bind(&r.note)
         .fetch_one(pool)
         .await?;
     Ok(reserve_answer(ready, fresh))
@@ -690,7 +692,7 @@ async fn reserve_many(
         .bind(Utc::now())
         .bind(OrderStatus::Reserved.as_str())
         .bind(OrderStatus::Pending.as_str())
-        .bind(NOTE_RESERVED)
+        .bind(group.iter().map(|r| r.note.as_str()).collect::<Vec<_>>())
         .fetch_all(pool)
         .await?;
     if rows.len() != group.len() {
@@ -733,14 +735,21 @@ impl PgStore {
             .unwrap_or_else(|| Err(lanes_gone()))
     }
 
-    async fn reserve_at_once(
+    async fn take_stock_at_once(
         &self,
         inbox: &InboxEntry,
         order_id: OrderId,
+        change: &Transition,
     ) -> Result<Option<Applied>, StoreError> {
+        // The statements move Pending to Reserved; any other change takes
+        // the general path.
+        if change.to != OrderStatus::Reserved || change.event.is_some() {
+            return Ok(None);
+        }
         let reservation = Reservation {
             inbox: inbox.clone(),
             order_id,
+            note: change.note.clone(),
         };
         self.reservations
             .submit(reservation)

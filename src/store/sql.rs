@@ -12,7 +12,7 @@
 //!   (the connections the relay reads and marks the outbox on) methods, and
 //!   `outbox_written`, called after a commit that wrote outbox rows;
 //! - inherent `write_order` (an order, its items, first timeline entry,
-//!   event and idempotency key, atomically) and `reserve_at_once` (the
+//!   event and idempotency key, atomically) and `take_stock_at_once` (the
 //!   common case of a reservation in one statement, or `None` to take the
 //!   general path): PostgreSQL does each in one statement with
 //!   data-modifying CTEs, which SQLite does not have.
@@ -29,13 +29,13 @@ macro_rules! impl_store {
 
         use crate::domain::{
             InventoryLevel, NewOrder, Order, OrderId, OrderItem, OrderStatus, OrderSummary,
-            TimelineEntry,
+            TimelineEntry, CREATED_NOTE,
         };
         use crate::events::NewEvent;
         use crate::store::{
-            Applied, Created, Effect, IdempotencyKey, InboxEntry, Notification, OutboxBacklog,
-            OutboxFilter, OutboxRecord, RelayLease, Store, StoreError, Transition, Written,
-            NOTE_CREATED, NOTE_RESERVED,
+            Applied, Created, Customer, Effect, IdempotencyKey, InboxEntry, OutboxBacklog,
+            OutboxFilter, OutboxRecord, RelayLease, Shortage, Store, StoreError, Transition,
+            Written,
         };
 
         type Tx<'a> = sqlx::Transaction<'a, Db>;
@@ -167,7 +167,7 @@ macro_rules! impl_store {
         /// concurrent reservations lock rows in one order and cannot
         /// deadlock. Each decrement is conditional (`on_hand >= wanted`), so
         /// stock never goes negative. Returns what was short, if anything.
-        async fn reserve_items(tx: &mut Tx<'_>, id: OrderId) -> Result<Vec<String>, StoreError> {
+        async fn take_stock(tx: &mut Tx<'_>, id: OrderId) -> Result<Vec<Shortage>, StoreError> {
             let wanted: Vec<(String, i64)> = sqlx::query_as(
                 "SELECT product_name, CAST(SUM(quantity) AS BIGINT) FROM order_items WHERE order_id = $1 \
                  GROUP BY product_name ORDER BY product_name",
@@ -196,7 +196,11 @@ macro_rules! impl_store {
                             .await?;
                     // No row: the product is untracked, always available.
                     if let Some(on_hand) = on_hand {
-                        short.push(format!("{product}: {quantity} wanted, {on_hand} on hand"));
+                        short.push(Shortage {
+                            product,
+                            wanted: quantity,
+                            on_hand,
+                        });
                     }
                 }
             }
@@ -274,7 +278,7 @@ macro_rules! impl_store {
                 }
                 self.outbox_written();
                 Ok(Created {
-                    order: Order::pending(id, order, now, NOTE_CREATED),
+                    order: Order::pending(id, order, now, CREATED_NOTE),
                     replayed: false,
                 })
             }
@@ -395,10 +399,12 @@ macro_rules! impl_store {
             async fn apply(
                 &self,
                 inbox: &InboxEntry,
+                order_id: OrderId,
                 effect: &Effect,
+                change: &Transition,
             ) -> Result<Applied, StoreError> {
-                if let Effect::Reserve { order_id } = effect {
-                    if let Some(applied) = self.reserve_at_once(inbox, *order_id).await? {
+                if *effect == Effect::TakeStock {
+                    if let Some(applied) = self.take_stock_at_once(inbox, order_id, change).await? {
                         return Ok(applied);
                     }
                 }
@@ -407,37 +413,16 @@ macro_rules! impl_store {
                     tx.rollback().await?;
                     return Ok(Applied::Duplicate);
                 }
-                let mut notification = None;
-                let change = match effect {
-                    Effect::Reserve { order_id } => {
-                        let short = reserve_items(&mut tx, *order_id).await?;
-                        if short.is_empty() {
-                            (*order_id, Transition {
-                                to: OrderStatus::Reserved,
-                                note: NOTE_RESERVED.into(),
-                                event: None,
-                            })
-                        } else {
-                            // Undo the partial reservation: start over with
-                            // only the inbox row and the rejection.
+                match effect {
+                    Effect::TakeStock => {
+                        let short = take_stock(&mut tx, order_id).await?;
+                        if !short.is_empty() {
+                            // Undoes the partial reservation and the inbox row.
                             tx.rollback().await?;
-                            tx = self.pool.begin().await?;
-                            if !insert_inbox(&mut tx, inbox).await? {
-                                tx.rollback().await?;
-                                return Ok(Applied::Duplicate);
-                            }
-                            let reason = format!("out of stock: {}", short.join("; "));
-                            (*order_id, Transition {
-                                to: OrderStatus::Rejected,
-                                note: reason.clone(),
-                                event: Some(
-                                    NewEvent::order_rejected(*order_id, reason)
-                                        .with_traceparent(inbox.traceparent.clone()),
-                                ),
-                            })
+                            return Ok(Applied::Short(short));
                         }
                     }
-                    Effect::RequestShipment { order_id, payment_id } => {
+                    Effect::RequestShipment { payment_id } => {
                         sqlx::query(
                             "INSERT INTO shipment_requests (order_id, payment_id, requested_at) \
                              VALUES ($1, $2, $3)",
@@ -447,61 +432,39 @@ macro_rules! impl_store {
                         .bind(Utc::now())
                         .execute(&mut *tx)
                         .await?;
-                        (*order_id, Transition {
-                            to: OrderStatus::AwaitingShipment,
-                            note: format!("shipping requested (payment {payment_id})"),
-                            event: None,
-                        })
                     }
-                    Effect::Fulfil { order_id, tracking_number } => {
-                        let customer: Option<(String, String)> = sqlx::query_as(
-                            "SELECT customer_name, customer_email FROM orders WHERE id = $1",
-                        )
-                        .bind(order_id.0)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        let (name, email) = customer.ok_or(StoreError::NotFound(*order_id))?;
-                        let text = match tracking_number {
-                            Some(t) => format!("Hello {name}, your order {order_id} is on its way (tracking {t})."),
-                            None => format!("Hello {name}, your order {order_id} is on its way."),
-                        };
-                        // Written before the guarded transition: if that
-                        // is refused, the rollback takes this row with it.
+                    // Written before the guarded transition: if that is
+                    // refused, the rollback takes this row with it.
+                    Effect::RecordNotification(n) => {
                         sqlx::query(
                             "INSERT INTO notifications (order_id, recipient, text, created_at) \
                              VALUES ($1, $2, $3, $4)",
                         )
-                        .bind(order_id.0)
-                        .bind(&email)
-                        .bind(&text)
+                        .bind(n.order_id.0)
+                        .bind(&n.recipient)
+                        .bind(&n.text)
                         .bind(Utc::now())
                         .execute(&mut *tx)
                         .await?;
-                        notification = Some(Notification {
-                            order_id: *order_id,
-                            recipient: email.clone(),
-                            text,
-                        });
-                        (*order_id, Transition {
-                            to: OrderStatus::Fulfilled,
-                            note: "customer notified".into(),
-                            event: Some(
-                                NewEvent::order_fulfilled(*order_id, email, tracking_number.clone())
-                                    .with_traceparent(inbox.traceparent.clone()),
-                            ),
-                        })
                     }
-                };
-                let (order_id, transition) = change;
-                transition_in_tx(&mut tx, order_id, &transition).await?;
+                    Effect::Nothing => {}
+                }
+                transition_in_tx(&mut tx, order_id, change).await?;
                 tx.commit().await?;
-                if transition.event.is_some() {
+                if change.event.is_some() {
                     self.outbox_written();
                 }
-                Ok(Applied::Done {
-                    status: transition.to,
-                    notification,
-                })
+                Ok(Applied::Done { status: change.to })
+            }
+
+            async fn customer(&self, id: OrderId) -> Result<Option<Customer>, StoreError> {
+                let row: Option<(String, String)> = sqlx::query_as(
+                    "SELECT customer_name, customer_email FROM orders WHERE id = $1",
+                )
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(|(name, email)| Customer { name, email }))
             }
 
             async fn mark_notification_sent(&self, order_id: OrderId) -> Result<(), StoreError> {

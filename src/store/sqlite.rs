@@ -139,7 +139,7 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        insert_timeline(&mut tx, id, OrderStatus::Pending, NOTE_CREATED, now).await?;
+        insert_timeline(&mut tx, id, OrderStatus::Pending, CREATED_NOTE, now).await?;
         insert_event(&mut tx, event).await?;
         if let Some(key) = idempotency {
             sqlx::query(
@@ -159,10 +159,11 @@ impl SqliteStore {
 
     /// SQLite takes the general path of a reservation, statement by
     /// statement: it cannot do it in one.
-    async fn reserve_at_once(
+    async fn take_stock_at_once(
         &self,
         _inbox: &InboxEntry,
         _order_id: OrderId,
+        _change: &Transition,
     ) -> Result<Option<Applied>, StoreError> {
         Ok(None)
     }

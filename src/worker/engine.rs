@@ -191,7 +191,9 @@ impl Pool {
                     let (handlers, progress) = (handlers.clone(), progress.clone());
                     let shutdown = shutdown.clone();
                     async move {
-                        let done = handlers::process(&handlers, &message, &shutdown).await;
+                        let done = handlers::process(&handlers, &message, &shutdown)
+                            .await
+                            .is_done();
                         // An abandoned message (shutdown while the database was
                         // down) is never marked: its offset is not committed, so
                         // it is delivered again.
@@ -205,7 +207,7 @@ impl Pool {
                 })));
             self.queues.push(tx);
         }
-        metrics::gauge!(crate::prometheus::WORKERS_ACTIVE).set(self.queues.len() as f64);
+        metrics::gauge!(crate::metrics::WORKERS_ACTIVE).set(self.queues.len() as f64);
     }
 
     fn len(&self) -> usize {
@@ -361,7 +363,7 @@ fn total_lag(consumer: &BaseConsumer<EngineContext>, progress: &Progress) -> i64
         .into_iter()
         .map(|(partition, lag)| {
             let lag = lag + tracker.in_flight(partition) as i64;
-            metrics::gauge!(crate::prometheus::CONSUMER_LAG, "partition" => partition.to_string())
+            metrics::gauge!(crate::metrics::CONSUMER_LAG, "partition" => partition.to_string())
                 .set(lag as f64);
             lag
         })
@@ -396,7 +398,7 @@ fn run(
                 match switched {
                     Ok(()) => {
                         paused = want_paused;
-                        metrics::gauge!(crate::prometheus::CONSUMPTION_PAUSED).set(if paused {
+                        metrics::gauge!(crate::metrics::CONSUMPTION_PAUSED).set(if paused {
                             1.0
                         } else {
                             0.0
