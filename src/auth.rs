@@ -13,34 +13,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::RwLock;
 
 use crate::config::{AuthSettings, JwksSource, JwtSettings};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Scope {
-    OrdersRead,
-    OrdersWrite,
-    Admin,
-}
-
-impl Scope {
-    pub const ALL_NAMES: &'static str = "orders:read, orders:write, admin";
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::OrdersRead => "orders:read",
-            Self::OrdersWrite => "orders:write",
-            Self::Admin => "admin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim() {
-            "orders:read" => Some(Self::OrdersRead),
-            "orders:write" => Some(Self::OrdersWrite),
-            "admin" => Some(Self::Admin),
-            _ => None,
-        }
-    }
-}
+pub use crate::scope::Scope;
 
 /// An authenticated caller: the token's configured name or the JWT's
 /// subject (what logs and rate limits use), and what it may do.

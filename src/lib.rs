@@ -16,6 +16,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod notifier;
 pub mod outbox;
+pub mod scope;
 pub mod secret;
 pub mod shutdown;
 pub mod sink;
