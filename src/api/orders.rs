@@ -14,7 +14,11 @@ use sha2::{Digest, Sha256};
 
 use super::error::Problem;
 use super::{json, ApiError, ApiState};
-use crate::domain::{CreateOrderRequest, Order, OrderId, OrderStatus, OrderSummary, MAX_NAME_LEN};
+use crate::domain::text as printable_text;
+use crate::domain::{
+    printable, CreateOrderRequest, Order, OrderId, OrderStatus, OrderSummary, TextError,
+    MAX_NAME_LEN,
+};
 use crate::events::NewEvent;
 use crate::store::{IdempotencyKey, Transition};
 use crate::telemetry::RequestTrace;
@@ -207,13 +211,7 @@ pub async fn list(
 #[serde(rename_all = "camelCase")]
 pub struct PaymentRequest {
     /// Printable text; surrounding whitespace is trimmed.
-    #[schema(
-        required = true,
-        nullable = false,
-        max_length = 200,
-        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$",
-        example = "pay-1"
-    )]
+    #[schema(required = true, schema_with = payment_id_schema)]
     payment_id: Option<String>,
 }
 
@@ -221,30 +219,27 @@ pub struct PaymentRequest {
 #[serde(rename_all = "camelCase")]
 pub struct ShipmentRequest {
     /// Printable text; surrounding whitespace is trimmed.
-    #[schema(
-        required = true,
-        nullable = false,
-        max_length = 200,
-        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$",
-        example = "1Z999"
-    )]
+    #[schema(required = true, schema_with = tracking_number_schema)]
     tracking_number: Option<String>,
 }
 
+fn payment_id_schema() -> utoipa::openapi::Object {
+    printable_text::schema("pay-1")
+}
+
+fn tracking_number_schema() -> utoipa::openapi::Object {
+    printable_text::schema("1Z999")
+}
+
 fn reference(field: &str, value: Option<String>) -> Result<String, ApiError> {
-    let raw = value.unwrap_or_default();
-    let value = raw.trim();
-    if value.is_empty() {
-        return Err(ApiError::field(field, "is required"));
-    }
-    // The raw length, as the schema's maxLength counts it.
-    if raw.chars().count() > MAX_NAME_LEN || value.chars().any(char::is_control) {
-        return Err(ApiError::field(
+    match printable(&value.unwrap_or_default()) {
+        Ok(text) => Ok(text.to_string()),
+        Err(TextError::Empty) => Err(ApiError::field(field, "is required")),
+        Err(_) => Err(ApiError::field(
             field,
             format!("must be at most {MAX_NAME_LEN} printable characters"),
-        ));
+        )),
     }
-    Ok(value.to_string())
 }
 
 async fn apply(
