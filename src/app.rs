@@ -8,17 +8,17 @@ use tokio::net::TcpListener;
 use crate::api::guard::Guard;
 use crate::api::listener::{ClientAddr, LimitedListener};
 use crate::api::{self, ApiState, Readiness};
+use crate::brokers::{Brokers, EmbeddedKafka, KafkaSetupError, TopicSpec, Topics};
 use crate::config::Config;
 use crate::config::FulfilmentSink;
+use crate::consumer::Consumer;
 use crate::domain::OrderLimits;
-use crate::kafka::{Brokers, EmbeddedKafka, KafkaSetupError, TopicSpec, Topics};
 use crate::outbox::{self, Relay};
 use crate::shutdown::{self, Shutdown};
 use crate::sink::kafka::KafkaSink;
 use crate::sink::servicebus::ServiceBusSink;
 use crate::store::OutboxFilter;
 use crate::store::{self, SharedStore, StoreError};
-use crate::worker::Worker;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -54,7 +54,7 @@ pub struct Application {
     /// The order API (API role) or the health endpoints (worker role).
     http: (LimitedListener, axum::Router),
     relays: Vec<Relay>,
-    worker: Option<Worker>,
+    consumer: Option<Consumer>,
     /// The topics the relay publishes to, created at start.
     published: PublishedTopics,
     // Kept alive for as long as the clients that connect to it.
@@ -101,6 +101,77 @@ async fn bind(addr: SocketAddr, max_connections: usize) -> Result<LimitedListene
     Ok(LimitedListener::new(listener, max_connections))
 }
 
+/// The role's HTTP server: the API (with the admin dashboard when enabled)
+/// or, for a worker alone, the operations endpoints on its admin port.
+async fn http_server(
+    config: &Config,
+    role: Role,
+    store: &SharedStore,
+    brokers: &Brokers,
+    producer: &rdkafka::producer::FutureProducer,
+    readiness: Arc<Readiness>,
+) -> Result<(LimitedListener, axum::Router), AppError> {
+    if role == Role::Worker {
+        return Ok((
+            bind(config.worker.admin_listen, config.api.max_connections).await?,
+            api::operations_router(readiness),
+        ));
+    }
+    let state = ApiState {
+        store: store.clone(),
+        limits: OrderLimits {
+            max_items: config.api.max_items_per_order,
+        },
+        max_body_bytes: config.api.max_body_bytes,
+    };
+    let admin = config.admin.enabled.then(|| {
+        Arc::new(api::admin::AdminState {
+            store: store.clone(),
+            brokers: brokers.clone(),
+            producer: producer.clone(),
+            topic: config.kafka.orders.name.clone(),
+            group: config.kafka.orders.consumer_group.clone(),
+            dead_letter_topic: config.worker.dead_letter_topic.clone(),
+            control_topic: config.admin.control_topic.clone(),
+            timeout: config.kafka.message_timeout,
+            max_body_bytes: config.api.max_body_bytes,
+        })
+    });
+    let guard = Guard::new(&config.api).await?;
+    Ok((
+        bind(config.api.listen, config.api.max_connections).await?,
+        api::router(state, readiness, admin, guard),
+    ))
+}
+
+/// The outbox relays this role runs: the Kafka relay always (only the
+/// lease holder across the processes delivers), and the Service Bus
+/// fulfilment relay in the role that emits fulfilment events, the worker.
+fn relays(config: &Config, role: Role, store: &SharedStore, kafka: KafkaSink) -> Vec<Relay> {
+    let mut relays = vec![Relay {
+        store: store.clone(),
+        sink: Box::new(kafka),
+        filter: outbox::kafka_filter(config),
+        lease: outbox::MAIN_LEASE,
+        settings: config.outbox.clone(),
+    }];
+    if let (FulfilmentSink::ServiceBus { connection, queue }, Role::Worker | Role::All) =
+        (&config.fulfilment.sink, role)
+    {
+        relays.push(Relay {
+            store: store.clone(),
+            sink: Box::new(ServiceBusSink::new(connection.clone(), queue.clone())),
+            filter: OutboxFilter {
+                only: Some(crate::events::DESTINATION_FULFILMENT),
+                ..OutboxFilter::default()
+            },
+            lease: outbox::FULFILMENT_LEASE,
+            settings: config.outbox.clone(),
+        });
+    }
+    relays
+}
+
 impl Application {
     pub async fn build(config: &Config, role: Role) -> Result<Self, AppError> {
         // Installed before anything records, so no early figure is lost.
@@ -119,42 +190,10 @@ impl Application {
             producer: producer.clone(),
             topic: config.kafka.orders.name.clone(),
         });
-        let http = match role {
-            Role::Api | Role::All => {
-                let state = ApiState {
-                    store: store.clone(),
-                    limits: OrderLimits {
-                        max_items: config.api.max_items_per_order,
-                    },
-                    max_body_bytes: config.api.max_body_bytes,
-                };
-                let admin = config.admin.enabled.then(|| {
-                    Arc::new(api::admin::AdminState {
-                        store: store.clone(),
-                        brokers: brokers.clone(),
-                        producer: producer.clone(),
-                        topic: config.kafka.orders.name.clone(),
-                        group: config.kafka.orders.consumer_group.clone(),
-                        dead_letter_topic: config.worker.dead_letter_topic.clone(),
-                        control_topic: config.admin.control_topic.clone(),
-                        timeout: config.kafka.message_timeout,
-                        max_body_bytes: config.api.max_body_bytes,
-                    })
-                });
-                let guard = Guard::new(&config.api).await?;
-                (
-                    bind(config.api.listen, config.api.max_connections).await?,
-                    api::router(state, readiness, admin, guard),
-                )
-            }
-            Role::Worker => (
-                bind(config.worker.admin_listen, config.api.max_connections).await?,
-                api::operations_router(readiness),
-            ),
-        };
-        let worker = match role {
+        let http = http_server(config, role, &store, &brokers, &producer, readiness).await?;
+        let consumer = match role {
             Role::Api => None,
-            Role::Worker | Role::All => Some(Worker::build(
+            Role::Worker | Role::All => Some(Consumer::build(
                 config,
                 &brokers,
                 store.clone(),
@@ -166,42 +205,21 @@ impl Application {
             topics: topics.published.clone(),
             timeout: config.kafka.message_timeout,
         };
-        let mut relays = vec![Relay {
-            store: store.clone(),
-            sink: Box::new(KafkaSink {
-                producer,
-                brokers,
-                client_id: format!("{client_id}-relay"),
-                topics: topics.published,
-                topics_ready: false,
-                destinations: outbox::kafka_destinations(config),
-                timeout: config.kafka.message_timeout,
-            }),
-            filter: outbox::kafka_filter(config),
-            lease: outbox::MAIN_LEASE,
-            settings: config.outbox.clone(),
-        }];
-        // Fulfilment events for Service Bus are delivered by the worker
-        // role, which emits them.
-        if let (FulfilmentSink::ServiceBus { connection, queue }, Role::Worker | Role::All) =
-            (&config.fulfilment.sink, role)
-        {
-            relays.push(Relay {
-                store: store.clone(),
-                sink: Box::new(ServiceBusSink::new(connection.clone(), queue.clone())),
-                filter: OutboxFilter {
-                    only: Some(crate::events::DESTINATION_FULFILMENT),
-                    ..OutboxFilter::default()
-                },
-                lease: outbox::FULFILMENT_LEASE,
-                settings: config.outbox.clone(),
-            });
-        }
+        let kafka_sink = KafkaSink {
+            producer,
+            brokers,
+            client_id: format!("{client_id}-relay"),
+            topics: topics.published,
+            topics_ready: false,
+            destinations: outbox::kafka_destinations(config),
+            timeout: config.kafka.message_timeout,
+        };
+        let relays = relays(config, role, &store, kafka_sink);
         Ok(Self {
             store,
             http,
             relays,
-            worker,
+            consumer,
             published,
             _embedded: embedded,
         })
@@ -257,10 +275,10 @@ impl Application {
             .into_iter()
             .map(|r| tokio::spawn(r.run(relay_shutdown.clone())))
             .collect();
-        let worker = self.worker.map(|w| {
+        let consumer = self.consumer.map(|c| {
             let (stop, failure, shutdown) = (stop.clone(), failure.clone(), shutdown.clone());
             tokio::spawn(async move {
-                if let Err(e) = w.run(shutdown).await {
+                if let Err(e) = c.run(shutdown).await {
                     failure.stop_with(e.into(), &stop);
                 }
             })
@@ -278,8 +296,8 @@ impl Application {
             .with_graceful_shutdown(async move { stop.wait().await })
             .await
             .map_err(AppError::Serve);
-        if let Some(worker) = worker {
-            let _ = worker.await;
+        if let Some(consumer) = consumer {
+            let _ = consumer.await;
         }
         relay_stop.trigger();
         for relay in relays {

@@ -13,7 +13,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::backoff::Backoff;
-use crate::kafka::{Brokers, KafkaSetupError};
+use crate::brokers::{Brokers, KafkaSetupError};
 use crate::shutdown::Shutdown;
 
 /// How long a dead letter may still take once shutdown has begun.

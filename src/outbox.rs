@@ -75,14 +75,14 @@ pub fn kafka_filter(config: &Config) -> OutboxFilter {
 
 /// What one round leaves to the next: rows published but not yet marked,
 /// and the batch read ahead.
-struct Carry {
+struct NextRound {
     unmarked: Vec<i64>,
     next: Option<Vec<OutboxRecord>>,
     /// Rows the next read asks for.
     limit: usize,
 }
 
-impl Carry {
+impl NextRound {
     fn new(batch_size: usize) -> Self {
         Self {
             unmarked: Vec::new(),
@@ -149,9 +149,9 @@ impl Relay {
     async fn lead(&mut self, mut lease: Box<dyn RelayLease>, shutdown: &mut Shutdown) {
         let mut backoff = Backoff::new(FIRST_BACKOFF, self.settings.max_backoff);
         let mut last_purge = std::time::Instant::now();
-        let mut carry = Carry::new(self.settings.batch_size);
+        let mut next_round = NextRound::new(self.settings.batch_size);
         while !shutdown.is_triggered() {
-            match self.round(lease.as_mut(), &mut carry).await {
+            match self.round(lease.as_mut(), &mut next_round).await {
                 Round::Published(n) => {
                     tracing::debug!(rows = n, "outbox batch published");
                     backoff.reset();
@@ -177,7 +177,7 @@ impl Relay {
             }
         }
         // Published is published, whoever leads next.
-        mark(&self.store, &self.settings, &carry.unmarked).await;
+        mark(&self.store, &self.settings, &next_round.unmarked).await;
     }
 
     /// Delivers one batch. While the sink waits for its acknowledgements,
@@ -185,7 +185,7 @@ impl Relay {
     /// read (skipping the rows in flight), so the producer is rarely idle.
     /// The idempotent producer keeps the batches in order, as it keeps the
     /// rows of one batch.
-    async fn round(&mut self, lease: &mut dyn RelayLease, carry: &mut Carry) -> Round {
+    async fn round(&mut self, lease: &mut dyn RelayLease, next_round: &mut NextRound) -> Round {
         let Relay {
             store,
             sink,
@@ -193,8 +193,8 @@ impl Relay {
             settings,
             lease: lease_name,
         } = self;
-        let limit = carry.limit;
-        let batch = match carry.next.take() {
+        let limit = next_round.limit;
+        let batch = match next_round.next.take() {
             Some(batch) => batch,
             None => {
                 // New rows go out first: the rows of the last round are
@@ -203,18 +203,18 @@ impl Relay {
                 // wakes an idle relay waits for two round trips, not four.
                 let (held, read) = tokio::join!(
                     lease.still_held(),
-                    store.outbox_pending(limit, filter, &carry.unmarked)
+                    store.outbox_pending(limit, filter, &next_round.unmarked)
                 );
                 if !held {
                     return Round::LeaseLost;
                 }
                 match read {
                     Ok(batch) if batch.is_empty() => {
-                        mark(store, settings, &std::mem::take(&mut carry.unmarked)).await;
+                        mark(store, settings, &std::mem::take(&mut next_round.unmarked)).await;
                         return Round::Empty;
                     }
                     Ok(batch) => {
-                        carry.read(batch.len(), settings.batch_size);
+                        next_round.read(batch.len(), settings.batch_size);
                         batch
                     }
                     Err(e) => {
@@ -225,8 +225,8 @@ impl Relay {
             }
         };
         let in_flight: Vec<i64> = batch.iter().map(|r| r.id).collect();
-        let previous = std::mem::take(&mut carry.unmarked);
-        let ahead_limit = carry.limit;
+        let previous = std::mem::take(&mut next_round.unmarked);
+        let ahead_limit = next_round.limit;
         let ahead = async {
             mark(store, settings, &previous).await;
             if !lease.still_held().await {
@@ -249,12 +249,12 @@ impl Relay {
             );
             return Round::Failed;
         }
-        carry.unmarked = delivered.acked;
+        next_round.unmarked = delivered.acked;
         match ahead {
             None => Round::LeaseLost,
             Some(Ok(next)) => {
-                carry.read(next.len(), settings.batch_size);
-                carry.next = (!next.is_empty()).then_some(next);
+                next_round.read(next.len(), settings.batch_size);
+                next_round.next = (!next.is_empty()).then_some(next);
                 Round::Published(published)
             }
             Some(Err(e)) => {
@@ -335,15 +335,15 @@ mod tests {
 
     #[test]
     fn a_backlog_doubles_the_batch_up_to_its_ceiling_and_a_short_read_resets_it() {
-        let mut carry = Carry::new(500);
+        let mut next_round = NextRound::new(500);
         let mut limits = Vec::new();
         for _ in 0..5 {
-            let full = carry.limit;
-            carry.read(full, 500);
-            limits.push(carry.limit);
+            let full = next_round.limit;
+            next_round.read(full, 500);
+            limits.push(next_round.limit);
         }
         assert_eq!(limits, [1000, 2000, 4000, 4000, 4000]);
-        carry.read(3999, 500);
-        assert_eq!(carry.limit, 500, "caught up: back to Outbox.BatchSize");
+        next_round.read(3999, 500);
+        assert_eq!(next_round.limit, 500, "caught up: back to Outbox.BatchSize");
     }
 }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::kafka_cluster::{SASL_PASSWORD, SASL_USER};
 use common::{tls, Backend, Process, TestBroker, TestDb};
+use orderflow::brokers::Brokers;
 use orderflow::config::PropertyValue;
-use orderflow::kafka::Brokers;
 
 const PASSWORD: &str = "kafka-Api-Secret-8d41f0";
 const KEY_PASSWORD: &str = "key-Passphrase-77c2";

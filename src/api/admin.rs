@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::error::Problem;
 use super::{json, ApiError};
-use crate::control::{self, ConsumptionState};
+use crate::brokers::Brokers;
+use crate::consumption_state::{self, ConsumptionState};
 use crate::dlq::{self, DeadLetter};
-use crate::kafka::Brokers;
 use crate::store::SharedStore;
 
 pub struct AdminState {
@@ -187,7 +187,7 @@ pub async fn overview(State(admin): State<Arc<AdminState>>) -> Result<Json<Overv
         .await
         .map_err(kafka_error)?
         .map_err(|e| kafka_error(format!("consumer group offsets: {e}")))?;
-    let paused = control::current(&admin.brokers, &admin.control_topic)
+    let paused = consumption_state::current(&admin.brokers, &admin.control_topic)
         .await
         .map_err(|e| kafka_error(format!("control topic: {e}")))?
         .is_some_and(|s| s.paused);
@@ -212,9 +212,10 @@ pub async fn overview(State(admin): State<Arc<AdminState>>) -> Result<Json<Overv
 }
 
 async fn switch(admin: &AdminState, paused: bool) -> Result<Json<ConsumptionState>, ApiError> {
-    let state = control::publish(&admin.producer, &admin.control_topic, paused, admin.timeout)
-        .await
-        .map_err(kafka_error)?;
+    let state =
+        consumption_state::publish(&admin.producer, &admin.control_topic, paused, admin.timeout)
+            .await
+            .map_err(kafka_error)?;
     tracing::warn!(paused, "consumption switched from the admin dashboard");
     Ok(Json(state))
 }

@@ -38,7 +38,7 @@ use crate::domain::{
         OrderStatus, OrderId, InventoryLevel, FieldError, Problem,
         orders::Page, orders::PaymentRequest, orders::ShipmentRequest, inventory::PutInventory,
         admin::Overview, admin::StatusCount, admin::PartitionView, admin::DeadLetterView,
-        admin::ReplayRequest, admin::Replayed, crate::control::ConsumptionState,
+        admin::ReplayRequest, admin::Replayed, crate::consumption_state::ConsumptionState,
     )),
     tags(
         (name = "orders", description = "Create, read and advance orders"),

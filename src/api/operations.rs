@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use rdkafka::producer::FutureProducer;
 use serde_json::{json, Value};
 
-use crate::kafka::topic_reachable;
+use crate::brokers::topic_reachable;
 use crate::metrics;
 use crate::store::SharedStore;
 

@@ -1757,7 +1757,7 @@ mod tests {
             &[],
         )
         .expect("valid");
-        let brokers = crate::kafka::Brokers::configured(&cfg.kafka).expect("brokers");
+        let brokers = crate::brokers::Brokers::configured(&cfg.kafka).expect("brokers");
         let _producer = brokers
             .producer("orderflow-test", cfg.kafka.message_timeout)
             .expect("zstd producer");
@@ -1779,7 +1779,7 @@ mod tests {
         )
         .expect("valid");
         let (brokers, embedded) =
-            crate::kafka::Brokers::resolve(&cfg.kafka, &[]).expect("embedded");
+            crate::brokers::Brokers::resolve(&cfg.kafka, &[]).expect("embedded");
         assert!(embedded.is_some());
         assert_eq!(
             brokers

@@ -12,8 +12,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{Delivered, Sink};
+use crate::brokers::{Brokers, TopicSpec};
 use crate::events;
-use crate::kafka::{Brokers, TopicSpec};
 use crate::store::OutboxRecord;
 
 pub struct KafkaSink {

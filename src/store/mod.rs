@@ -7,6 +7,7 @@ mod group_commit;
 mod postgres;
 mod sql;
 mod sqlite;
+mod tx_steps;
 
 use std::sync::Arc;
 use std::time::Duration;

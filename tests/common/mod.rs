@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use kafka_cluster::KafkaCluster;
 use orderflow::app::{Application, Role};
+use orderflow::brokers::EmbeddedKafka;
 use orderflow::config::{Config, ConfigSource};
-use orderflow::kafka::EmbeddedKafka;
 use orderflow::shutdown::{self, ShutdownTrigger};
 use orderflow::store::SharedStore;
 use rdkafka::consumer::{BaseConsumer, Consumer};

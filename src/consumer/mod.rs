@@ -1,23 +1,25 @@
-//! The worker role: the consumer engine, the typed handlers it drives, and
-//! the dead-letter producer they share.
+//! What the worker role runs: a Kafka consumer whose engine feeds a pool of
+//! worker tasks (KafkaFlow's "workers"), which drive the typed handlers;
+//! the dead-letter producer they share; the lag-based worker count and the
+//! committable-offset tracker.
 
 pub mod balancer;
 mod engine;
 pub mod offsets;
-mod window;
+mod worker_task;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::brokers::{Brokers, KafkaSetupError, TopicSpec};
 use crate::config::Config;
 use crate::dlq::DeadLetters;
 use crate::handlers::{HandlerContext, HandlerStats};
-use crate::kafka::{Brokers, KafkaSetupError, TopicSpec};
 use crate::shutdown::Shutdown;
 use crate::store::SharedStore;
 
 /// Everything the consumer needs, built before the role starts running.
-pub struct Worker {
+pub struct Consumer {
     brokers: Brokers,
     control_topic: String,
     /// The orders, dead-letter and control topics, created before the
@@ -28,7 +30,7 @@ pub struct Worker {
     handlers: Arc<HandlerContext>,
 }
 
-impl Worker {
+impl Consumer {
     pub fn build(
         config: &Config,
         brokers: &Brokers,
@@ -80,7 +82,7 @@ impl Worker {
         if shutdown.is_triggered() {
             return Ok(());
         }
-        let control = crate::control::follow(
+        let control = crate::consumption_state::follow(
             &self.brokers,
             &self.control_topic,
             self.settings.paused.clone(),

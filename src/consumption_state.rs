@@ -14,7 +14,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::kafka::{Brokers, KafkaSetupError};
+use crate::brokers::{Brokers, KafkaSetupError};
 use crate::shutdown::Shutdown;
 
 const CONSUMPTION_KEY: &str = "consumption";

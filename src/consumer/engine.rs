@@ -23,10 +23,10 @@ use tokio::sync::mpsc;
 
 use super::balancer::desired_workers;
 use super::offsets::OffsetTracker;
-use super::window;
+use super::worker_task;
+use crate::brokers::{Brokers, KafkaSetupError};
 use crate::config::{Distribution, WorkerSettings};
 use crate::handlers::{self, HandlerContext};
-use crate::kafka::{Brokers, KafkaSetupError};
 use crate::shutdown::Shutdown;
 
 /// How long a revocation waits for in-flight messages of the revoked
@@ -187,7 +187,7 @@ impl Pool {
             let (handlers, progress) = (self.handlers.clone(), self.progress.clone());
             let shutdown = self.shutdown.clone();
             self.tasks
-                .push(self.runtime.spawn(window::run(rx, move |message| {
+                .push(self.runtime.spawn(worker_task::run(rx, move |message| {
                     let (handlers, progress) = (handlers.clone(), progress.clone());
                     let shutdown = shutdown.clone();
                     async move {
