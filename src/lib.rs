@@ -1,6 +1,17 @@
 //! orderflow: an event-driven order pipeline. The API role takes orders and
 //! relays their events from a transactional outbox to Kafka; the worker role
-//! consumes them with typed handlers.
+//! consumes them with typed handlers. ARCHITECTURE.md has the full map.
+//!
+//! - `app`: wires a role; `config`: settings from file and environment.
+//! - `domain`: valid-by-construction order types; `events`: the wire format.
+//! - `api`: HTTP, one module per resource; `auth`, `scope`: who may do what.
+//! - `store`: the database (PostgreSQL, SQLite); executes, decides nothing.
+//! - `outbox`, `sink`: the relay and where it delivers.
+//! - `consumer`: the worker role's Kafka consumer and its worker tasks.
+//! - `handlers`: one module per event's decision; `dlq`: dead letters.
+//! - `brokers`: Kafka clients and topics; `consumption_state`: pause/resume.
+//! - `backoff`, `shutdown`, `secret`, `metrics`, `telemetry`, `notifier`:
+//!   shared plumbing.
 
 pub mod api;
 pub mod app;
