@@ -18,7 +18,8 @@ use serde::de::{self, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{ConfigError, PropertyValue, Validator};
+use super::validate::Check;
+use super::{ConfigError, PropertyValue};
 use crate::secret::Secret;
 
 /// The tables under `KafkaConfiguration` whose keys are librdkafka's.
@@ -387,87 +388,87 @@ pub struct KafkaProperties {
 // Validation
 // ---------------------------------------------------------------------------
 
-impl Validator<'_> {
-    pub(super) fn kafka_properties(
-        &self,
-        client: &RawProperties,
-        producer: &RawProperties,
-        consumer: &RawProperties,
-    ) -> Result<KafkaProperties, ConfigError> {
-        Ok(KafkaProperties {
-            client: self.property_table("client", client)?,
-            producer: self.property_table("producer", producer)?,
-            consumer: self.property_table("consumer", consumer)?,
-        })
-    }
+pub(super) fn kafka_properties(
+    check: &Check,
+    client: &RawProperties,
+    producer: &RawProperties,
+    consumer: &RawProperties,
+) -> Result<KafkaProperties, ConfigError> {
+    Ok(KafkaProperties {
+        client: property_table(check, "client", client)?,
+        producer: property_table(check, "producer", producer)?,
+        consumer: property_table(check, "consumer", consumer)?,
+    })
+}
 
-    fn property_table(
-        &self,
-        table: &str,
-        raw: &RawProperties,
-    ) -> Result<PropertyTable, ConfigError> {
-        let mut valid = BTreeMap::new();
-        for (name, value) in &raw.0 {
-            let fail = |message: String| self.property_error(table, name, message);
-            if let Some(why) = owner(name) {
-                return Err(fail(format!("is set by orderflow; {why}")));
-            }
-            let value = match value {
-                RawProperty::Plain(v) => PropertyValue::Plain(v.to_string()),
-                RawProperty::Secret(v) => PropertyValue::Secret(v.clone()),
-            };
-            let text = match &value {
-                PropertyValue::Plain(v) => v.as_str(),
-                PropertyValue::Secret(v) => v.expose(),
-            };
-            // librdkafka checks names and enumerated values when a property
-            // is set, which is what creating its native configuration does:
-            // a typo stops the program here, not at the first client.
-            let mut probe = ClientConfig::new();
-            probe.set(name, text);
-            if let Err(e) = probe.create_native_config() {
-                let message = match e {
-                    KafkaError::ClientConfig(RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN, ..) => {
-                        "librdkafka has no such property".to_string()
-                    }
-                    // Its message quotes the value.
-                    _ if matches!(value, PropertyValue::Secret(_)) => {
-                        "librdkafka rejects its value".to_string()
-                    }
-                    KafkaError::ClientConfig(_, description, ..) => {
-                        format!("librdkafka rejects it: {}", one_line(&description))
-                    }
-                    other => format!("librdkafka rejects it: {}", one_line(&other.to_string())),
-                };
-                return Err(fail(message));
-            }
-            valid.insert(name.clone(), value);
-        }
-        Ok(PropertyTable(valid))
-    }
-
-    /// The error for one property, naming the file or environment variable
-    /// its value came from. figment looks keys up by dotted path, which a
-    /// dotted property name would split, so the value is found in its
-    /// table by name.
-    fn property_error(&self, table: &str, name: &str, message: String) -> ConfigError {
-        let path = [
-            "kafkaconfiguration".to_string(),
-            table.to_string(),
-            name.to_string(),
-        ];
-        let metadata = match self.figment.find_value(&path[..2].join(".")) {
-            Ok(Value::Dict(_, properties)) => properties
-                .get(name)
-                .and_then(|v| self.figment.get_metadata(v.tag())),
-            _ => None,
+fn property_table(
+    check: &Check,
+    table: &str,
+    raw: &RawProperties,
+) -> Result<PropertyTable, ConfigError> {
+    let mut valid = BTreeMap::new();
+    for (name, value) in &raw.0 {
+        let value = match value {
+            RawProperty::Plain(v) => PropertyValue::Plain(v.to_string()),
+            RawProperty::Secret(v) => PropertyValue::Secret(v.clone()),
         };
-        ConfigError::Invalid {
-            key: super::canonical_key(&path),
-            message,
-            source_name: super::source_name(metadata, &path),
+        let verdict = match owner(name) {
+            Some(why) => Err(format!("is set by orderflow; {why}")),
+            None => librdkafka_accepts(name, &value),
+        };
+        if let Err(message) = verdict {
+            return Err(property_error(check, table, name, message));
         }
+        valid.insert(name.clone(), value);
     }
+    Ok(PropertyTable(valid))
+}
+
+/// librdkafka checks names and enumerated values when a property is set,
+/// which is what creating its native configuration does: a typo stops the
+/// program here, not at the first client.
+fn librdkafka_accepts(name: &str, value: &PropertyValue) -> Result<(), String> {
+    let text = match value {
+        PropertyValue::Plain(v) => v.as_str(),
+        PropertyValue::Secret(v) => v.expose(),
+    };
+    let mut probe = ClientConfig::new();
+    probe.set(name, text);
+    let Err(e) = probe.create_native_config() else {
+        return Ok(());
+    };
+    Err(match e {
+        KafkaError::ClientConfig(RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN, ..) => {
+            "librdkafka has no such property".to_string()
+        }
+        // Its message quotes the value.
+        _ if matches!(value, PropertyValue::Secret(_)) => {
+            "librdkafka rejects its value".to_string()
+        }
+        KafkaError::ClientConfig(_, description, ..) => {
+            format!("librdkafka rejects it: {}", one_line(&description))
+        }
+        other => format!("librdkafka rejects it: {}", one_line(&other.to_string())),
+    })
+}
+
+/// The error for one property, naming the file or environment variable its
+/// value came from. figment looks keys up by dotted path, which a dotted
+/// property name would split, so the value is found in its table by name.
+fn property_error(check: &Check, table: &str, name: &str, message: String) -> ConfigError {
+    let path = [
+        "kafkaconfiguration".to_string(),
+        table.to_string(),
+        name.to_string(),
+    ];
+    let figment = check.figment();
+    let metadata = match figment.find_value(&path[..2].join(".")) {
+        Ok(Value::Dict(_, properties)) => properties
+            .get(name)
+            .and_then(|v| figment.get_metadata(v.tag())),
+        _ => None,
+    };
+    check.error_at(&path, metadata, message)
 }
 
 fn one_line(text: &str) -> String {

@@ -1,0 +1,345 @@
+//! The shape of the configuration file and environment: plain serde
+//! structs with their defaults. Values are checked and turned into typed
+//! settings by `validate`; these structs are also what `orderflow config`
+//! prints back (PascalCase, secrets redacted).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::properties::RawProperties;
+use super::security::{RawAuth, RawKafkaSecurity, RawRateLimit};
+use super::settings::redact_url;
+use crate::secret::Secret;
+
+#[derive(Clone, Serialize, Deserialize, Default)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawConfig {
+    #[serde(alias = "kafkaconfiguration")]
+    pub kafka_configuration: RawKafka,
+    pub database: RawDatabase,
+    pub api: RawApi,
+    pub worker: RawWorker,
+    pub outbox: RawOutbox,
+    pub fulfilment: RawFulfilment,
+    pub admin: RawAdmin,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawKafka {
+    #[serde(alias = "serverurl")]
+    pub server_url: String,
+    pub orders: RawTopic,
+    /// How long a produced message may wait for the broker before the relay
+    /// treats it as failed and backs off.
+    #[serde(alias = "messagetimeoutms")]
+    pub message_timeout_ms: u64,
+    pub security: RawKafkaSecurity,
+    /// librdkafka properties for every client, by librdkafka's name.
+    pub client: RawProperties,
+    /// librdkafka properties for producers only.
+    pub producer: RawProperties,
+    /// librdkafka properties for consumers only.
+    pub consumer: RawProperties,
+}
+
+impl Default for RawKafka {
+    fn default() -> Self {
+        Self {
+            server_url: "embedded".into(),
+            orders: RawTopic::default(),
+            message_timeout_ms: 30_000,
+            security: RawKafkaSecurity::default(),
+            client: RawProperties::default(),
+            producer: RawProperties::default(),
+            consumer: RawProperties::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawTopic {
+    #[serde(alias = "topicname")]
+    pub topic_name: String,
+    #[serde(alias = "consumergroup")]
+    pub consumer_group: String,
+    #[serde(alias = "consumername")]
+    pub consumer_name: String,
+    pub partitions: i64,
+    #[serde(alias = "replicationfactor")]
+    pub replication_factor: i64,
+}
+
+impl Default for RawTopic {
+    fn default() -> Self {
+        Self {
+            topic_name: "orders".into(),
+            consumer_group: "order-processing".into(),
+            consumer_name: "order-events-handler".into(),
+            partitions: 10,
+            replication_factor: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawDatabase {
+    pub url: String,
+    #[serde(alias = "maxconnections")]
+    pub max_connections: u32,
+    /// PostgreSQL TLS: disable, allow, prefer, require, verify-ca or
+    /// verify-full; empty leaves it to the URL's `sslmode` (default prefer).
+    #[serde(alias = "sslmode")]
+    pub ssl_mode: String,
+    /// PEM file of the CA that signs the server's certificate.
+    #[serde(alias = "sslrootcert")]
+    pub ssl_root_cert: String,
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://orderflow.db".into(),
+            max_connections: 10,
+            ssl_mode: String::new(),
+            ssl_root_cert: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawApi {
+    pub listen: String,
+    #[serde(alias = "maxbodybytes")]
+    pub max_body_bytes: u64,
+    #[serde(alias = "maxitemsperorder")]
+    pub max_items_per_order: u64,
+    /// A request still running after this gets 503.
+    #[serde(alias = "requesttimeoutms")]
+    pub request_timeout_ms: u64,
+    /// Requests in progress at once; beyond it, 503 with Retry-After.
+    #[serde(alias = "maxconcurrentrequests")]
+    pub max_concurrent_requests: u64,
+    /// Open client connections; further ones wait to be accepted.
+    #[serde(alias = "maxconnections")]
+    pub max_connections: u64,
+    #[serde(alias = "ratelimit")]
+    pub rate_limit: RawRateLimit,
+    pub auth: RawAuth,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            max_body_bytes: 256 * 1024,
+            max_items_per_order: 100,
+            request_timeout_ms: 30_000,
+            max_concurrent_requests: 1_024,
+            max_connections: 10_000,
+            rate_limit: RawRateLimit::default(),
+            auth: RawAuth::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawWorker {
+    #[serde(alias = "adminlisten")]
+    pub admin_listen: String,
+    /// Messages queued per worker; a full queue stops polling.
+    #[serde(alias = "buffersize")]
+    pub buffer_size: i64,
+    #[serde(alias = "minworkers")]
+    pub min_workers: i64,
+    #[serde(alias = "maxworkers")]
+    pub max_workers: i64,
+    /// Lag (messages) that one worker is expected to absorb.
+    #[serde(alias = "lagthreshold")]
+    pub lag_threshold: i64,
+    /// "by-key" (one order's events in order) or "free" (next free worker).
+    #[serde(alias = "distributionstrategy")]
+    pub distribution_strategy: String,
+    #[serde(alias = "commitintervalms")]
+    pub commit_interval_ms: u64,
+    #[serde(alias = "balanceintervalms")]
+    pub balance_interval_ms: u64,
+    /// How soon the group notices a worker that died without leaving.
+    #[serde(alias = "sessiontimeoutms")]
+    pub session_timeout_ms: u64,
+    /// The longest a fetch waits on the broker when nothing is new. Kafka
+    /// answers as soon as data arrives; a broker that does not (librdkafka's
+    /// mock cluster) adds up to this much latency.
+    #[serde(alias = "fetchwaitmaxms")]
+    pub fetch_wait_max_ms: u64,
+    /// Empty means `<orders topic>.dlq`.
+    #[serde(alias = "deadlettertopic")]
+    pub dead_letter_topic: String,
+    /// "skip" (count and log) or "dead-letter".
+    #[serde(alias = "unknowntypes")]
+    pub unknown_types: String,
+    pub retry: RawRetry,
+    pub notifier: RawNotifier,
+}
+
+impl Default for RawWorker {
+    fn default() -> Self {
+        Self {
+            admin_listen: "0.0.0.0:9090".into(),
+            buffer_size: 100,
+            min_workers: 1,
+            max_workers: 4,
+            lag_threshold: 500,
+            distribution_strategy: "by-key".into(),
+            commit_interval_ms: 1_000,
+            balance_interval_ms: 5_000,
+            session_timeout_ms: 45_000,
+            fetch_wait_max_ms: 100,
+            dead_letter_topic: String::new(),
+            unknown_types: "skip".into(),
+            retry: RawRetry::default(),
+            notifier: RawNotifier::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawRetry {
+    #[serde(alias = "maxattempts")]
+    pub max_attempts: i64,
+    #[serde(alias = "initialbackoffms")]
+    pub initial_backoff_ms: u64,
+    #[serde(alias = "maxbackoffms")]
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RawRetry {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff_ms: 200,
+            max_backoff_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawNotifier {
+    /// "log" or "webhook".
+    pub kind: String,
+    /// The webhook's URL.
+    pub url: String,
+}
+
+impl Default for RawNotifier {
+    fn default() -> Self {
+        Self {
+            kind: "log".into(),
+            url: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawAdmin {
+    /// The dashboard and its endpoints on the API role. Off by default
+    /// until API authentication lands: they can pause the whole pipeline.
+    pub enabled: bool,
+    /// The compacted topic workers follow for pause/resume.
+    #[serde(alias = "controltopic")]
+    pub control_topic: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            control_topic: "orderflow.control".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawFulfilment {
+    /// "kafka", "servicebus" or "none".
+    pub kind: String,
+    /// The Kafka topic, for kind "kafka".
+    pub topic: String,
+    /// The Service Bus connection string, for kind "servicebus": a secret,
+    /// from the environment (`Fulfilment__ConnectionString`) or a mounted
+    /// secret, never from a committed file.
+    #[serde(alias = "connectionstring")]
+    pub connection_string: Secret,
+    /// The Service Bus queue (an AMQP target address), for "servicebus".
+    pub queue: String,
+}
+
+impl Default for RawFulfilment {
+    fn default() -> Self {
+        Self {
+            kind: "kafka".into(),
+            topic: "order-fulfilments".into(),
+            connection_string: Secret::default(),
+            queue: "order-fulfilments".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all(serialize = "PascalCase"))]
+pub struct RawOutbox {
+    #[serde(alias = "batchsize")]
+    pub batch_size: u64,
+    /// Fallback poll when no wake-up arrives (another process wrote the row
+    /// on SQLite, or a NOTIFY was lost with its connection).
+    #[serde(alias = "pollintervalms")]
+    pub poll_interval_ms: u64,
+    #[serde(alias = "maxbackoffms")]
+    pub max_backoff_ms: u64,
+    /// Published rows are kept this long for inspection, then deleted; 0
+    /// (the default) deletes them as soon as the broker acknowledged them,
+    /// which costs the relay a sixth of marking them.
+    #[serde(alias = "retentionseconds")]
+    pub retention_seconds: u64,
+}
+
+impl Default for RawOutbox {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_interval_ms: 1_000,
+            max_backoff_ms: 30_000,
+            retention_seconds: 0,
+        }
+    }
+}
+
+impl RawConfig {
+    /// URLs lose their passwords; [`Secret`] fields show themselves as `***`
+    /// when serialized.
+    pub(super) fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        shown.database.url = redact_url(&shown.database.url);
+        shown.worker.notifier.url = redact_url(&shown.worker.notifier.url);
+        shown
+    }
+}
+
+/// As `orderflow config` shows it: a logged configuration leaks nothing.
+impl fmt::Debug for RawConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match toml::to_string(&self.redacted()) {
+            Ok(text) => f.write_str(&text),
+            Err(_) => f.write_str("RawConfig { .. }"),
+        }
+    }
+}
