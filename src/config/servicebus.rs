@@ -1,28 +1,16 @@
 //! The Service Bus connection string, as the Azure portal hands it out.
 
-use std::fmt;
+use crate::secret::Secret;
 
 /// A parsed Service Bus connection string. Debug never shows the key.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServiceBusConnection {
     pub host: String,
     pub port: Option<u16>,
     pub key_name: String,
-    pub key: String,
+    pub key: Secret,
     /// `UseDevelopmentEmulator=true`: plain AMQP, no TLS.
     pub emulator: bool,
-}
-
-impl fmt::Debug for ServiceBusConnection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServiceBusConnection")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("key_name", &self.key_name)
-            .field("key", &"***")
-            .field("emulator", &self.emulator)
-            .finish()
-    }
 }
 
 impl ServiceBusConnection {
@@ -45,7 +33,7 @@ impl ServiceBusConnection {
                 "endpoint" => endpoint = Some(value.trim().to_string()),
                 "sharedaccesskeyname" => key_name = Some(value.trim().to_string()),
                 // The key is base64 and may itself end in '='.
-                "sharedaccesskey" => key = Some(value.trim().to_string()),
+                "sharedaccesskey" => key = Some(Secret::new(value.trim())),
                 "usedevelopmentemulator" => emulator = value.trim().eq_ignore_ascii_case("true"),
                 "entitypath" => {}
                 other => return Err(format!("unknown part {other:?}")),
@@ -98,7 +86,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(
-            (c.host.as_str(), c.port, c.key.as_str()),
+            (c.host.as_str(), c.port, c.key.expose()),
             ("shop.servicebus.windows.net", None, "abc==")
         );
         assert!(!c.emulator);

@@ -162,7 +162,7 @@ pub struct WorkerSettings {
 }
 
 /// Where `OrderFulfilled` and `OrderRejected` are delivered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum FulfilmentSink {
     Kafka {
         topic: String,
