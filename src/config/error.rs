@@ -19,15 +19,13 @@ pub enum ConfigError {
 
 /// A value serde could not take, as figment reports it.
 pub(super) fn from_figment(error: &figment::Error) -> ConfigError {
-    let path: Vec<String> = error
-        .path
-        .iter()
-        .filter(|s| s.as_str() != "default")
-        .cloned()
-        .collect();
+    let path = match error.path.split_first() {
+        Some((profile, rest)) if profile == "default" => rest,
+        _ => &error.path[..],
+    };
     ConfigError::Invalid {
-        key: keys::canonical_key(&path),
+        key: keys::canonical_key(path),
         message: error.kind.to_string(),
-        source_name: keys::source_name(error.metadata.as_ref(), &path),
+        source_name: keys::source_name(error.metadata.as_ref(), path),
     }
 }

@@ -3,7 +3,7 @@
 //! `KafkaConfiguration.Producer` and `KafkaConfiguration.Consumer`.
 //!
 //! Their names are librdkafka's (`compression.type`), not keys of this
-//! configuration: they are never folded onto the canonical key list. The
+//! configuration: they are never folded to a field's spelling. The
 //! Confluent.Kafka .NET spelling (`CompressionType`) is accepted too, as
 //! Kubernetes manifests written for .NET services carry it.
 
@@ -18,6 +18,7 @@ use serde::de::{self, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::keys;
 use super::validate::Check;
 use super::{ConfigError, PropertyValue};
 use crate::secret::Secret;
@@ -25,10 +26,15 @@ use crate::secret::Secret;
 /// The tables under `KafkaConfiguration` whose keys are librdkafka's.
 const TABLES: &[&str] = &["client", "producer", "consumer"];
 
-/// Whether `path` (folded keys) is one of the property tables.
-pub(super) fn is_table(path: &[String]) -> bool {
-    matches!(path, [section, table]
-        if section == "kafkaconfiguration" && TABLES.contains(&table.as_str()))
+/// Whether `path` (keys in any spelling) is one of the property tables.
+pub(super) fn is_table<S: AsRef<str>>(path: &[S]) -> bool {
+    match path {
+        [section, table] => {
+            keys::fold(section.as_ref()) == "kafkaconfiguration"
+                && TABLES.contains(&keys::fold(table.as_ref()).as_str())
+        }
+        _ => false,
+    }
 }
 
 /// `CompressionType` or `compressionType` → `compression.type`; dotted
@@ -395,9 +401,9 @@ pub(super) fn kafka_properties(
     consumer: &RawProperties,
 ) -> Result<KafkaProperties, ConfigError> {
     Ok(KafkaProperties {
-        client: property_table(check, "client", client)?,
-        producer: property_table(check, "producer", producer)?,
-        consumer: property_table(check, "consumer", consumer)?,
+        client: property_table(check, "Client", client)?,
+        producer: property_table(check, "Producer", producer)?,
+        consumer: property_table(check, "Consumer", consumer)?,
     })
 }
 
@@ -457,7 +463,7 @@ fn librdkafka_accepts(name: &str, value: &PropertyValue) -> Result<(), String> {
 /// property name would split, so the value is found in its table by name.
 fn property_error(check: &Check, table: &str, name: &str, message: String) -> ConfigError {
     let path = [
-        "kafkaconfiguration".to_string(),
+        "KafkaConfiguration".to_string(),
         table.to_string(),
         name.to_string(),
     ];

@@ -1,7 +1,11 @@
 //! The shape of the configuration file and environment: plain serde
 //! structs with their defaults. Values are checked and turned into typed
 //! settings by `validate`; these structs are also what `orderflow config`
-//! prints back (PascalCase, secrets redacted).
+//! prints back (secrets redacted).
+//!
+//! Keys are PascalCase both ways: `sources` folds whatever spelling a user
+//! wrote to the field's PascalCase name, which `keys` reads off these
+//! structs' own serialization, so a field is spelled in exactly one place.
 
 use std::fmt;
 
@@ -13,9 +17,8 @@ use super::settings::redact_url;
 use crate::secret::Secret;
 
 #[derive(Clone, Serialize, Deserialize, Default)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawConfig {
-    #[serde(alias = "kafkaconfiguration")]
     pub kafka_configuration: RawKafka,
     pub database: RawDatabase,
     pub api: RawApi,
@@ -26,14 +29,12 @@ pub struct RawConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawKafka {
-    #[serde(alias = "serverurl")]
     pub server_url: String,
     pub orders: RawTopic,
     /// How long a produced message may wait for the broker before the relay
     /// treats it as failed and backs off.
-    #[serde(alias = "messagetimeoutms")]
     pub message_timeout_ms: u64,
     pub security: RawKafkaSecurity,
     /// librdkafka properties for every client, by librdkafka's name.
@@ -59,16 +60,12 @@ impl Default for RawKafka {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawTopic {
-    #[serde(alias = "topicname")]
     pub topic_name: String,
-    #[serde(alias = "consumergroup")]
     pub consumer_group: String,
-    #[serde(alias = "consumername")]
     pub consumer_name: String,
     pub partitions: i64,
-    #[serde(alias = "replicationfactor")]
     pub replication_factor: i64,
 }
 
@@ -85,17 +82,14 @@ impl Default for RawTopic {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawDatabase {
     pub url: String,
-    #[serde(alias = "maxconnections")]
     pub max_connections: u32,
     /// PostgreSQL TLS: disable, allow, prefer, require, verify-ca or
     /// verify-full; empty leaves it to the URL's `sslmode` (default prefer).
-    #[serde(alias = "sslmode")]
     pub ssl_mode: String,
     /// PEM file of the CA that signs the server's certificate.
-    #[serde(alias = "sslrootcert")]
     pub ssl_root_cert: String,
 }
 
@@ -111,23 +105,17 @@ impl Default for RawDatabase {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawApi {
     pub listen: String,
-    #[serde(alias = "maxbodybytes")]
     pub max_body_bytes: u64,
-    #[serde(alias = "maxitemsperorder")]
     pub max_items_per_order: u64,
     /// A request still running after this gets 503.
-    #[serde(alias = "requesttimeoutms")]
     pub request_timeout_ms: u64,
     /// Requests in progress at once; beyond it, 503 with Retry-After.
-    #[serde(alias = "maxconcurrentrequests")]
     pub max_concurrent_requests: u64,
     /// Open client connections; further ones wait to be accepted.
-    #[serde(alias = "maxconnections")]
     pub max_connections: u64,
-    #[serde(alias = "ratelimit")]
     pub rate_limit: RawRateLimit,
     pub auth: RawAuth,
 }
@@ -148,40 +136,28 @@ impl Default for RawApi {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawWorker {
-    #[serde(alias = "adminlisten")]
     pub admin_listen: String,
     /// Messages queued per worker; a full queue stops polling.
-    #[serde(alias = "buffersize")]
     pub buffer_size: i64,
-    #[serde(alias = "minworkers")]
     pub min_workers: i64,
-    #[serde(alias = "maxworkers")]
     pub max_workers: i64,
     /// Lag (messages) that one worker is expected to absorb.
-    #[serde(alias = "lagthreshold")]
     pub lag_threshold: i64,
     /// "by-key" (one order's events in order) or "free" (next free worker).
-    #[serde(alias = "distributionstrategy")]
     pub distribution_strategy: String,
-    #[serde(alias = "commitintervalms")]
     pub commit_interval_ms: u64,
-    #[serde(alias = "balanceintervalms")]
     pub balance_interval_ms: u64,
     /// How soon the group notices a worker that died without leaving.
-    #[serde(alias = "sessiontimeoutms")]
     pub session_timeout_ms: u64,
     /// The longest a fetch waits on the broker when nothing is new. Kafka
     /// answers as soon as data arrives; a broker that does not (librdkafka's
     /// mock cluster) adds up to this much latency.
-    #[serde(alias = "fetchwaitmaxms")]
     pub fetch_wait_max_ms: u64,
     /// Empty means `<orders topic>.dlq`.
-    #[serde(alias = "deadlettertopic")]
     pub dead_letter_topic: String,
     /// "skip" (count and log) or "dead-letter".
-    #[serde(alias = "unknowntypes")]
     pub unknown_types: String,
     pub retry: RawRetry,
     pub notifier: RawNotifier,
@@ -209,13 +185,10 @@ impl Default for RawWorker {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawRetry {
-    #[serde(alias = "maxattempts")]
     pub max_attempts: i64,
-    #[serde(alias = "initialbackoffms")]
     pub initial_backoff_ms: u64,
-    #[serde(alias = "maxbackoffms")]
     pub max_backoff_ms: u64,
 }
 
@@ -230,7 +203,7 @@ impl Default for RawRetry {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawNotifier {
     /// "log" or "webhook".
     pub kind: String,
@@ -248,13 +221,12 @@ impl Default for RawNotifier {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawAdmin {
     /// The dashboard and its endpoints on the API role. Off by default
     /// until API authentication lands: they can pause the whole pipeline.
     pub enabled: bool,
     /// The compacted topic workers follow for pause/resume.
-    #[serde(alias = "controltopic")]
     pub control_topic: String,
 }
 
@@ -268,7 +240,7 @@ impl Default for RawAdmin {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawFulfilment {
     /// "kafka", "servicebus" or "none".
     pub kind: String,
@@ -277,7 +249,6 @@ pub struct RawFulfilment {
     /// The Service Bus connection string, for kind "servicebus": a secret,
     /// from the environment (`Fulfilment__ConnectionString`) or a mounted
     /// secret, never from a committed file.
-    #[serde(alias = "connectionstring")]
     pub connection_string: Secret,
     /// The Service Bus queue (an AMQP target address), for "servicebus".
     pub queue: String,
@@ -295,20 +266,16 @@ impl Default for RawFulfilment {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawOutbox {
-    #[serde(alias = "batchsize")]
     pub batch_size: u64,
     /// Fallback poll when no wake-up arrives (another process wrote the row
     /// on SQLite, or a NOTIFY was lost with its connection).
-    #[serde(alias = "pollintervalms")]
     pub poll_interval_ms: u64,
-    #[serde(alias = "maxbackoffms")]
     pub max_backoff_ms: u64,
     /// Published rows are kept this long for inspection, then deleted; 0
     /// (the default) deletes them as soon as the broker acknowledged them,
     /// which costs the relay a sixth of marking them.
-    #[serde(alias = "retentionseconds")]
     pub retention_seconds: u64,
 }
 

@@ -18,12 +18,11 @@ use crate::secret::Secret;
 // ---------------------------------------------------------------------------
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawKafkaSecurity {
     /// PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
     pub protocol: String,
     /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (for the SASL protocols).
-    #[serde(alias = "saslmechanism")]
     pub sasl_mechanism: String,
     /// Confluent Cloud: the API key; Event Hubs: `$ConnectionString`.
     pub username: String,
@@ -31,17 +30,12 @@ pub struct RawKafkaSecurity {
     pub password: Secret,
     /// PEM file of the CA(s) that sign the brokers' certificates; empty
     /// means the system's roots.
-    #[serde(alias = "cafile")]
     pub ca_file: String,
     /// mTLS: the client's certificate and key (PEM).
-    #[serde(alias = "certificatefile")]
     pub certificate_file: String,
-    #[serde(alias = "keyfile")]
     pub key_file: String,
-    #[serde(alias = "keypassword")]
     pub key_password: Secret,
     /// Check that the broker's certificate names the host connected to.
-    #[serde(alias = "endpointidentification")]
     pub endpoint_identification: bool,
 }
 
@@ -62,7 +56,7 @@ impl Default for RawKafkaSecurity {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawAuth {
     /// Off on the embedded default; the Helm chart turns it on.
     pub enabled: bool,
@@ -71,7 +65,7 @@ pub struct RawAuth {
     pub tokens: BTreeMap<String, RawToken>,
     pub jwt: RawJwt,
     /// Paths served without a token (exact, or a prefix ending in `*`).
-    #[serde(alias = "anonymouspaths", deserialize_with = "string_or_list")]
+    #[serde(deserialize_with = "string_or_list")]
     pub anonymous_paths: Vec<String>,
 }
 
@@ -95,7 +89,7 @@ impl Default for RawAuth {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawToken {
     pub token: Secret,
     /// `orders:read`, `orders:write`, `admin`: a list, or one string
@@ -105,24 +99,21 @@ pub struct RawToken {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawJwt {
     /// Required `iss`; empty turns JWT validation off.
     pub issuer: String,
     /// Required `aud`.
     pub audience: String,
     /// The issuer's signing keys: a JWKS document on disk, or its URL.
-    #[serde(alias = "jwksfile")]
     pub jwks_file: String,
-    #[serde(alias = "jwksurl")]
     pub jwks_url: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawRateLimit {
     /// Sustained requests per second per client; 0 turns the limit off.
-    #[serde(alias = "persecond")]
     pub per_second: u32,
     /// Requests a client may send at once above the sustained rate.
     pub burst: u32,

@@ -8,21 +8,10 @@ use figment::providers::{Format, Json, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Metadata, Profile, Provider};
 
+use super::keys::{self, Shape};
 use super::{properties, ConfigError};
 
-/// Top-level sections taken from the environment; everything else in the
-/// process environment (PATH, HOME, ...) is not configuration.
-const SECTIONS: &[&str] = &[
-    "kafkaconfiguration",
-    "database",
-    "api",
-    "worker",
-    "outbox",
-    "fulfilment",
-    "admin",
-];
-
-/// A TOML or JSON file whose keys are folded to lower case.
+/// A TOML or JSON file whose keys are folded to their canonical spelling.
 pub(super) struct CaseInsensitiveFile {
     path: PathBuf,
     data: Dict,
@@ -50,7 +39,7 @@ impl CaseInsensitiveFile {
         let dict = data.into_values().next().unwrap_or_default();
         Ok(Self {
             path: path.to_path_buf(),
-            data: fold_keys(dict),
+            data: fold_dict(dict, Some(keys::config_shape())),
         })
     }
 }
@@ -68,23 +57,25 @@ impl Provider for CaseInsensitiveFile {
     }
 }
 
-fn fold_keys(dict: Dict) -> Dict {
-    fold_dict(dict, &[])
-}
-
-fn fold_dict(dict: Dict, parent: &[String]) -> Dict {
-    if properties::is_table(parent) {
-        return properties::fold_names(dict);
-    }
+/// Keys the configuration has take their field's spelling; others (an
+/// ASP.NET file's `Logging`, a token's name) are lower-cased, so that two
+/// spellings of one still meet.
+fn fold_dict(dict: Dict, shape: Option<&Shape>) -> Dict {
     let mut folded = Dict::new();
     for (key, value) in dict {
-        let key = key.to_lowercase();
-        let value = match value {
-            Value::Dict(tag, d) => {
-                let path = [parent, std::slice::from_ref(&key)].concat();
-                Value::Dict(tag, fold_dict(d, &path))
+        let (key, child) = match shape {
+            Some(shape) => shape.child(&key),
+            None => (key.to_lowercase(), None),
+        };
+        let value = match (value, child) {
+            (Value::Dict(tag, d), Some(Shape::Properties)) => {
+                Value::Dict(tag, properties::fold_names(d))
             }
-            other => fold_value(other),
+            (Value::Dict(tag, d), child) => Value::Dict(tag, fold_dict(d, child)),
+            (Value::Array(tag, items), _) => {
+                Value::Array(tag, items.into_iter().map(fold_value).collect())
+            }
+            (other, _) => other,
         };
         insert_folded(&mut folded, key, value);
     }
@@ -109,7 +100,7 @@ fn insert_folded(dict: &mut Dict, key: String, value: Value) {
 
 fn fold_value(value: Value) -> Value {
     match value {
-        Value::Dict(tag, d) => Value::Dict(tag, fold_keys(d)),
+        Value::Dict(tag, d) => Value::Dict(tag, fold_dict(d, None)),
         Value::Array(tag, items) => Value::Array(tag, items.into_iter().map(fold_value).collect()),
         other => other,
     }
@@ -124,13 +115,22 @@ impl EnvLayer {
     pub(super) fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
         let vars = vars
             .into_iter()
-            .filter(|(k, _)| {
-                let first = k.split("__").next().unwrap_or_default().to_lowercase();
-                k.contains("__") && SECTIONS.contains(&first.as_str())
-            })
+            .filter(|(name, _)| is_configuration(name))
             .collect();
         Self { vars }
     }
+}
+
+/// Everything else in the process environment (PATH, HOME, ...) is not
+/// configuration: only `Section__...` of a section the shape has counts.
+fn is_configuration(name: &str) -> bool {
+    let Some((section, _)) = name.split_once("__") else {
+        return false;
+    };
+    matches!(
+        keys::config_shape().child(section),
+        (_, Some(Shape::Section(_)))
+    )
 }
 
 impl Provider for EnvLayer {
@@ -140,45 +140,54 @@ impl Provider for EnvLayer {
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         let mut dict = Dict::new();
-        for (key, value) in &self.vars {
-            let segments: Vec<&str> = key.split("__").collect();
-            let mut path: Vec<String> = segments.iter().map(|s| s.to_lowercase()).collect();
-            // A librdkafka property is one key however it is spelled
-            // (`compression.type`, `CompressionType`, `compression__type`),
-            // so it merges with the file's value of the same property.
-            let property = path.len() > 2 && properties::is_table(&path[..2]);
-            if property {
-                path.truncate(2);
-                path.push(properties::env_name(&segments[2..]));
-            }
-            // Parsed as figment parses its own environment values: "12"
-            // becomes a number, "true" a boolean, anything else a string.
-            // Credentials and URLs stay verbatim: a password "007" or
-            // "[x]" is not a number or a list; librdkafka takes every
-            // property as a string anyway.
-            let verbatim = property
-                || path
-                    .last()
-                    .is_some_and(|k| VERBATIM_KEYS.contains(&k.as_str()));
-            let value: Value = match verbatim {
-                true => Value::from(value.clone()),
-                false => value.parse().unwrap_or_else(|_| Value::from(value.clone())),
-            };
-            insert_path(&mut dict, &path, value);
+        for (name, value) in &self.vars {
+            let (path, shape) = env_path(name);
+            insert_path(&mut dict, &path, env_value(value, shape));
         }
         Ok(Profile::Default.collect(dict))
     }
 }
 
-const VERBATIM_KEYS: &[&str] = &[
-    "password",
-    "keypassword",
-    "token",
-    "username",
-    "connectionstring",
-    "url",
-    "serverurl",
-];
+/// The key a variable sets, spelled canonically, and what that key holds.
+/// A librdkafka property is one key however it is spelled
+/// (`compression.type`, `CompressionType`, `compression__type`), so it
+/// merges with the file's value of the same property.
+fn env_path(name: &str) -> (Vec<String>, Option<&'static Shape>) {
+    let segments: Vec<&str> = name.split("__").collect();
+    let mut path = Vec::with_capacity(segments.len());
+    let mut shape = Some(keys::config_shape());
+    for (i, segment) in segments.iter().enumerate() {
+        let Some(s) = shape else {
+            path.push(segment.to_lowercase());
+            continue;
+        };
+        if let Shape::Properties = s {
+            let (property, value) = s.child(&properties::env_name(&segments[i..]));
+            path.push(property);
+            return (path, value);
+        }
+        let (key, child) = s.child(segment);
+        path.push(key);
+        shape = child;
+    }
+    (path, shape)
+}
+
+/// An environment value is text; it is read as the type its key holds, so
+/// a topic named "123" or a password "007" stays text, as does any
+/// librdkafka property (librdkafka takes strings). Keys the configuration
+/// does not have are parsed as figment parses its own environment values.
+fn env_value(raw: &str, shape: Option<&Shape>) -> Value {
+    match shape {
+        Some(Shape::Text) => Value::from(raw.to_string()),
+        Some(Shape::Bool) => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" => Value::from(true),
+            "false" => Value::from(false),
+            _ => Value::from(raw.to_string()),
+        },
+        _ => raw.parse().unwrap_or_else(|_| Value::from(raw.to_string())),
+    }
+}
 
 fn insert_path(dict: &mut Dict, path: &[String], value: Value) {
     match path {

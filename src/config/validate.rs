@@ -34,10 +34,10 @@ impl<'a> Check<'a> {
         self.figment
     }
 
-    /// The error for `dotted` (`Api.Listen`, any case), naming where its
-    /// value came from.
+    /// The error for `dotted` (`Api.Listen`, any spelling), naming where
+    /// its value came from.
     pub(super) fn error(&self, dotted: &str, message: impl Into<String>) -> ConfigError {
-        let path: Vec<String> = dotted.split('.').map(str::to_lowercase).collect();
+        let path = keys::canonical_path(&dotted.split('.').collect::<Vec<_>>());
         let metadata = self.figment.find_metadata(&path.join("."));
         self.error_at(&path, metadata, message)
     }
