@@ -24,6 +24,9 @@ pub(super) enum Shape {
     Number,
     Bool,
     List,
+    /// A librdkafka property's value: text, a number or a boolean, passed
+    /// on as text.
+    Scalar,
     /// Keys this configuration defines, by folded name.
     Section(BTreeMap<String, Field>),
     /// Keys the user names (`Api.Auth.Tokens.<name>`), all of one shape.
@@ -41,8 +44,7 @@ pub(super) struct Field {
 /// Stands for any user-chosen key of a map in [`template`].
 const ENTRY: &str = "*";
 
-/// Values of librdkafka properties are passed on as text.
-static PROPERTY_VALUE: Shape = Shape::Text;
+static PROPERTY_VALUE: Shape = Shape::Scalar;
 
 /// The shape of the whole configuration.
 pub(super) fn config_shape() -> &'static Shape {
@@ -121,6 +123,12 @@ impl Shape {
             _ => (key.to_lowercase(), None),
         }
     }
+
+    /// What `path` (in any spelling) holds, if the configuration has it.
+    pub(super) fn at<S: AsRef<str>>(&self, path: &[S]) -> Option<&Shape> {
+        path.iter()
+            .try_fold(self, |shape, key| shape.child(key.as_ref()).1)
+    }
 }
 
 /// `path` spelled as messages spell it; librdkafka property names stay as
@@ -148,9 +156,15 @@ pub(super) fn source_name<S: AsRef<str>>(metadata: Option<&Metadata>, path: &[S]
         None => "built-in default".into(),
         Some(md) => match &md.source {
             Some(figment::Source::File(p)) => p.display().to_string(),
-            _ => format!("{} {}", md.name, canonical_path(path).join("__")),
+            _ => env_source(&canonical_path(path)),
         },
     }
+}
+
+/// The variable that sets `path` (canonical), as messages name it.
+pub(super) fn env_source<S: AsRef<str>>(path: &[S]) -> String {
+    let name: Vec<&str> = path.iter().map(AsRef::as_ref).collect();
+    format!("environment variable {}", name.join("__"))
 }
 
 #[cfg(test)]
@@ -183,10 +197,7 @@ mod tests {
 
     #[test]
     fn leaves_have_the_type_of_their_default() {
-        let at = |path: &[&str]| {
-            path.iter()
-                .try_fold(config_shape(), |shape, key| shape.child(key).1)
-        };
+        let at = |path: &[&str]| config_shape().at(path);
         assert_eq!(at(&["Api", "Listen"]), Some(&Shape::Text));
         assert_eq!(at(&["api", "maxbodybytes"]), Some(&Shape::Number));
         assert_eq!(at(&["Admin", "Enabled"]), Some(&Shape::Bool));
@@ -199,6 +210,10 @@ mod tests {
         assert_eq!(
             at(&["KafkaConfiguration", "Producer"]),
             Some(&Shape::Properties)
+        );
+        assert_eq!(
+            at(&["KafkaConfiguration", "Producer", "linger.ms"]),
+            Some(&Shape::Scalar)
         );
         assert_eq!(at(&["Api", "Nope"]), None);
     }

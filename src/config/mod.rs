@@ -86,7 +86,7 @@ impl Config {
                 path: source.path.display().to_string(),
             });
         }
-        figment = figment.merge(sources::EnvLayer::from_vars(env));
+        figment = figment.merge(sources::EnvLayer::from_vars(env)?);
         let raw: RawConfig = figment.extract().map_err(|e| error::from_figment(&e))?;
         validate::config(&validate::Check::new(&figment), raw)
     }

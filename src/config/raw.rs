@@ -9,7 +9,8 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::properties::RawProperties;
 use super::security::{RawAuth, RawKafkaSecurity, RawRateLimit};
@@ -309,4 +310,45 @@ impl fmt::Debug for RawConfig {
             Err(_) => f.write_str("RawConfig { .. }"),
         }
     }
+}
+
+/// What a list key takes, in messages.
+pub(super) const LIST_EXPECTED: &str =
+    "a list, comma-separated (`a,b`) or a JSON array (`[\"a\",\"b\"]`)";
+
+/// A list key: a list, or one string of items separated by commas or
+/// spaces (as scopes are written). A visitor rather than an untagged enum,
+/// whose error ("data did not match any variant") says nothing useful.
+pub(super) fn list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    struct ListVisitor;
+
+    impl<'de> Visitor<'de> for ListVisitor {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(LIST_EXPECTED)
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+            Ok(split_list(v))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element::<String>()? {
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+
+    deserializer.deserialize_any(ListVisitor)
+}
+
+pub(super) fn split_list(text: &str) -> Vec<String> {
+    text.split([' ', ','])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }

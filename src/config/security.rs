@@ -6,8 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
+use super::raw::list;
 use super::validate::Check;
 use super::ConfigError;
 use crate::auth::Scope;
@@ -65,7 +66,7 @@ pub struct RawAuth {
     pub tokens: BTreeMap<String, RawToken>,
     pub jwt: RawJwt,
     /// Paths served without a token (exact, or a prefix ending in `*`).
-    #[serde(deserialize_with = "string_or_list")]
+    #[serde(deserialize_with = "list")]
     pub anonymous_paths: Vec<String>,
 }
 
@@ -94,7 +95,7 @@ pub struct RawToken {
     pub token: Secret,
     /// `orders:read`, `orders:write`, `admin`: a list, or one string
     /// separated by spaces or commas (as an environment variable is).
-    #[serde(deserialize_with = "string_or_list")]
+    #[serde(deserialize_with = "list")]
     pub scopes: Vec<String>,
 }
 
@@ -126,25 +127,6 @@ impl Default for RawRateLimit {
             burst: 50,
         }
     }
-}
-
-/// Accepts `["a", "b"]` or `"a b"` / `"a,b"`.
-fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match Either::deserialize(deserializer)? {
-        Either::One(s) => s
-            .split([' ', ','])
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
-        Either::Many(v) => v,
-    })
 }
 
 // ---------------------------------------------------------------------------

@@ -2,13 +2,16 @@
 //! ASP.NET `appsettings.json`) and `Section__Key` environment variables,
 //! both as figment providers whose keys are folded to one spelling.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use figment::error::Actual;
 use figment::providers::{Format, Json, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Metadata, Profile, Provider};
 
 use super::keys::{self, Shape};
+use super::raw::{split_list, LIST_EXPECTED};
 use super::{properties, ConfigError};
 
 /// A TOML or JSON file whose keys are folded to their canonical spelling.
@@ -106,18 +109,43 @@ fn fold_value(value: Value) -> Value {
     }
 }
 
-/// `Section__Key__Sub=value` variables of the known sections.
+/// `Section__Key__Sub=value` variables of the known sections, read as the
+/// types their keys hold.
 pub(super) struct EnvLayer {
-    vars: Vec<(String, String)>,
+    data: Dict,
 }
 
 impl EnvLayer {
-    pub(super) fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
-        let vars = vars
-            .into_iter()
-            .filter(|(name, _)| is_configuration(name))
-            .collect();
-        Self { vars }
+    /// Fails on a list that cannot be read: every other value is passed on
+    /// as it is, and serde's verdict on it is worded by `error`.
+    pub(super) fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut data = Dict::new();
+        // ASP.NET binds `Key__0`, `Key__1`, ... to a list, in index order.
+        let mut indexed: BTreeMap<Vec<String>, BTreeMap<usize, String>> = BTreeMap::new();
+        for (name, value) in vars {
+            if !is_configuration(&name) {
+                continue;
+            }
+            match env_key(&name) {
+                EnvKey::Item { path, index } => {
+                    indexed.entry(path).or_default().insert(index, value);
+                }
+                EnvKey::Value { path, shape } => {
+                    let value = env_value(&path, &value, shape)?;
+                    insert_path(&mut data, &path, value);
+                }
+            }
+        }
+        for (path, items) in indexed {
+            insert_path(
+                &mut data,
+                &path,
+                Value::from(items.into_values().collect::<Vec<_>>()),
+            );
+        }
+        Ok(Self { data })
     }
 }
 
@@ -139,20 +167,25 @@ impl Provider for EnvLayer {
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        let mut dict = Dict::new();
-        for (name, value) in &self.vars {
-            let (path, shape) = env_path(name);
-            insert_path(&mut dict, &path, env_value(value, shape));
-        }
-        Ok(Profile::Default.collect(dict))
+        Ok(Profile::Default.collect(self.data.clone()))
     }
 }
 
-/// The key a variable sets, spelled canonically, and what that key holds.
+/// The key a variable sets, spelled canonically.
+enum EnvKey {
+    /// The whole value of a key, and what the key holds if it is ours.
+    Value {
+        path: Vec<String>,
+        shape: Option<&'static Shape>,
+    },
+    /// One item of a list, ASP.NET style (`Scopes__0`).
+    Item { path: Vec<String>, index: usize },
+}
+
 /// A librdkafka property is one key however it is spelled
 /// (`compression.type`, `CompressionType`, `compression__type`), so it
 /// merges with the file's value of the same property.
-fn env_path(name: &str) -> (Vec<String>, Option<&'static Shape>) {
+fn env_key(name: &str) -> EnvKey {
     let segments: Vec<&str> = name.split("__").collect();
     let mut path = Vec::with_capacity(segments.len());
     let mut shape = Some(keys::config_shape());
@@ -161,32 +194,74 @@ fn env_path(name: &str) -> (Vec<String>, Option<&'static Shape>) {
             path.push(segment.to_lowercase());
             continue;
         };
-        if let Shape::Properties = s {
-            let (property, value) = s.child(&properties::env_name(&segments[i..]));
-            path.push(property);
-            return (path, value);
+        match s {
+            Shape::Properties => {
+                let (property, value) = s.child(&properties::env_name(&segments[i..]));
+                path.push(property);
+                return EnvKey::Value { path, shape: value };
+            }
+            Shape::List if i + 1 == segments.len() => {
+                if let Ok(index) = segment.parse() {
+                    return EnvKey::Item { path, index };
+                }
+            }
+            _ => {}
         }
         let (key, child) = s.child(segment);
         path.push(key);
         shape = child;
     }
-    (path, shape)
+    EnvKey::Value { path, shape }
 }
 
 /// An environment value is text; it is read as the type its key holds, so
 /// a topic named "123" or a password "007" stays text, as does any
 /// librdkafka property (librdkafka takes strings). Keys the configuration
 /// does not have are parsed as figment parses its own environment values.
-fn env_value(raw: &str, shape: Option<&Shape>) -> Value {
-    match shape {
-        Some(Shape::Text) => Value::from(raw.to_string()),
+fn env_value(path: &[String], raw: &str, shape: Option<&Shape>) -> Result<Value, ConfigError> {
+    Ok(match shape {
+        Some(Shape::Text | Shape::Scalar) => Value::from(raw.to_string()),
         Some(Shape::Bool) => match raw.trim().to_ascii_lowercase().as_str() {
             "true" => Value::from(true),
             "false" => Value::from(false),
             _ => Value::from(raw.to_string()),
         },
+        Some(Shape::List) => match env_list(raw) {
+            Some(items) => Value::from(items),
+            None => {
+                return Err(ConfigError::Invalid {
+                    key: path.join("."),
+                    message: format!("expected {LIST_EXPECTED}"),
+                    source_name: keys::env_source(path),
+                })
+            }
+        },
         _ => raw.parse().unwrap_or_else(|_| Value::from(raw.to_string())),
+    })
+}
+
+/// `a,b` (or `a b`, as scopes are written), or an array: JSON
+/// (`["a","b"]`) or figment's unquoted `[a, b]`, which was read before
+/// lists were typed. `None` for a bracket that opens no such array.
+fn env_list(raw: &str) -> Option<Vec<String>> {
+    let trimmed = raw.trim();
+    if !trimmed.starts_with('[') {
+        return Some(split_list(trimmed));
     }
+    let Ok(Value::Array(_, items)) = trimmed.parse::<Value>() else {
+        return None;
+    };
+    items
+        .iter()
+        .map(|item| match item.to_actual() {
+            Actual::Str(s) => Some(s),
+            Actual::Unsigned(n) => Some(n.to_string()),
+            Actual::Signed(n) => Some(n.to_string()),
+            Actual::Float(n) => Some(n.to_string()),
+            Actual::Bool(b) => Some(b.to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn insert_path(dict: &mut Dict, path: &[String], value: Value) {

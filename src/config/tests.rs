@@ -383,3 +383,168 @@ fn the_embedded_cluster_gets_the_tables_too() {
         Some("3")
     );
 }
+
+const TOKEN: &str = "0123456789abcdef";
+
+/// What serde or figment would say in Rust's terms; a message says what
+/// the key takes instead.
+fn assert_plain(message: &str) {
+    for jargon in [
+        "invalid type",
+        "invalid value",
+        "untagged",
+        "Either",
+        "variant",
+        "sequence",
+        "struct",
+        "u32",
+        "u64",
+        "i64",
+        "map",
+    ] {
+        assert!(!message.contains(jargon), "{jargon:?} in: {message}");
+    }
+}
+
+/// The message, checked for serde's jargon, with the temporary directory
+/// dropped from the file's path.
+fn message(result: Result<Config, ConfigError>) -> String {
+    let err = result.expect_err("invalid").to_string();
+    assert_plain(&err);
+    match (err.rfind(" (/"), err.rfind('/')) {
+        (Some(open), Some(slash)) if err.ends_with(')') => {
+            format!("{} ({}", &err[..open], &err[slash + 1..])
+        }
+        _ => err,
+    }
+}
+
+#[test]
+fn lists_from_env_are_comma_separated() {
+    let cfg = load(
+        "",
+        "toml",
+        &[
+            ("Api__Auth__Tokens__shop__Token", TOKEN),
+            (
+                "Api__Auth__Tokens__shop__Scopes",
+                "orders:read, orders:write",
+            ),
+            ("Api__Auth__Tokens__ops__Token", TOKEN),
+            ("Api__Auth__Tokens__ops__Scopes", "admin"),
+            ("Api__Auth__AnonymousPaths", "/healthz,/metrics"),
+        ],
+    )
+    .expect("valid");
+    let scopes: Vec<usize> = cfg.api.auth.tokens.iter().map(|t| t.scopes.len()).collect();
+    assert_eq!(scopes, [1, 2], "ops, shop");
+    assert_eq!(cfg.api.auth.anonymous_paths, ["/healthz", "/metrics"]);
+}
+
+#[test]
+fn lists_from_env_may_be_json_arrays_or_indexed() {
+    let cfg = load(
+        "[Api.Auth.Tokens.shop]\nScopes = [\"admin\"]\n",
+        "toml",
+        &[
+            ("Api__Auth__Tokens__shop__Token", TOKEN),
+            (
+                "Api__Auth__Tokens__shop__Scopes",
+                r#"["orders:read", "orders:write"]"#,
+            ),
+            ("Api__Auth__AnonymousPaths", r#"["/healthz"]"#),
+            // ASP.NET's own form: one variable per item.
+            ("Api__Auth__Tokens__ops__Token", TOKEN),
+            ("Api__Auth__Tokens__ops__Scopes__1", "orders:write"),
+            ("Api__Auth__Tokens__ops__Scopes__0", "admin"),
+        ],
+    )
+    .expect("valid");
+    let tokens = &cfg.api.auth.tokens;
+    let names: Vec<&str> = tokens.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["ops", "shop"]);
+    assert_eq!(format!("{:?}", tokens[0].scopes), "[Admin, OrdersWrite]");
+    assert_eq!(
+        format!("{:?}", tokens[1].scopes),
+        "[OrdersRead, OrdersWrite]"
+    );
+    assert_eq!(cfg.api.auth.anonymous_paths, ["/healthz"]);
+}
+
+#[test]
+fn text_keys_from_env_stay_text() {
+    let cfg = load(
+        "",
+        "toml",
+        &[
+            ("KafkaConfiguration__Orders__TopicName", "123"),
+            ("Admin__Enabled", "True"),
+        ],
+    )
+    .expect("valid");
+    assert_eq!(cfg.kafka.orders.name, "123");
+    assert!(cfg.admin.enabled);
+}
+
+#[test]
+fn wrong_types_name_key_source_and_what_is_expected() {
+    let err = message(load(
+        "",
+        "toml",
+        &[("Api__Auth__Tokens__shop__Scopes", "[orders:read")],
+    ));
+    assert_eq!(
+        err,
+        "Api.Auth.Tokens.shop.Scopes: expected a list, comma-separated (`a,b`) or a JSON \
+         array (`[\"a\",\"b\"]`) (environment variable Api__Auth__Tokens__shop__Scopes)"
+    );
+
+    let err = message(load("[Api.Auth.Tokens.shop]\nScopes = 5\n", "toml", &[]));
+    assert_eq!(
+        err,
+        "Api.Auth.Tokens.shop.Scopes: expected a list, comma-separated (`a,b`) or a JSON \
+         array (`[\"a\",\"b\"]`), found a number (config.toml)"
+    );
+
+    let err = message(load("", "toml", &[("Database__MaxConnections", "ten")]));
+    assert_eq!(
+        err,
+        "Database.MaxConnections: expected a whole number from 0 to 4294967295, found \"ten\" \
+         (environment variable Database__MaxConnections)"
+    );
+
+    let err = message(load("[Admin]\nEnabled = \"maybe\"\n", "toml", &[]));
+    assert_eq!(
+        err,
+        "Admin.Enabled: expected true or false, found \"maybe\" (config.toml)"
+    );
+
+    let err = message(load("", "toml", &[("KafkaConfiguration__Orders", "5")]));
+    assert_eq!(
+        err,
+        "KafkaConfiguration.Orders: expected a section of keys, found a number \
+         (environment variable KafkaConfiguration__Orders)"
+    );
+
+    let err = message(load(
+        "[Api.Auth.Tokens.shop]\nScopes = [\"admin\", 1]\n",
+        "toml",
+        &[],
+    ));
+    assert_eq!(
+        err,
+        "Api.Auth.Tokens.shop.Scopes: expected a list, comma-separated (`a,b`) or a JSON \
+         array (`[\"a\",\"b\"]`); item 1 is a number (config.toml)"
+    );
+
+    // A text key may hold a credential: its value is never repeated.
+    let err = message(load(
+        "[KafkaConfiguration.Security]\nPassword = 987654321\n",
+        "toml",
+        &[],
+    ));
+    assert_eq!(
+        err,
+        "KafkaConfiguration.Security.Password: expected text, found a number (config.toml)"
+    );
+}
