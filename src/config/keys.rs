@@ -44,6 +44,8 @@ pub(super) struct Field {
 /// Stands for any user-chosen key of a map in [`template`].
 const ENTRY: &str = "*";
 
+/// What [`Shape::child`] points to under a property table: the values
+/// have no field of their own to lend a reference to.
 static PROPERTY_VALUE: Shape = Shape::Scalar;
 
 /// The shape of the whole configuration.

@@ -1,7 +1,8 @@
-//! The security sections: how the Kafka clients authenticate and encrypt
-//! (`KafkaConfiguration.Security`), PostgreSQL TLS (`Database.SslMode`,
-//! `Database.SslRootCert`), who may call the API (`Api.Auth`) and how much
-//! (`Api.RateLimit` and the request limits).
+//! The security sections, each with its raw shape, typed settings and
+//! validation: how the Kafka clients authenticate and encrypt
+//! (`KafkaConfiguration.Security`), who may call the API (`Api.Auth`) and
+//! how often (`Api.RateLimit`). PostgreSQL TLS and the request limits are
+//! plain keys of their sections, checked in `validate`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
