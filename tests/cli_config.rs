@@ -371,3 +371,63 @@ fn unset_api_tokens_stop_only_the_api_role() {
     );
     assert!(!short.stderr.contains("short ("), "{}", short.stderr);
 }
+
+/// Lists set from the environment, as Kubernetes manifests for ASP.NET
+/// services set them: comma-separated, a JSON array, or one variable per
+/// item. A list that cannot be read stops the program naming the variable,
+/// in the configuration's terms rather than serde's.
+#[test]
+fn lists_from_the_environment() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = "0123456789abcdef-token";
+    let run = orderflow(
+        dir.path(),
+        &["config"],
+        &[
+            ("Api__Auth__Tokens__shop__Token", token),
+            (
+                "Api__Auth__Tokens__shop__Scopes",
+                "orders:read,orders:write",
+            ),
+            ("Api__Auth__Tokens__ops__Token", token),
+            ("Api__Auth__Tokens__ops__Scopes__0", "admin"),
+            ("Api__Auth__AnonymousPaths", r#"["/healthz", "/metrics"]"#),
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let effective: toml::Value = toml::from_str(&run.stdout).expect("TOML output");
+    let auth = &effective["Api"]["Auth"];
+    let list = |v: &toml::Value| -> Vec<String> {
+        v.as_array()
+            .expect("a list")
+            .iter()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect()
+    };
+    assert_eq!(
+        list(&auth["Tokens"]["shop"]["Scopes"]),
+        ["orders:read", "orders:write"]
+    );
+    assert_eq!(list(&auth["Tokens"]["ops"]["Scopes"]), ["admin"]);
+    assert_eq!(list(&auth["AnonymousPaths"]), ["/healthz", "/metrics"]);
+
+    let run = orderflow(
+        dir.path(),
+        &["config"],
+        &[("Api__Auth__Tokens__shop__Scopes", "[orders:read")],
+    );
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("Api.Auth.Tokens.shop.Scopes: expected a list")
+            && run
+                .stderr
+                .contains("(environment variable Api__Auth__Tokens__shop__Scopes)"),
+        "{}",
+        run.stderr
+    );
+    for jargon in ["untagged", "Either", "invalid type", "sequence"] {
+        assert!(!run.stderr.contains(jargon), "{jargon}: {}", run.stderr);
+    }
+}

@@ -3,7 +3,7 @@
 //! `KafkaConfiguration.Producer` and `KafkaConfiguration.Consumer`.
 //!
 //! Their names are librdkafka's (`compression.type`), not keys of this
-//! configuration: they are never folded onto the canonical key list. The
+//! configuration: they are never folded to a field's spelling. The
 //! Confluent.Kafka .NET spelling (`CompressionType`) is accepted too, as
 //! Kubernetes manifests written for .NET services carry it.
 
@@ -18,16 +18,23 @@ use serde::de::{self, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{ConfigError, PropertyValue, Validator};
+use super::keys;
+use super::validate::Check;
+use super::{ConfigError, PropertyValue};
 use crate::secret::Secret;
 
 /// The tables under `KafkaConfiguration` whose keys are librdkafka's.
 const TABLES: &[&str] = &["client", "producer", "consumer"];
 
-/// Whether `path` (folded keys) is one of the property tables.
-pub(super) fn is_table(path: &[String]) -> bool {
-    matches!(path, [section, table]
-        if section == "kafkaconfiguration" && TABLES.contains(&table.as_str()))
+/// Whether `path` (keys in any spelling) is one of the property tables.
+pub(super) fn is_table<S: AsRef<str>>(path: &[S]) -> bool {
+    match path {
+        [section, table] => {
+            keys::fold(section.as_ref()) == "kafkaconfiguration"
+                && TABLES.contains(&keys::fold(table.as_ref()).as_str())
+        }
+        _ => false,
+    }
 }
 
 /// `CompressionType` or `compressionType` → `compression.type`; dotted
@@ -387,87 +394,87 @@ pub struct KafkaProperties {
 // Validation
 // ---------------------------------------------------------------------------
 
-impl Validator<'_> {
-    pub(super) fn kafka_properties(
-        &self,
-        client: &RawProperties,
-        producer: &RawProperties,
-        consumer: &RawProperties,
-    ) -> Result<KafkaProperties, ConfigError> {
-        Ok(KafkaProperties {
-            client: self.property_table("client", client)?,
-            producer: self.property_table("producer", producer)?,
-            consumer: self.property_table("consumer", consumer)?,
-        })
-    }
+pub(super) fn kafka_properties(
+    check: &Check,
+    client: &RawProperties,
+    producer: &RawProperties,
+    consumer: &RawProperties,
+) -> Result<KafkaProperties, ConfigError> {
+    Ok(KafkaProperties {
+        client: property_table(check, "Client", client)?,
+        producer: property_table(check, "Producer", producer)?,
+        consumer: property_table(check, "Consumer", consumer)?,
+    })
+}
 
-    fn property_table(
-        &self,
-        table: &str,
-        raw: &RawProperties,
-    ) -> Result<PropertyTable, ConfigError> {
-        let mut valid = BTreeMap::new();
-        for (name, value) in &raw.0 {
-            let fail = |message: String| self.property_error(table, name, message);
-            if let Some(why) = owner(name) {
-                return Err(fail(format!("is set by orderflow; {why}")));
-            }
-            let value = match value {
-                RawProperty::Plain(v) => PropertyValue::Plain(v.to_string()),
-                RawProperty::Secret(v) => PropertyValue::Secret(v.clone()),
-            };
-            let text = match &value {
-                PropertyValue::Plain(v) => v.as_str(),
-                PropertyValue::Secret(v) => v.expose(),
-            };
-            // librdkafka checks names and enumerated values when a property
-            // is set, which is what creating its native configuration does:
-            // a typo stops the program here, not at the first client.
-            let mut probe = ClientConfig::new();
-            probe.set(name, text);
-            if let Err(e) = probe.create_native_config() {
-                let message = match e {
-                    KafkaError::ClientConfig(RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN, ..) => {
-                        "librdkafka has no such property".to_string()
-                    }
-                    // Its message quotes the value.
-                    _ if matches!(value, PropertyValue::Secret(_)) => {
-                        "librdkafka rejects its value".to_string()
-                    }
-                    KafkaError::ClientConfig(_, description, ..) => {
-                        format!("librdkafka rejects it: {}", one_line(&description))
-                    }
-                    other => format!("librdkafka rejects it: {}", one_line(&other.to_string())),
-                };
-                return Err(fail(message));
-            }
-            valid.insert(name.clone(), value);
-        }
-        Ok(PropertyTable(valid))
-    }
-
-    /// The error for one property, naming the file or environment variable
-    /// its value came from. figment looks keys up by dotted path, which a
-    /// dotted property name would split, so the value is found in its
-    /// table by name.
-    fn property_error(&self, table: &str, name: &str, message: String) -> ConfigError {
-        let path = [
-            "kafkaconfiguration".to_string(),
-            table.to_string(),
-            name.to_string(),
-        ];
-        let metadata = match self.figment.find_value(&path[..2].join(".")) {
-            Ok(Value::Dict(_, properties)) => properties
-                .get(name)
-                .and_then(|v| self.figment.get_metadata(v.tag())),
-            _ => None,
+fn property_table(
+    check: &Check,
+    table: &str,
+    raw: &RawProperties,
+) -> Result<PropertyTable, ConfigError> {
+    let mut valid = BTreeMap::new();
+    for (name, value) in &raw.0 {
+        let value = match value {
+            RawProperty::Plain(v) => PropertyValue::Plain(v.to_string()),
+            RawProperty::Secret(v) => PropertyValue::Secret(v.clone()),
         };
-        ConfigError::Invalid {
-            key: super::canonical_key(&path),
-            message,
-            source_name: super::source_name(metadata, &path),
+        let verdict = match owner(name) {
+            Some(why) => Err(format!("is set by orderflow; {why}")),
+            None => librdkafka_accepts(name, &value),
+        };
+        if let Err(message) = verdict {
+            return Err(property_error(check, table, name, message));
         }
+        valid.insert(name.clone(), value);
     }
+    Ok(PropertyTable(valid))
+}
+
+/// librdkafka checks names and enumerated values when a property is set,
+/// which is what creating its native configuration does: a typo stops the
+/// program here, not at the first client.
+fn librdkafka_accepts(name: &str, value: &PropertyValue) -> Result<(), String> {
+    let text = match value {
+        PropertyValue::Plain(v) => v.as_str(),
+        PropertyValue::Secret(v) => v.expose(),
+    };
+    let mut probe = ClientConfig::new();
+    probe.set(name, text);
+    let Err(e) = probe.create_native_config() else {
+        return Ok(());
+    };
+    Err(match e {
+        KafkaError::ClientConfig(RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN, ..) => {
+            "librdkafka has no such property".to_string()
+        }
+        // Its message quotes the value.
+        _ if matches!(value, PropertyValue::Secret(_)) => {
+            "librdkafka rejects its value".to_string()
+        }
+        KafkaError::ClientConfig(_, description, ..) => {
+            format!("librdkafka rejects it: {}", one_line(&description))
+        }
+        other => format!("librdkafka rejects it: {}", one_line(&other.to_string())),
+    })
+}
+
+/// The error for one property, naming the file or environment variable its
+/// value came from. figment looks keys up by dotted path, which a dotted
+/// property name would split, so the value is found in its table by name.
+fn property_error(check: &Check, table: &str, name: &str, message: String) -> ConfigError {
+    let path = [
+        "KafkaConfiguration".to_string(),
+        table.to_string(),
+        name.to_string(),
+    ];
+    let figment = check.figment();
+    let metadata = match figment.find_value(&path[..2].join(".")) {
+        Ok(Value::Dict(_, properties)) => properties
+            .get(name)
+            .and_then(|v| figment.get_metadata(v.tag())),
+        _ => None,
+    };
+    check.error_at(&path, metadata, message)
 }
 
 fn one_line(text: &str) -> String {

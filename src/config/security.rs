@@ -1,15 +1,18 @@
-//! The security sections: how the Kafka clients authenticate and encrypt
-//! (`KafkaConfiguration.Security`), PostgreSQL TLS (`Database.SslMode`,
-//! `Database.SslRootCert`), who may call the API (`Api.Auth`) and how much
-//! (`Api.RateLimit` and the request limits).
+//! The security sections, each with its raw shape, typed settings and
+//! validation: how the Kafka clients authenticate and encrypt
+//! (`KafkaConfiguration.Security`), who may call the API (`Api.Auth`) and
+//! how often (`Api.RateLimit`). PostgreSQL TLS and the request limits are
+//! plain keys of their sections, checked in `validate`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, Validator};
-use crate::auth::Scope;
+use super::raw::list;
+use super::validate::Check;
+use super::ConfigError;
+use crate::scope::Scope;
 use crate::secret::Secret;
 
 // ---------------------------------------------------------------------------
@@ -17,12 +20,11 @@ use crate::secret::Secret;
 // ---------------------------------------------------------------------------
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawKafkaSecurity {
     /// PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
     pub protocol: String,
     /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (for the SASL protocols).
-    #[serde(alias = "saslmechanism")]
     pub sasl_mechanism: String,
     /// Confluent Cloud: the API key; Event Hubs: `$ConnectionString`.
     pub username: String,
@@ -30,17 +32,12 @@ pub struct RawKafkaSecurity {
     pub password: Secret,
     /// PEM file of the CA(s) that sign the brokers' certificates; empty
     /// means the system's roots.
-    #[serde(alias = "cafile")]
     pub ca_file: String,
     /// mTLS: the client's certificate and key (PEM).
-    #[serde(alias = "certificatefile")]
     pub certificate_file: String,
-    #[serde(alias = "keyfile")]
     pub key_file: String,
-    #[serde(alias = "keypassword")]
     pub key_password: Secret,
     /// Check that the broker's certificate names the host connected to.
-    #[serde(alias = "endpointidentification")]
     pub endpoint_identification: bool,
 }
 
@@ -61,7 +58,7 @@ impl Default for RawKafkaSecurity {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawAuth {
     /// Off on the embedded default; the Helm chart turns it on.
     pub enabled: bool,
@@ -70,7 +67,7 @@ pub struct RawAuth {
     pub tokens: BTreeMap<String, RawToken>,
     pub jwt: RawJwt,
     /// Paths served without a token (exact, or a prefix ending in `*`).
-    #[serde(alias = "anonymouspaths", deserialize_with = "string_or_list")]
+    #[serde(deserialize_with = "list")]
     pub anonymous_paths: Vec<String>,
 }
 
@@ -94,34 +91,31 @@ impl Default for RawAuth {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawToken {
     pub token: Secret,
     /// `orders:read`, `orders:write`, `admin`: a list, or one string
     /// separated by spaces or commas (as an environment variable is).
-    #[serde(deserialize_with = "string_or_list")]
+    #[serde(deserialize_with = "list")]
     pub scopes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawJwt {
     /// Required `iss`; empty turns JWT validation off.
     pub issuer: String,
     /// Required `aud`.
     pub audience: String,
     /// The issuer's signing keys: a JWKS document on disk, or its URL.
-    #[serde(alias = "jwksfile")]
     pub jwks_file: String,
-    #[serde(alias = "jwksurl")]
     pub jwks_url: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, rename_all(serialize = "PascalCase"))]
+#[serde(default, rename_all = "PascalCase")]
 pub struct RawRateLimit {
     /// Sustained requests per second per client; 0 turns the limit off.
-    #[serde(alias = "persecond")]
     pub per_second: u32,
     /// Requests a client may send at once above the sustained rate.
     pub burst: u32,
@@ -134,25 +128,6 @@ impl Default for RawRateLimit {
             burst: 50,
         }
     }
-}
-
-/// Accepts `["a", "b"]` or `"a b"` / `"a,b"`.
-fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match Either::deserialize(deserializer)? {
-        Either::One(s) => s
-            .split([' ', ','])
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
-        Either::Many(v) => v,
-    })
 }
 
 // ---------------------------------------------------------------------------
@@ -334,192 +309,212 @@ pub struct RateLimitSettings {
 /// Tokens shorter than this are guessable; the chart generates 32+.
 const MIN_TOKEN_LEN: usize = 16;
 
-impl Validator<'_> {
-    pub(super) fn kafka_security(
-        &self,
-        raw: &RawKafkaSecurity,
-    ) -> Result<KafkaSecurity, ConfigError> {
-        let key = |k: &str| format!("kafkaconfiguration.security.{k}");
-        let protocol = match raw.protocol.trim().to_ascii_uppercase().as_str() {
-            "PLAINTEXT" => KafkaProtocol::Plaintext,
-            "SSL" => KafkaProtocol::Ssl,
-            "SASL_PLAINTEXT" => KafkaProtocol::SaslPlaintext,
-            "SASL_SSL" => KafkaProtocol::SaslSsl,
-            other => {
-                return Err(self.error(
-                    &key("protocol"),
-                    format!("{other:?} is not one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
-                ))
-            }
-        };
-        let sasl = if protocol.uses_sasl() {
-            let mechanism = match raw.sasl_mechanism.trim().to_ascii_uppercase().as_str() {
-                "PLAIN" => SaslMechanism::Plain,
-                "SCRAM-SHA-256" => SaslMechanism::ScramSha256,
-                "SCRAM-SHA-512" => SaslMechanism::ScramSha512,
-                other => {
-                    return Err(self.error(
-                        &key("saslmechanism"),
-                        format!("{other:?} is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
-                    ))
-                }
-            };
-            let username = self.non_empty(&key("username"), &raw.username)?;
-            if raw.password.is_empty() {
-                return Err(self.error(
-                    &key("password"),
-                    format!(
-                        "is empty; {} needs one",
-                        protocol.as_str().to_ascii_uppercase()
-                    ),
-                ));
-            }
-            Some(SaslCredentials {
-                mechanism,
-                username,
-                password: raw.password.clone(),
-            })
-        } else {
-            None
-        };
-        let file = |k: &str, value: &str| -> Result<Option<PathBuf>, ConfigError> {
-            let value = value.trim();
-            if value.is_empty() {
-                return Ok(None);
-            }
-            let path = PathBuf::from(value);
-            if !path.is_file() {
-                return Err(self.error(&key(k), format!("{value:?} is not a readable file")));
-            }
-            Ok(Some(path))
-        };
-        let tls = if protocol.uses_tls() {
-            let certificate_file = file("certificatefile", &raw.certificate_file)?;
-            let key_file = file("keyfile", &raw.key_file)?;
-            if certificate_file.is_some() != key_file.is_some() {
-                return Err(self.error(
-                    &key(if key_file.is_none() {
-                        "keyfile"
-                    } else {
-                        "certificatefile"
-                    }),
-                    "mutual TLS needs both CertificateFile and KeyFile",
-                ));
-            }
-            Some(TlsFiles {
-                ca_file: file("cafile", &raw.ca_file)?,
-                certificate_file,
-                key_file,
-                key_password: (!raw.key_password.is_empty()).then(|| raw.key_password.clone()),
-                endpoint_identification: raw.endpoint_identification,
-            })
-        } else {
-            None
-        };
-        Ok(KafkaSecurity {
-            protocol,
-            sasl,
-            tls,
-        })
-    }
+pub(super) fn kafka_security(
+    check: &Check,
+    raw: &RawKafkaSecurity,
+) -> Result<KafkaSecurity, ConfigError> {
+    let protocol = match raw.protocol.trim().to_ascii_uppercase().as_str() {
+        "PLAINTEXT" => KafkaProtocol::Plaintext,
+        "SSL" => KafkaProtocol::Ssl,
+        "SASL_PLAINTEXT" => KafkaProtocol::SaslPlaintext,
+        "SASL_SSL" => KafkaProtocol::SaslSsl,
+        other => {
+            return Err(check.error(
+                &security_key("Protocol"),
+                format!("{other:?} is not one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
+            ))
+        }
+    };
+    let sasl = match protocol.uses_sasl() {
+        true => Some(sasl(check, raw, protocol)?),
+        false => None,
+    };
+    let tls = match protocol.uses_tls() {
+        true => Some(tls(check, raw)?),
+        false => None,
+    };
+    Ok(KafkaSecurity {
+        protocol,
+        sasl,
+        tls,
+    })
+}
 
-    pub(super) fn auth(&self, raw: &RawAuth) -> Result<AuthSettings, ConfigError> {
-        let mut tokens = Vec::new();
-        let mut unready = None;
-        for (name, token) in &raw.tokens {
-            let key = |k: &str| format!("api.auth.tokens.{name}.{k}");
-            if token.token.expose().trim().is_empty() {
-                unready.get_or_insert(self.error(
-                    &key("token"),
-                    "is not set (the API role needs a value for every configured token)",
-                ));
-                continue;
-            }
-            if token.token.expose().trim().len() < MIN_TOKEN_LEN {
-                return Err(self.error(
-                    &key("token"),
-                    format!("must be at least {MIN_TOKEN_LEN} characters"),
-                ));
-            }
-            let scopes = token
-                .scopes
-                .iter()
-                .map(|s| {
-                    Scope::parse(s).ok_or_else(|| {
-                        self.error(
-                            &key("scopes"),
-                            format!("{s:?} is not one of {}", Scope::ALL_NAMES),
-                        )
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            tokens.push(StaticToken {
-                name: name.clone(),
-                token: Secret::new(token.token.expose().trim()),
-                scopes,
-            });
-        }
-        let j = &raw.jwt;
-        let jwt = if j.issuer.trim().is_empty() {
-            None
-        } else {
-            let jwks = match (j.jwks_file.trim(), j.jwks_url.trim()) {
-                ("", "") => {
-                    return Err(self.error(
-                        "api.auth.jwt.jwksurl",
-                        "is empty; with Api.Auth.Jwt.Issuer set, give JwksUrl or JwksFile",
-                    ))
-                }
-                (file, "") => JwksSource::File(PathBuf::from(file)),
-                ("", url) if url.starts_with("https://") || url.starts_with("http://") => {
-                    JwksSource::Url(url.to_string())
-                }
-                ("", url) => {
-                    return Err(self.error(
-                        "api.auth.jwt.jwksurl",
-                        format!("{url:?} is not an http(s) URL"),
-                    ))
-                }
-                _ => {
-                    return Err(self.error(
-                        "api.auth.jwt.jwksfile",
-                        "give JwksFile or JwksUrl, not both",
-                    ))
-                }
-            };
-            Some(JwtSettings {
-                issuer: j.issuer.trim().to_string(),
-                audience: self.non_empty("api.auth.jwt.audience", &j.audience)?,
-                jwks,
-            })
-        };
-        if raw.tokens.is_empty() && jwt.is_none() {
-            unready.get_or_insert(self.error(
-                "api.auth.enabled",
-                "is true, but no Api.Auth.Tokens and no Api.Auth.Jwt.Issuer are configured: \
-                 nobody could call the API",
-            ));
-        }
-        Ok(AuthSettings {
-            enabled: raw.enabled,
-            tokens,
-            jwt,
-            anonymous_paths: raw.anonymous_paths.clone(),
-            unready,
-        })
-    }
+fn security_key(name: &str) -> String {
+    format!("KafkaConfiguration.Security.{name}")
+}
 
-    pub(super) fn rate_limit(
-        &self,
-        raw: &RawRateLimit,
-    ) -> Result<Option<RateLimitSettings>, ConfigError> {
-        if raw.per_second == 0 {
-            return Ok(None);
+fn sasl(
+    check: &Check,
+    raw: &RawKafkaSecurity,
+    protocol: KafkaProtocol,
+) -> Result<SaslCredentials, ConfigError> {
+    let mechanism = match raw.sasl_mechanism.trim().to_ascii_uppercase().as_str() {
+        "PLAIN" => SaslMechanism::Plain,
+        "SCRAM-SHA-256" => SaslMechanism::ScramSha256,
+        "SCRAM-SHA-512" => SaslMechanism::ScramSha512,
+        other => {
+            return Err(check.error(
+                &security_key("SaslMechanism"),
+                format!("{other:?} is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
+            ))
         }
-        let burst = self.in_range("api.ratelimit.burst", raw.burst.into(), 1, 1_000_000)? as u32;
-        Ok(Some(RateLimitSettings {
-            per_second: raw.per_second,
-            burst,
-        }))
+    };
+    let username = check.non_empty(&security_key("Username"), &raw.username)?;
+    if raw.password.is_empty() {
+        let needs = protocol.as_str().to_ascii_uppercase();
+        return Err(check.error(
+            &security_key("Password"),
+            format!("is empty; {needs} needs one"),
+        ));
     }
+    Ok(SaslCredentials {
+        mechanism,
+        username,
+        password: raw.password.clone(),
+    })
+}
+
+fn tls(check: &Check, raw: &RawKafkaSecurity) -> Result<TlsFiles, ConfigError> {
+    let file = |name: &str, value: &str| check.optional_file(&security_key(name), value);
+    let certificate_file = file("CertificateFile", &raw.certificate_file)?;
+    let key_file = file("KeyFile", &raw.key_file)?;
+    if certificate_file.is_some() != key_file.is_some() {
+        let missing = match key_file {
+            None => "KeyFile",
+            Some(_) => "CertificateFile",
+        };
+        return Err(check.error(
+            &security_key(missing),
+            "mutual TLS needs both CertificateFile and KeyFile",
+        ));
+    }
+    Ok(TlsFiles {
+        ca_file: file("CaFile", &raw.ca_file)?,
+        certificate_file,
+        key_file,
+        key_password: (!raw.key_password.is_empty()).then(|| raw.key_password.clone()),
+        endpoint_identification: raw.endpoint_identification,
+    })
+}
+
+/// A token configured without a value does not stop the other roles: it
+/// makes the settings unready, which only the API role checks.
+pub(super) fn auth(check: &Check, raw: &RawAuth) -> Result<AuthSettings, ConfigError> {
+    let mut tokens = Vec::new();
+    let mut unready = None;
+    for (name, token) in &raw.tokens {
+        match static_token(check, name, token)? {
+            Ok(token) => tokens.push(token),
+            Err(missing) => {
+                unready.get_or_insert(missing);
+            }
+        }
+    }
+    let jwt = jwt(check, &raw.jwt)?;
+    if raw.tokens.is_empty() && jwt.is_none() {
+        unready.get_or_insert(check.error(
+            "Api.Auth.Enabled",
+            "is true, but no Api.Auth.Tokens and no Api.Auth.Jwt.Issuer are configured: \
+             nobody could call the API",
+        ));
+    }
+    Ok(AuthSettings {
+        enabled: raw.enabled,
+        tokens,
+        jwt,
+        anonymous_paths: raw.anonymous_paths.clone(),
+        unready,
+    })
+}
+
+/// The outer error stops every role; the inner one (no value) only the API.
+fn static_token(
+    check: &Check,
+    name: &str,
+    raw: &RawToken,
+) -> Result<Result<StaticToken, ConfigError>, ConfigError> {
+    let key = |k: &str| format!("Api.Auth.Tokens.{name}.{k}");
+    let value = raw.token.expose().trim();
+    if value.is_empty() {
+        return Ok(Err(check.error(
+            &key("Token"),
+            "is not set (the API role needs a value for every configured token)",
+        )));
+    }
+    if value.len() < MIN_TOKEN_LEN {
+        return Err(check.error(
+            &key("Token"),
+            format!("must be at least {MIN_TOKEN_LEN} characters"),
+        ));
+    }
+    let scopes = raw
+        .scopes
+        .iter()
+        .map(|s| {
+            Scope::parse(s).ok_or_else(|| {
+                check.error(
+                    &key("Scopes"),
+                    format!("{s:?} is not one of {}", Scope::ALL_NAMES),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Ok(StaticToken {
+        name: name.to_string(),
+        token: Secret::new(value),
+        scopes,
+    }))
+}
+
+/// No issuer turns JWT validation off.
+fn jwt(check: &Check, raw: &RawJwt) -> Result<Option<JwtSettings>, ConfigError> {
+    let issuer = raw.issuer.trim();
+    if issuer.is_empty() {
+        return Ok(None);
+    }
+    let jwks = match (raw.jwks_file.trim(), raw.jwks_url.trim()) {
+        ("", "") => {
+            return Err(check.error(
+                "Api.Auth.Jwt.JwksUrl",
+                "is empty; with Api.Auth.Jwt.Issuer set, give JwksUrl or JwksFile",
+            ))
+        }
+        (file, "") => JwksSource::File(PathBuf::from(file)),
+        ("", url) if url.starts_with("https://") || url.starts_with("http://") => {
+            JwksSource::Url(url.to_string())
+        }
+        ("", url) => {
+            return Err(check.error(
+                "Api.Auth.Jwt.JwksUrl",
+                format!("{url:?} is not an http(s) URL"),
+            ))
+        }
+        _ => {
+            return Err(check.error(
+                "Api.Auth.Jwt.JwksFile",
+                "give JwksFile or JwksUrl, not both",
+            ))
+        }
+    };
+    Ok(Some(JwtSettings {
+        issuer: issuer.to_string(),
+        audience: check.non_empty("Api.Auth.Jwt.Audience", &raw.audience)?,
+        jwks,
+    }))
+}
+
+/// A zero rate turns the limit off.
+pub(super) fn rate_limit(
+    check: &Check,
+    raw: &RawRateLimit,
+) -> Result<Option<RateLimitSettings>, ConfigError> {
+    if raw.per_second == 0 {
+        return Ok(None);
+    }
+    let burst = check.in_range("Api.RateLimit.Burst", raw.burst.into(), 1, 1_000_000)? as u32;
+    Ok(Some(RateLimitSettings {
+        per_second: raw.per_second,
+        burst,
+    }))
 }

@@ -65,7 +65,7 @@ impl ServiceBusSink {
             .hostname(c.host.as_str())
             .sasl_profile(SaslProfile::Plain {
                 username: c.key_name.clone(),
-                password: c.key.clone(),
+                password: c.key.expose().to_string(),
             })
             .open(url.as_str())
             .await
