@@ -9,7 +9,13 @@
 //! tables of the last run).
 //!
 //! `cargo test --test proof -- --nocapture --test-threads 2`
+//!
+//! Its own binary (it has its own command), on the harness the integration
+//! tests use: `tests/common` (the cluster harness, brokers, processes, the
+//! waits) and `tests/proof/harness.rs` (driver and checker) on top.
 
+// `tests/common/mod.rs`: the shared harness, of which the proof suite uses
+// a part (the integration binary uses, and so checks, all of it).
 mod common;
 #[path = "proof/harness.rs"]
 mod harness;
@@ -17,8 +23,8 @@ mod harness;
 use std::time::Duration;
 
 use common::kafka_cluster::ClusterOptions;
-use common::TestBroker;
-use harness::{check, Driver, Harness, Role};
+use common::{Role, TestBroker};
+use harness::{check, Driver, Harness};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -58,7 +64,7 @@ macro_rules! on_both_brokers {
 
 fn producer(harness: &Harness) -> FutureProducer {
     ClientConfig::new()
-        .set("bootstrap.servers", harness.broker.bootstrap_servers())
+        .set("bootstrap.servers", harness.broker().bootstrap_servers())
         .create()
         .expect("producer")
 }
@@ -69,10 +75,10 @@ async fn s1_api_killed_during_a_burst_of_creations(broker: TestBroker) {
     let load = driver.run(300, 60, 64);
     let faults = async {
         after(2.0).await;
-        let api = h.live(Role::Api)[0];
-        h.kill(api);
+        let api = h.cluster.live(Role::Api)[0];
+        h.cluster.kill(api);
         after(2.0).await;
-        h.spawn(Role::Api);
+        h.cluster.spawn(Role::Api);
     };
     let (lifecycles, ()) = tokio::join!(load, faults);
     check(&h, &lifecycles, &[]).await.report_and_assert();
@@ -84,10 +90,10 @@ async fn s2_worker_killed_mid_batch_and_restarted(broker: TestBroker) {
     let load = driver.run(300, 50, 64);
     let faults = async {
         after(3.0).await;
-        let worker = h.live(Role::Worker)[0];
-        h.kill(worker);
+        let worker = h.cluster.live(Role::Worker)[0];
+        h.cluster.kill(worker);
         after(3.0).await;
-        h.spawn(Role::Worker);
+        h.cluster.spawn(Role::Worker);
     };
     let (lifecycles, ()) = tokio::join!(load, faults);
     check(&h, &lifecycles, &[]).await.report_and_assert();
@@ -99,9 +105,9 @@ async fn s3_kafka_unavailable_for_30_seconds(broker: TestBroker) {
     let load = driver.run(150, 15, 64);
     let faults = async {
         after(3.0).await;
-        h.broker.outage_start();
+        h.broker().outage_start();
         after(30.0).await;
-        h.broker.outage_end();
+        h.broker().outage_end();
     };
     let (lifecycles, ()) = tokio::join!(load, faults);
     check(&h, &lifecycles, &[]).await.report_and_assert();
@@ -113,9 +119,9 @@ async fn s4_postgres_connections_cut_for_10_seconds(broker: TestBroker) {
     let load = driver.run(200, 20, 64);
     let faults = async {
         after(3.0).await;
-        h.pg_proxy.cut();
+        h.pg_proxy().cut();
         after(10.0).await;
-        h.pg_proxy.restore();
+        h.pg_proxy().restore();
     };
     let (lifecycles, ()) = tokio::join!(load, faults);
     check(&h, &lifecycles, &[]).await.report_and_assert();
@@ -127,17 +133,17 @@ async fn s5_workers_added_and_removed_during_load(broker: TestBroker) {
     let load = driver.run(300, 25, 64);
     let faults = async {
         after(2.0).await;
-        h.spawn(Role::Worker);
+        h.cluster.spawn(Role::Worker);
         after(2.0).await;
-        h.spawn(Role::Worker);
+        h.cluster.spawn(Role::Worker);
         after(2.0).await;
-        let oldest = h.live(Role::Worker)[0];
-        h.stop(oldest);
+        let oldest = h.cluster.live(Role::Worker)[0];
+        h.cluster.stop(oldest);
         after(2.0).await;
-        let next = h.live(Role::Worker)[0];
-        h.kill(next);
+        let next = h.cluster.live(Role::Worker)[0];
+        h.cluster.kill(next);
         after(1.0).await;
-        h.spawn(Role::Worker);
+        h.cluster.spawn(Role::Worker);
     };
     let (lifecycles, ()) = tokio::join!(load, faults);
     check(&h, &lifecycles, &[]).await.report_and_assert();
@@ -147,8 +153,8 @@ async fn s6_every_event_delivered_twice(broker: TestBroker) {
     let h = Harness::start("6-duplicate-delivery", broker, 1, 2).await;
     let driver = Driver::new(&h, PATIENCE);
     let load = driver.run(150, 30, 64);
-    let bootstrap = h.broker.bootstrap_servers().to_string();
-    let topic = h.broker.names.orders.clone();
+    let bootstrap = h.broker().bootstrap_servers().to_string();
+    let topic = h.broker().names.orders.clone();
     let producer = producer(&h);
     // Mid-run, everything on the topic so far is produced again, byte for
     // byte (same key, payload and CloudEvents headers), as a producer's
@@ -171,7 +177,7 @@ async fn s6_every_event_delivered_twice(broker: TestBroker) {
             let payload = e.payload.to_string();
             producer
                 .send(
-                    FutureRecord::to(&h.broker.names.orders)
+                    FutureRecord::to(&h.broker().names.orders)
                         .key(&e.key)
                         .payload(&payload)
                         .headers(headers),
@@ -220,7 +226,7 @@ async fn s7_poison_messages_between_good_ones(broker: TestBroker) {
                 });
             producer
                 .send(
-                    FutureRecord::to(&h.broker.names.orders)
+                    FutureRecord::to(&h.broker().names.orders)
                         .key(&key)
                         .payload(&payload)
                         .headers(headers),
@@ -243,6 +249,7 @@ async fn s8_rolling_restart_of_every_process(broker: TestBroker) {
     let faults = async {
         // Each original pod in turn: SIGTERM, drain, exit 0, replacement.
         let originals: Vec<(usize, Role)> = h
+            .cluster
             .members
             .iter()
             .enumerate()
@@ -250,8 +257,8 @@ async fn s8_rolling_restart_of_every_process(broker: TestBroker) {
             .collect();
         for (i, role) in originals {
             after(2.0).await;
-            h.stop(i);
-            h.spawn(role);
+            h.cluster.stop(i);
+            h.cluster.spawn(role);
         }
     };
     let (lifecycles, ()) = tokio::join!(load, faults);
@@ -276,7 +283,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 /// The node that leads the orders topic's partition 0, which every
 /// scenario's load keeps busy.
 fn busy_leader(h: &Harness) -> i32 {
-    blocking(|| h.broker.cluster().leader_of(&h.broker.names.orders, 0))
+    blocking(|| h.broker().cluster().leader_of(&h.broker().names.orders, 0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,9 +296,9 @@ async fn s9_partition_leader_killed_and_back_20_seconds_later() {
         after(3.0).await;
         let leader = busy_leader(&h);
         println!("killing node {leader}, leader of partition 0");
-        blocking(|| h.broker.cluster().kill(leader));
+        blocking(|| h.broker().cluster().kill(leader));
         after(20.0).await;
-        blocking(|| h.broker.cluster().restart(leader));
+        blocking(|| h.broker().cluster().restart(leader));
     };
     let (lifecycles, ()) = tokio::join!(load, faults);
     check(&h, &lifecycles, &[]).await.report_and_assert();
@@ -312,9 +319,9 @@ async fn s10_a_brokers_connections_cut_for_20_seconds() {
         after(3.0).await;
         let leader = busy_leader(&h);
         println!("cutting the clients' connections to node {leader}");
-        h.broker.cluster().proxy(leader).cut();
+        h.broker().cluster().proxy(leader).cut();
         after(20.0).await;
-        h.broker.cluster().proxy(leader).restore();
+        h.broker().cluster().proxy(leader).restore();
     };
     let (lifecycles, ()) = tokio::join!(load, faults);
     check(&h, &lifecycles, &[]).await.report_and_assert();
@@ -333,16 +340,16 @@ async fn s11_cluster_down_to_one_node_for_20_seconds() {
         // relay must wait rather than lose or duplicate.
         let leader = busy_leader(&h);
         let others: Vec<i32> = h
-            .broker
+            .broker()
             .cluster()
             .node_ids()
             .into_iter()
             .filter(|id| *id != leader)
             .collect();
         println!("killing nodes {others:?}; node {leader} stays");
-        blocking(|| others.iter().for_each(|id| h.broker.cluster().kill(*id)));
+        blocking(|| others.iter().for_each(|id| h.broker().cluster().kill(*id)));
         after(20.0).await;
-        blocking(|| h.broker.cluster().restart_nodes(&others));
+        blocking(|| h.broker().cluster().restart_nodes(&others));
     };
     let (lifecycles, ()) = tokio::join!(load, faults);
     check(&h, &lifecycles, &[]).await.report_and_assert();

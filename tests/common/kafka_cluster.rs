@@ -174,6 +174,80 @@ const LOG4J2: &str = "Configuration:
         level: WARN
 ";
 
+/// What every node's properties share.
+struct Layout<'a> {
+    dir: &'a Path,
+    voters: &'a str,
+    keystore: &'a Path,
+    replication: usize,
+}
+
+impl Layout<'_> {
+    /// Writes node `id`'s properties file; the node, not started. `proxy`
+    /// is where clients reach it, when proxied.
+    fn node(&self, id: i32, ports: Ports, proxy: Option<SocketAddr>) -> Node {
+        // As `log_dir` finds it.
+        let data = self.dir.join(format!("node-{id}"));
+        let mut listeners = vec![
+            format!("PLAINTEXT://127.0.0.1:{}", ports.plaintext),
+            format!("SASL_SSL://127.0.0.1:{}", ports.sasl_ssl),
+            format!("CONTROLLER://127.0.0.1:{}", ports.controller),
+        ];
+        let mut advertised = vec![
+            format!("PLAINTEXT://127.0.0.1:{}", ports.plaintext),
+            format!("SASL_SSL://127.0.0.1:{}", ports.sasl_ssl),
+        ];
+        if let (Some(port), Some(proxy)) = (ports.proxied, proxy) {
+            listeners.push(format!("PROXIED://127.0.0.1:{port}"));
+            advertised.push(format!("PROXIED://{proxy}"));
+        }
+        let properties = format!(
+            "process.roles=broker,controller
+node.id={id}
+controller.quorum.voters={voters}
+controller.listener.names=CONTROLLER
+listeners={listeners}
+advertised.listeners={advertised}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT,PROXIED:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PEM
+ssl.keystore.location={keystore}
+log.dirs={data}
+auto.create.topics.enable=false
+min.insync.replicas={min_isr}
+default.replication.factor={replication}
+offsets.topic.replication.factor={replication}
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor={replication}
+transaction.state.log.min.isr={min_isr}
+share.coordinator.state.topic.replication.factor={replication}
+share.coordinator.state.topic.min.isr={min_isr}
+group.initial.rebalance.delay.ms=0
+num.network.threads=2
+num.io.threads=4
+",
+            listeners = listeners.join(","),
+            advertised = advertised.join(","),
+            keystore = self.keystore.display(),
+            data = data.display(),
+            min_isr = self.replication.min(2),
+            voters = self.voters,
+            replication = self.replication,
+        );
+        let path = self.dir.join(format!("node-{id}.properties"));
+        std::fs::write(&path, properties).expect("write node properties");
+        Node {
+            id,
+            ports,
+            properties: path,
+            log: self.dir.join(format!("node-{id}.log")),
+            child: Mutex::new(None),
+        }
+    }
+}
+
 impl KafkaCluster {
     /// The cluster the tests of this process share (started on first use).
     /// Tests on it use topic and group names of their own.
@@ -228,64 +302,13 @@ impl KafkaCluster {
             .into_iter()
             .enumerate()
             .map(|(i, ports)| {
-                let id = i as i32 + 1;
-                // As `log_dir` finds it.
-                let data = dir.path().join(format!("node-{id}"));
-                let mut listeners = vec![
-                    format!("PLAINTEXT://127.0.0.1:{}", ports.plaintext),
-                    format!("SASL_SSL://127.0.0.1:{}", ports.sasl_ssl),
-                    format!("CONTROLLER://127.0.0.1:{}", ports.controller),
-                ];
-                let mut advertised = vec![
-                    format!("PLAINTEXT://127.0.0.1:{}", ports.plaintext),
-                    format!("SASL_SSL://127.0.0.1:{}", ports.sasl_ssl),
-                ];
-                if let Some(port) = ports.proxied {
-                    listeners.push(format!("PROXIED://127.0.0.1:{port}"));
-                    advertised.push(format!("PROXIED://{}", proxies[i].addr));
-                }
-                let properties = format!(
-                    "process.roles=broker,controller
-node.id={id}
-controller.quorum.voters={voters}
-controller.listener.names=CONTROLLER
-listeners={listeners}
-advertised.listeners={advertised}
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT,PROXIED:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
-sasl.enabled.mechanisms=SCRAM-SHA-512
-listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
-ssl.keystore.type=PEM
-ssl.keystore.location={keystore}
-log.dirs={data}
-auto.create.topics.enable=false
-min.insync.replicas={min_isr}
-default.replication.factor={replication}
-offsets.topic.replication.factor={replication}
-offsets.topic.num.partitions=8
-transaction.state.log.replication.factor={replication}
-transaction.state.log.min.isr={min_isr}
-share.coordinator.state.topic.replication.factor={replication}
-share.coordinator.state.topic.min.isr={min_isr}
-group.initial.rebalance.delay.ms=0
-num.network.threads=2
-num.io.threads=4
-",
-                    listeners = listeners.join(","),
-                    advertised = advertised.join(","),
-                    keystore = keystore.display(),
-                    data = data.display(),
-                    min_isr = replication.min(2),
-                );
-                let path = dir.path().join(format!("node-{id}.properties"));
-                std::fs::write(&path, properties).expect("write node properties");
-                Node {
-                    id,
-                    ports,
-                    properties: path,
-                    log: dir.path().join(format!("node-{id}.log")),
-                    child: Mutex::new(None),
-                }
+                let layout = Layout {
+                    dir: dir.path(),
+                    voters: &voters,
+                    keystore: &keystore,
+                    replication,
+                };
+                layout.node(i as i32 + 1, ports, proxies.get(i).map(|p| p.addr))
             })
             .collect();
 
@@ -388,11 +411,6 @@ num.io.threads=4
         self.dir.path().join(format!("node-{}", self.node(id).id))
     }
 
-    /// Node ids, 1-based.
-    pub fn node_ids(&self) -> Vec<i32> {
-        self.nodes.iter().map(|n| n.id).collect()
-    }
-
     /// The bootstrap list clients use (the proxies when proxied).
     pub fn bootstrap_servers(&self) -> String {
         if self.proxies.is_empty() {
@@ -417,6 +435,81 @@ num.io.threads=4
             .filter_map(|n| port(n).map(|p| format!("127.0.0.1:{p}")))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    fn metadata_client(&self) -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.list(|n| Some(n.ports.plaintext)))
+            .set("log_level", "0")
+            .create()
+            .expect("metadata client")
+    }
+
+    fn live_brokers(&self) -> Vec<i32> {
+        self.metadata_client()
+            .fetch_metadata(None, Duration::from_secs(2))
+            .map(|m| m.brokers().iter().map(|b| b.id()).collect())
+            .unwrap_or_default()
+    }
+
+    fn wait_for(&self, what: &str, within: Duration, done: impl Fn(&[i32]) -> bool) {
+        let deadline = Instant::now() + within;
+        loop {
+            let live = self.live_brokers();
+            if done(&live) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "Apache Kafka: {what} not within {within:?} (live: {live:?}).\n{}",
+                    self.log_tails()
+                );
+            }
+            for node in &self.nodes {
+                let mut child = node.child.lock().expect("node");
+                if let Some(Ok(Some(status))) = child.as_mut().map(|c| c.try_wait()) {
+                    panic!(
+                        "Apache Kafka node {} exited ({status}).\n{}",
+                        node.id,
+                        self.log_tails()
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn wait_for_brokers(&self, count: usize, within: Duration) {
+        self.wait_for(&format!("{count} brokers"), within, |live| {
+            live.len() >= count
+        });
+    }
+
+    /// The last lines of every node's log, for a failure message.
+    pub fn log_tails(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+                format!("--- node {} ({})\n{tail}", n.id, n.log.display())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Faults: nodes stopped, killed, cut off and started again. The proof
+/// suite's scenarios use them; the integration tests only share a cluster.
+#[allow(
+    dead_code,
+    reason = "the proof suite and examples/kafka_cluster.rs use these; the integration binary does not"
+)]
+impl KafkaCluster {
+    /// Node ids, 1-based.
+    pub fn node_ids(&self) -> Vec<i32> {
+        self.nodes.iter().map(|n| n.id).collect()
     }
 
     /// The proxy between the clients and node `id` (proxied clusters).
@@ -500,68 +593,6 @@ num.io.threads=4
             .find(|p| p.id() == partition)
             .map(|p| p.leader())
             .unwrap_or_else(|| panic!("{topic} has no partition {partition}"))
-    }
-
-    fn metadata_client(&self) -> BaseConsumer {
-        ClientConfig::new()
-            .set("bootstrap.servers", self.list(|n| Some(n.ports.plaintext)))
-            .set("log_level", "0")
-            .create()
-            .expect("metadata client")
-    }
-
-    fn live_brokers(&self) -> Vec<i32> {
-        self.metadata_client()
-            .fetch_metadata(None, Duration::from_secs(2))
-            .map(|m| m.brokers().iter().map(|b| b.id()).collect())
-            .unwrap_or_default()
-    }
-
-    fn wait_for(&self, what: &str, within: Duration, done: impl Fn(&[i32]) -> bool) {
-        let deadline = Instant::now() + within;
-        loop {
-            let live = self.live_brokers();
-            if done(&live) {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "Apache Kafka: {what} not within {within:?} (live: {live:?}).\n{}",
-                    self.log_tails()
-                );
-            }
-            for node in &self.nodes {
-                let mut child = node.child.lock().expect("node");
-                if let Some(Ok(Some(status))) = child.as_mut().map(|c| c.try_wait()) {
-                    panic!(
-                        "Apache Kafka node {} exited ({status}).\n{}",
-                        node.id,
-                        self.log_tails()
-                    );
-                }
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn wait_for_brokers(&self, count: usize, within: Duration) {
-        self.wait_for(&format!("{count} brokers"), within, |live| {
-            live.len() >= count
-        });
-    }
-
-    /// The last lines of every node's log, for a failure message.
-    pub fn log_tails(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| {
-                let text = std::fs::read_to_string(&n.log).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = lines[lines.len().saturating_sub(15)..].join("\n");
-                format!("--- node {} ({})\n{tail}", n.id, n.log.display())
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
     }
 }
 

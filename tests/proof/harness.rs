@@ -1,13 +1,11 @@
-//! The proof harness: a broker (librdkafka's mock cluster hosted by the
-//! test, or the 3-node Apache Kafka cluster, both reached over TCP), a
-//! fresh PostgreSQL database
-//! behind a TCP proxy that can cut it off, `serve-api` and `run-worker`
-//! processes of the built binary, a load driver that takes orders through
-//! their whole life over the public API, and a checker that compares what
-//! the API accepted with the database and the topics.
+//! The proof harness: the shared cluster harness (`tests/common/cluster.rs`:
+//! a broker, a fresh PostgreSQL database behind a TCP proxy that can cut it
+//! off, `serve-api` and `run-worker` processes of the built binary) with a
+//! stocked product, a load driver that takes orders through their whole
+//! life over the public API, and a checker that compares what the API
+//! accepted with the database and the topics.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -17,182 +15,65 @@ use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, Row};
 
 use super::common::proxy::TcpProxy;
-use super::common::{self, Backend, Process, TestBroker, TestDb};
+use super::common::wait::eventually_every;
+use super::common::{self, Cluster, Received, TestBroker, LIFECYCLE};
 
 /// A tracked product with stock for every order: the reservation is the
 /// effect whose duplication would show in the numbers.
 pub const PRODUCT: &str = "proof-widget";
 pub const STOCK: i64 = 1_000_000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Api,
-    Worker,
-}
-
-pub struct Member {
-    pub role: Role,
-    pub process: Process,
-    pub base: Option<String>,
-    pub alive: bool,
-}
-
 pub struct Harness {
     /// `<broker>/<scenario>`, e.g. `apache/9-leader-sigkill`.
     pub name: String,
-    pub db: TestDb,
-    pub broker: TestBroker,
-    pub pg_proxy: TcpProxy,
-    env: Vec<(String, String)>,
-    dir: tempfile::TempDir,
-    pub members: Vec<Member>,
-    /// The API addresses the driver may use; processes come and go.
-    pub bases: Arc<RwLock<Vec<String>>>,
+    pub cluster: Cluster,
     pub started: Instant,
 }
 
-/// `host[:port]` of `postgres://user[:pw]@host[:port]/db`.
-fn host_of(url: &str) -> &str {
-    url.split("://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .and_then(|a| a.rsplit('@').next())
-        .expect("PostgreSQL URL with a host")
-}
-
-fn upstream_of(url: &str) -> SocketAddr {
-    let authority = host_of(url);
-    let with_port = if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:5432")
-    };
-    with_port
-        .replace("localhost", "127.0.0.1")
-        .parse()
-        .expect("PostgreSQL host:port")
-}
-
 impl Harness {
+    /// `apis` APIs and `workers` workers on `broker`, PostgreSQL behind a
+    /// proxy, the product stocked.
     pub async fn start(name: &str, broker: TestBroker, apis: usize, workers: usize) -> Self {
-        let db = TestDb::new(Backend::Postgres).await;
+        let started = Instant::now();
         let name = format!(
             "{}/{name}",
             if broker.is_apache() { "apache" } else { "mock" }
         );
-        let pg_proxy = TcpProxy::start(upstream_of(&db.url));
-        let proxied = db
-            .url
-            .replacen(host_of(&db.url), &pg_proxy.addr.to_string(), 1);
-        let mut env = common::env_for(&db, &broker);
-        env.retain(|(k, _)| k != "Database__Url");
-        env.extend(
-            [
-                ("Database__Url", proxied.as_str()),
-                ("Database__MaxConnections", "5"),
-                ("Worker__MaxWorkers", "4"),
-                ("Worker__LagThreshold", "50"),
-                ("Worker__Retry__MaxBackoffMs", "1000"),
-            ]
-            .map(|(k, v)| (k.to_string(), v.to_string())),
-        );
-        let mut harness = Self {
-            name,
-            db,
-            broker,
-            pg_proxy,
-            env,
-            dir: tempfile::tempdir().expect("temp dir"),
-            members: Vec::new(),
-            bases: Arc::new(RwLock::new(Vec::new())),
-            started: Instant::now(),
-        };
-        for _ in 0..apis {
-            harness.spawn(Role::Api);
-        }
-        for _ in 0..workers {
-            harness.spawn(Role::Worker);
-        }
-        let base = harness.any_base();
-        let stocked = reqwest::Client::new()
-            .put(format!("{base}/api/inventory/{PRODUCT}"))
+        let cluster = Cluster::builder(broker)
+            .pg_proxy()
+            .env("Database__MaxConnections", "5")
+            .env("Worker__MaxWorkers", "4")
+            .env("Worker__LagThreshold", "50")
+            .env("Worker__Retry__MaxBackoffMs", "1000")
+            .apis(apis)
+            .workers(workers)
+            .start()
+            .await;
+        let stocked = cluster
+            .http
+            .put(format!("{}/api/inventory/{PRODUCT}", cluster.base()))
             .json(&json!({"onHand": STOCK}))
             .send()
             .await
             .expect("PUT inventory");
         assert_eq!(stocked.status(), 200);
-        harness
-    }
-
-    /// Starts a process of `role` and waits until it serves HTTP.
-    pub fn spawn(&mut self, role: Role) -> usize {
-        tokio::task::block_in_place(|| self.spawn_blocking(role))
-    }
-
-    fn spawn_blocking(&mut self, role: Role) -> usize {
-        let args = match role {
-            Role::Api => "serve-api",
-            Role::Worker => "run-worker",
-        };
-        let mut process = Process::spawn(&[args], &self.env, self.dir.path());
-        let base = match role {
-            Role::Api => {
-                let base = format!("http://{}", process.http_addr());
-                self.bases.write().expect("bases").push(base.clone());
-                Some(base)
-            }
-            Role::Worker => {
-                process.http_addr();
-                None
-            }
-        };
-        self.members.push(Member {
-            role,
-            process,
-            base,
-            alive: true,
-        });
-        self.members.len() - 1
-    }
-
-    pub fn any_base(&self) -> String {
-        self.bases.read().expect("bases")[0].clone()
-    }
-
-    /// The running members of `role`, oldest first.
-    pub fn live(&self, role: Role) -> Vec<usize> {
-        (0..self.members.len())
-            .filter(|i| self.members[*i].role == role && self.members[*i].alive)
-            .collect()
-    }
-
-    /// Takes the member out of the load balancer, as a terminating pod is.
-    fn retire(&mut self, i: usize) {
-        self.members[i].alive = false;
-        if let Some(base) = self.members[i].base.take() {
-            self.bases.write().expect("bases").retain(|b| b != &base);
+        Self {
+            name,
+            cluster,
+            started,
         }
     }
 
-    /// SIGKILL: no drain, no commit, no goodbye.
-    pub fn kill(&mut self, i: usize) {
-        self.retire(i);
-        let process = &mut self.members[i].process;
-        tokio::task::block_in_place(|| {
-            process.signal("KILL");
-            process.wait_exit(Duration::from_secs(10));
-        });
+    pub fn broker(&self) -> &TestBroker {
+        &self.cluster.broker
     }
 
-    /// SIGTERM, as Kubernetes sends; the process must drain and exit 0.
-    pub fn stop(&mut self, i: usize) {
-        self.retire(i);
-        let process = &mut self.members[i].process;
-        let code = tokio::task::block_in_place(|| {
-            process.signal("TERM");
-            process.wait_exit(Duration::from_secs(60))
-        });
-        assert_eq!(code, Some(0), "graceful exit:\n{}", process.log_text());
+    /// The proxy between the processes and PostgreSQL.
+    pub fn pg_proxy(&self) -> &TcpProxy {
+        self.cluster
+            .pg_proxy
+            .as_ref()
+            .expect("started with a proxy")
     }
 }
 
@@ -233,7 +114,7 @@ impl Driver {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("client"),
-            bases: harness.bases.clone(),
+            bases: harness.cluster.bases.clone(),
             next: AtomicUsize::new(0),
             gave_up: Default::default(),
             scenario: harness.name.replace('/', "-"),
@@ -283,14 +164,13 @@ impl Driver {
         body: Option<&Value>,
         key: Option<&str>,
     ) -> Option<(u16, Value)> {
-        let deadline = Instant::now() + self.patience;
-        while Instant::now() < deadline {
+        eventually_every(self.patience, Duration::from_millis(200), || async {
             match self.call(method.clone(), path, body, key).await {
-                Answer::Status(status, value) if status < 500 => return Some((status, value)),
-                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                Answer::Status(status, value) if status < 500 => Some((status, value)),
+                _ => None,
             }
-        }
-        None
+        })
+        .await
     }
 
     /// Waits until the order has reached `status` or gone past it: after a
@@ -298,30 +178,23 @@ impl Driver {
     /// by the worker's (Paid by AwaitingShipment, Shipped by Fulfilled).
     /// Waiting for the exact status then waited out the driver's patience
     /// and reported the order lost.
-    async fn wait_for(&self, id: &str, status: &str) -> bool {
-        let wanted = CHAIN.iter().position(|s| *s == status);
-        let reached = |current: &str| match (wanted, CHAIN.iter().position(|s| *s == current)) {
+    async fn reached(&self, id: &str, status: &str) -> bool {
+        let wanted = LIFECYCLE.iter().position(|s| *s == status);
+        let reached = |current: &str| match (wanted, LIFECYCLE.iter().position(|s| *s == current)) {
             (Some(wanted), Some(current)) => current >= wanted,
             _ => current == status,
         };
-        let deadline = Instant::now() + self.patience;
-        while Instant::now() < deadline {
-            if let Answer::Status(200, order) = self
-                .call(
-                    reqwest::Method::GET,
-                    &format!("/api/orders/{id}"),
-                    None,
-                    None,
-                )
-                .await
-            {
-                if order["status"].as_str().is_some_and(reached) {
-                    return true;
+        let path = format!("/api/orders/{id}");
+        eventually_every(self.patience, Duration::from_millis(150), || async {
+            match self.call(reqwest::Method::GET, &path, None, None).await {
+                Answer::Status(200, order) if order["status"].as_str().is_some_and(reached) => {
+                    Some(())
                 }
+                _ => None,
             }
-            tokio::time::sleep(Duration::from_millis(150)).await;
-        }
-        false
+        })
+        .await
+        .is_some()
     }
 
     /// A POST that moves the order forward: a 409 after a retry means an
@@ -337,7 +210,7 @@ impl Driver {
             .await
         {
             Some((200, _)) => true,
-            Some((409, _)) => self.wait_for(id, reached).await,
+            Some((409, _)) => self.reached(id, reached).await,
             _ => false,
         }
     }
@@ -371,7 +244,7 @@ impl Driver {
             };
         };
         let id = order["id"].as_str().expect("id").to_string();
-        let seen_fulfilled = self.wait_for(&id, "Reserved").await
+        let seen_fulfilled = self.reached(&id, "Reserved").await
             && self
                 .advance(
                     &id,
@@ -380,7 +253,7 @@ impl Driver {
                     "Paid",
                 )
                 .await
-            && self.wait_for(&id, "AwaitingShipment").await
+            && self.reached(&id, "AwaitingShipment").await
             && self
                 .advance(
                     &id,
@@ -389,7 +262,7 @@ impl Driver {
                     "Shipped",
                 )
                 .await
-            && self.wait_for(&id, "Fulfilled").await;
+            && self.reached(&id, "Fulfilled").await;
         if !seen_fulfilled {
             self.gave_up.store(true, Ordering::Relaxed);
         }
@@ -487,14 +360,6 @@ impl Figures {
     }
 }
 
-const CHAIN: [&str; 6] = [
-    "Pending",
-    "Reserved",
-    "Paid",
-    "AwaitingShipment",
-    "Shipped",
-    "Fulfilled",
-];
 const EVENTS: [&str; 3] = ["OrderCreated", "OrderPaid", "OrderShipped"];
 
 /// What a failed run needs to be understood: the database's sessions (a
@@ -520,7 +385,7 @@ async fn explain_lost(harness: &Harness, db: &mut PgConnection, lost: &[&str]) {
             r.get::<Option<String>, _>(5)
         );
     }
-    for member in &harness.members {
+    for member in &harness.cluster.members {
         let log = member.process.log_text();
         for id in lost {
             for line in log.lines().filter(|l| l.contains(id)).take(20) {
@@ -537,48 +402,35 @@ async fn explain_lost(harness: &Harness, db: &mut PgConnection, lost: &[&str]) {
     }
 }
 
-/// Compares what the driver was promised with the database and topics.
-/// `poison_keys` are the message keys of poison messages sent.
-pub async fn check(harness: &Harness, lifecycles: &[Lifecycle], poison_keys: &[String]) -> Figures {
-    let accepted: Vec<&str> = lifecycles.iter().filter_map(|l| l.id.as_deref()).collect();
-    // Straight to PostgreSQL: the proxy may still be cut.
-    let mut db = PgConnection::connect(&harness.db.url)
-        .await
-        .expect("checker connects");
-
-    let statuses: HashMap<String, String> = sqlx::query("SELECT id::text, status FROM orders")
-        .fetch_all(&mut db)
+/// Every order's status in the database, by id.
+async fn order_statuses(db: &mut PgConnection) -> HashMap<String, String> {
+    sqlx::query("SELECT id::text, status FROM orders")
+        .fetch_all(db)
         .await
         .expect("orders")
         .into_iter()
         .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let stuck = lifecycles
-        .iter()
-        .filter(|l| l.id.is_some() && !l.seen_fulfilled)
-        .count();
-    if stuck > 0 {
-        println!("{stuck} orders did not reach Fulfilled within the driver's patience");
-    }
-    let lost_ids: Vec<&str> = accepted
-        .iter()
-        .copied()
-        .filter(|id| statuses.get(*id).is_none_or(|s| s != "Fulfilled"))
-        .collect();
-    if !lost_ids.is_empty() {
-        explain_lost(harness, &mut db, &lost_ids).await;
-    }
-    let lost = lost_ids.len();
-    let fulfilled = accepted
-        .iter()
-        .filter(|id| statuses.get(**id).is_some_and(|s| s == "Fulfilled"))
-        .count();
+        .collect()
+}
 
-    // Timelines: exactly the forward chain, each status once.
+/// What the timelines say.
+struct Timelines {
+    /// Statuses entered more than once.
+    duplicated: usize,
+    /// Orders whose distinct statuses are not a prefix of the chain.
+    out_of_order: usize,
+    /// The longest step the pipeline itself took.
+    max_delay_ms: i64,
+    /// Orders that got a reservation.
+    reserved_orders: i64,
+}
+
+/// Timelines: exactly the forward chain, each status once.
+async fn read_timelines(db: &mut PgConnection) -> Timelines {
     let mut timelines: BTreeMap<String, Vec<(String, chrono::DateTime<chrono::Utc>)>> =
         BTreeMap::new();
     for row in sqlx::query("SELECT order_id::text, status, at FROM order_timeline ORDER BY id")
-        .fetch_all(&mut db)
+        .fetch_all(db)
         .await
         .expect("timeline")
     {
@@ -587,15 +439,20 @@ pub async fn check(harness: &Harness, lifecycles: &[Lifecycle], poison_keys: &[S
             .or_default()
             .push((row.get(1), row.get(2)));
     }
-    let mut duplicated = 0;
-    let mut out_of_order = 0;
-    let mut max_delay_ms = 0i64;
+    let mut figures = Timelines {
+        duplicated: 0,
+        out_of_order: 0,
+        max_delay_ms: 0,
+        reserved_orders: 0,
+    };
     for steps in timelines.values() {
         let names: Vec<&str> = steps.iter().map(|(s, _)| s.as_str()).collect();
         let distinct: HashSet<&str> = names.iter().copied().collect();
-        duplicated += names.len() - distinct.len();
-        if names.len() == distinct.len() && names[..] != CHAIN[..names.len().min(CHAIN.len())] {
-            out_of_order += 1;
+        figures.duplicated += names.len() - distinct.len();
+        if names.len() == distinct.len()
+            && names[..] != LIFECYCLE[..names.len().min(LIFECYCLE.len())]
+        {
+            figures.out_of_order += 1;
         }
         let at = |s: &str| steps.iter().find(|(n, _)| n == s).map(|(_, t)| *t);
         // The pipeline's own steps: what the worker did after the API.
@@ -605,49 +462,55 @@ pub async fn check(harness: &Harness, lifecycles: &[Lifecycle], poison_keys: &[S
             ("Shipped", "Fulfilled"),
         ] {
             if let (Some(a), Some(b)) = (at(from), at(to)) {
-                max_delay_ms = max_delay_ms.max((b - a).num_milliseconds());
+                figures.max_delay_ms = figures.max_delay_ms.max((b - a).num_milliseconds());
             }
         }
     }
-    // Stock: one unit reserved per order that got a reservation.
-    let reserved_orders = timelines
+    figures.reserved_orders = timelines
         .values()
         .filter(|s| s.iter().any(|(n, _)| n == "Reserved"))
         .count() as i64;
+    figures
+}
+
+/// Stock: one unit reserved per order that got a reservation, none created
+/// or destroyed; every committed event published. Returns the reservations
+/// that were duplicated (or missing).
+async fn check_stock_and_outbox(db: &mut PgConnection, reserved_orders: i64) -> usize {
     let row = sqlx::query("SELECT on_hand, reserved FROM inventory WHERE product_name = $1")
         .bind(PRODUCT)
-        .fetch_one(&mut db)
+        .fetch_one(&mut *db)
         .await
         .expect("inventory");
     let (on_hand, reserved): (i64, i64) = (row.get(0), row.get(1));
-    duplicated += (reserved - reserved_orders).unsigned_abs() as usize;
     assert_eq!(
         on_hand + reserved,
         STOCK,
         "stock neither created nor destroyed"
     );
     let unpublished: i64 = sqlx::query("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-        .fetch_one(&mut db)
+        .fetch_one(&mut *db)
         .await
         .expect("outbox")
         .get(0);
     assert_eq!(unpublished, 0, "every committed event published");
+    (reserved - reserved_orders).unsigned_abs() as usize
+}
 
-    // The orders topic: per order, its events on one partition in order
-    // (by distinct event id: a duplicate delivery is the same event).
-    let bootstrap = harness.broker.bootstrap_servers();
-    let names = &harness.broker.names;
-    let events = common::read_topic(
-        bootstrap,
-        &names.orders,
-        accepted.len() * 3,
-        Duration::from_secs(60),
-    );
-    let mut by_order: HashMap<&str, Vec<&common::Received>> = HashMap::new();
-    for e in &events {
+/// The orders topic: per order, its events on one partition in order (by
+/// distinct event id: a duplicate delivery is the same event). Returns the
+/// orders for which that does not hold.
+fn events_out_of_order(
+    events: &[Received],
+    accepted: &[&str],
+    statuses: &HashMap<String, String>,
+) -> usize {
+    let mut by_order: HashMap<&str, Vec<&Received>> = HashMap::new();
+    for e in events {
         by_order.entry(e.key.as_str()).or_default().push(e);
     }
-    for id in &accepted {
+    let mut out_of_order = 0;
+    for id in accepted {
         let Some(evs) = by_order.get(id) else {
             continue;
         };
@@ -667,81 +530,135 @@ pub async fn check(harness: &Harness, lifecycles: &[Lifecycle], poison_keys: &[S
             out_of_order += 1;
         }
     }
-    // The fulfilment topic: one OrderFulfilled per order.
+    out_of_order
+}
+
+/// The fulfilment topic: one OrderFulfilled per order. By event id: the
+/// relay marks a row only after the broker's ack, so a database cut between
+/// the two publishes the same event again (at least once); consumers drop
+/// it by `ce_id`. Two *events* for one order would be a duplicated effect.
+/// Returns (redelivered, duplicated).
+fn fulfilment_figures(fulfilments: &[Received]) -> (usize, usize) {
+    let mut per_order: HashMap<&str, HashSet<String>> = HashMap::new();
+    for f in fulfilments {
+        let id = f.headers.get("ce_id").cloned().unwrap_or_default();
+        per_order.entry(f.key.as_str()).or_default().insert(id);
+    }
+    let distinct: usize = per_order.values().map(HashSet::len).sum();
+    let duplicated = per_order
+        .values()
+        .map(|ids| ids.len().saturating_sub(1))
+        .sum::<usize>();
+    (fulfilments.len() - distinct, duplicated)
+}
+
+/// What happened to the lost orders: dead-lettered (and why), or never
+/// handled.
+fn explain_lost_letters(letters: &[Received], lost: &[&str], statuses: &HashMap<String, String>) {
+    for id in lost {
+        let why: Vec<&str> = letters
+            .iter()
+            .filter(|l| l.key == *id)
+            .filter_map(|l| l.headers.get("x-error").map(String::as_str))
+            .collect();
+        println!(
+            "lost {id}: status {:?}, dead-lettered: {why:?}",
+            statuses.get(*id)
+        );
+    }
+}
+
+/// How many of the poison messages (by key) are on the dead-letter topic.
+fn poison_dead_lettered(harness: &Harness, poison_keys: &[String]) -> usize {
+    if poison_keys.is_empty() {
+        return 0;
+    }
+    let broker = harness.broker();
+    let letters = common::read_topic(
+        broker.bootstrap_servers(),
+        &broker.names.dead_letters,
+        poison_keys.len(),
+        Duration::from_secs(60),
+    );
+    let keys: HashSet<&str> = letters.iter().map(|l| l.key.as_str()).collect();
+    poison_keys
+        .iter()
+        .filter(|k| keys.contains(k.as_str()))
+        .count()
+}
+
+/// Compares what the driver was promised with the database and topics.
+/// `poison_keys` are the message keys of poison messages sent.
+pub async fn check(harness: &Harness, lifecycles: &[Lifecycle], poison_keys: &[String]) -> Figures {
+    let accepted: Vec<&str> = lifecycles.iter().filter_map(|l| l.id.as_deref()).collect();
+    // Straight to PostgreSQL: the proxy may still be cut.
+    let mut db = PgConnection::connect(&harness.cluster.db.url)
+        .await
+        .expect("checker connects");
+
+    let statuses = order_statuses(&mut db).await;
+    let stuck = lifecycles
+        .iter()
+        .filter(|l| l.id.is_some() && !l.seen_fulfilled)
+        .count();
+    if stuck > 0 {
+        println!("{stuck} orders did not reach Fulfilled within the driver's patience");
+    }
+    let fulfilled_in_db = |id: &str| statuses.get(id).is_some_and(|s| s == "Fulfilled");
+    let lost_ids: Vec<&str> = accepted
+        .iter()
+        .copied()
+        .filter(|id| !fulfilled_in_db(id))
+        .collect();
+    if !lost_ids.is_empty() {
+        explain_lost(harness, &mut db, &lost_ids).await;
+    }
+    let fulfilled = accepted.iter().filter(|id| fulfilled_in_db(id)).count();
+
+    let timelines = read_timelines(&mut db).await;
+    let stock_duplicated = check_stock_and_outbox(&mut db, timelines.reserved_orders).await;
+
+    let (bootstrap, names) = (
+        harness.broker().bootstrap_servers(),
+        &harness.broker().names,
+    );
+    let events = common::read_topic(
+        bootstrap,
+        &names.orders,
+        accepted.len() * 3,
+        Duration::from_secs(60),
+    );
+    let topic_out_of_order = events_out_of_order(&events, &accepted, &statuses);
     let fulfilments = common::read_topic(
         bootstrap,
         &names.fulfilment,
         accepted.len(),
         Duration::from_secs(60),
     );
-    // By event id: the relay marks a row only after the broker's ack, so a
-    // database cut between the two publishes the same event again (at
-    // least once); consumers drop it by `ce_id`. Two *events* for one order
-    // would be a duplicated effect.
-    let mut per_order: HashMap<&str, HashSet<String>> = HashMap::new();
-    for f in &fulfilments {
-        let id = f.headers.get("ce_id").cloned().unwrap_or_default();
-        per_order.entry(f.key.as_str()).or_default().insert(id);
-    }
-    let distinct_fulfilments: usize = per_order.values().map(HashSet::len).sum();
-    let redelivered = fulfilments.len() - distinct_fulfilments;
-    let fulfilment_dups = per_order
-        .values()
-        .map(|ids| ids.len().saturating_sub(1))
-        .sum::<usize>();
+    let (redelivered, fulfilment_dups) = fulfilment_figures(&fulfilments);
+    let duplicated = timelines.duplicated + stock_duplicated;
     if duplicated + fulfilment_dups > 0 {
         println!(
             "duplicated effects: {duplicated} in timelines and stock, \
              {fulfilment_dups} extra OrderFulfilled events"
         );
     }
-    duplicated += fulfilment_dups;
-
-    if lost > 0 {
-        // What happened to them: dead-lettered (and why), or never handled.
+    if !lost_ids.is_empty() {
         let letters =
             common::read_topic(bootstrap, &names.dead_letters, 0, Duration::from_secs(10));
-        for id in accepted
-            .iter()
-            .filter(|id| statuses.get(**id).is_none_or(|s| s != "Fulfilled"))
-        {
-            let why: Vec<&str> = letters
-                .iter()
-                .filter(|l| l.key == *id)
-                .filter_map(|l| l.headers.get("x-error").map(String::as_str))
-                .collect();
-            println!(
-                "lost {id}: status {:?}, dead-lettered: {why:?}",
-                statuses.get(*id)
-            );
-        }
+        explain_lost_letters(&letters, &lost_ids, &statuses);
     }
-    let poison_dead_lettered = if poison_keys.is_empty() {
-        0
-    } else {
-        let letters = common::read_topic(
-            bootstrap,
-            &names.dead_letters,
-            poison_keys.len(),
-            Duration::from_secs(60),
-        );
-        let keys: HashSet<&str> = letters.iter().map(|l| l.key.as_str()).collect();
-        poison_keys
-            .iter()
-            .filter(|k| keys.contains(k.as_str()))
-            .count()
-    };
 
     Figures {
         scenario: harness.name.clone(),
         accepted: accepted.len(),
         fulfilled,
-        lost,
-        duplicated_effects: duplicated,
-        out_of_order,
+        lost: lost_ids.len(),
+        duplicated_effects: duplicated + fulfilment_dups,
+        out_of_order: timelines.out_of_order + topic_out_of_order,
         poison_sent: poison_keys.len(),
-        poison_dead_lettered,
-        max_delay_ms,
+        poison_dead_lettered: poison_dead_lettered(harness, poison_keys),
+        max_delay_ms: timelines.max_delay_ms,
         redelivered,
         seconds: harness.started.elapsed().as_secs_f64(),
     }

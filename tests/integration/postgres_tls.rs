@@ -2,16 +2,23 @@
 //! server a certificate from a CA it creates, then runs the real binary
 //! against it; every connection it opens is encrypted, and a server whose
 //! certificate another CA signed is refused without the password showing.
-
-mod common;
+//!
+//! Shared beyond this process: the test turns TLS on for the whole
+//! PostgreSQL server (and back off when it ends), while other tests run
+//! beside it in this binary. They are unaffected: their clients (sqlx,
+//! psql, and orderflow with no `Database.SslMode`) connect with `sslmode`
+//! prefer, which takes TLS when the server offers it without verifying the
+//! certificate, and plain TCP when it does not. No other test may depend on
+//! the server's TLS being on or off.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{tls, Backend, Process, TestDb};
 use sqlx::{Connection, PgConnection, Row};
+
+use crate::common::{self, tls, Cluster, Role, TestBroker};
 
 const PASSWORD: &str = "pg-Secret-Do-Not-Print-4711";
 
@@ -114,6 +121,22 @@ fn with_password(url: &str) -> String {
     )
 }
 
+/// Connections of `database` on the server, by encryption: (encrypted,
+/// plain, the lowest TLS version).
+async fn connections_by_encryption(admin_url: &str, database: &str) -> (i64, i64, Option<String>) {
+    let mut admin = PgConnection::connect(admin_url).await.expect("admin");
+    let row = sqlx::query(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl), \
+         min(s.version) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+         WHERE a.datname = $1",
+    )
+    .bind(database)
+    .fetch_one(&mut admin)
+    .await
+    .expect("pg_stat_ssl");
+    (row.get(0), row.get(1), row.get(2))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_full_connects_over_tls_and_refuses_an_unknown_ca() {
     let admin_url = common::pg_admin_url();
@@ -126,67 +149,37 @@ async fn verify_full_connects_over_tls_and_refuses_an_unknown_ca() {
     let foreign = tls::make_pki(&other, "some other CA");
     let _server = ServerCertificate::install(&admin_url, &pki).await;
 
-    let db = TestDb::new(Backend::Postgres).await;
+    let mut cluster = Cluster::builder(TestBroker::mock()).start().await;
+    let url = cluster.db.url.clone();
     assert!(
-        db.url.contains("@127.0.0.1"),
-        "verify-full checks the host: {}",
-        db.url
+        url.contains("@127.0.0.1"),
+        "verify-full checks the host: {url}"
     );
-    let database = db
-        .url
-        .rsplit('/')
-        .next()
-        .expect("database name")
-        .to_string();
-    let broker = common::start_broker();
-    let mut env = common::env_for(&db, &broker);
-    env.retain(|(k, _)| k != "Database__Url");
+    let database = url.rsplit('/').next().expect("database name").to_string();
     let ca = pki.ca_cert.display().to_string();
-    env.extend(
-        [
-            // trust auth ignores the password; it is here to be not printed.
-            ("Database__Url", with_password(&db.url).as_str()),
-            ("Database__SslMode", "verify-full"),
-            ("Database__SslRootCert", ca.as_str()),
-        ]
-        .map(|(k, v)| (k.to_string(), v.to_string())),
-    );
+    // trust auth ignores the password; it is here to be not printed.
+    cluster.set_env("Database__Url", &with_password(&url));
+    cluster.set_env("Database__SslMode", "verify-full");
+    cluster.set_env("Database__SslRootCert", &ca);
 
-    let mut api = Process::spawn(&["serve-api"], &env, dir.path());
-    let base = format!("http://{}", api.http_addr());
-    let http = reqwest::Client::new();
-    common::create_order_at(
-        &http,
-        &base,
-        &common::order_body("Tls", "untracked-gadget", 1),
-    )
-    .await;
-    let mut admin = PgConnection::connect(&admin_url).await.expect("admin");
-    let row = sqlx::query(
-        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl), \
-         min(s.version) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
-         WHERE a.datname = $1",
-    )
-    .bind(&database)
-    .fetch_one(&mut admin)
-    .await
-    .expect("pg_stat_ssl");
-    let (encrypted, plain, version): (i64, i64, Option<String>) =
-        (row.get(0), row.get(1), row.get(2));
+    let api = cluster.spawn(Role::Api);
+    cluster
+        .create_order(&common::order_body("Tls", "untracked-gadget", 1))
+        .await;
+    let (encrypted, plain, version) = connections_by_encryption(&admin_url, &database).await;
     println!("connections of serve-api: encrypted={encrypted} plain={plain} tls={version:?}");
     assert!(encrypted >= 1, "serve-api holds encrypted connections");
     assert_eq!(plain, 0, "no connection of serve-api is unencrypted");
-    api.signal("TERM");
-    assert_eq!(api.wait_exit(Duration::from_secs(30)), Some(0));
-    assert!(!api.log_text().contains(PASSWORD));
+    cluster.stop_within(api, Duration::from_secs(30));
+    assert!(!cluster.members[api].process.log_text().contains(PASSWORD));
 
     // The same server, but the client trusts another CA: refused.
     let foreign_ca = foreign.ca_cert.display().to_string();
     let output = Command::new(common::binary())
         .arg("migrate")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(cluster.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("Database__SslRootCert", &foreign_ca)
-        .current_dir(dir.path())
+        .current_dir(cluster.dir.path())
         .output()
         .expect("run orderflow migrate");
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -2,21 +2,17 @@
 //! with its `rabbitmq_amqp1_0` plugin on 127.0.0.1:5672 (guest/guest), the
 //! connection string in emulator mode (plain AMQP, SASL PLAIN).
 
-mod common;
-
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{run_order_to_fulfilment, Process};
 use fe2o3_amqp::types::messaging::{Body, MessageId};
 use fe2o3_amqp::types::primitives::Value as AmqpValue;
 use fe2o3_amqp::{Connection, Receiver, Session};
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::broadcast;
+use tokio::net::TcpStream;
+
+use crate::common::proxy::TcpProxy;
+use crate::common::{run_order_to_fulfilment, Process};
 
 const RABBITMQ: &str = "127.0.0.1:5672";
 
@@ -163,56 +159,12 @@ async fn each_fulfilled_order_puts_one_message_on_the_queue() {
     assert!(!process.log_text().contains("SharedAccessKey=guest"));
 }
 
-/// A TCP proxy that can cut every connection and refuse new ones for a
-/// while: the broker "goes away" without stopping the shared RabbitMQ.
-struct Proxy {
-    addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    cut: broadcast::Sender<()>,
-}
-
-impl Proxy {
-    async fn start(target: &'static str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy addr");
-        let up = Arc::new(AtomicBool::new(true));
-        let (cut, _) = broadcast::channel(4);
-        let (up2, cut2) = (up.clone(), cut.clone());
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !up2.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let mut stop = cut2.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = stop.recv() => {}
-                    }
-                });
-            }
-        });
-        Self { addr, up, cut }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        let _ = self.cut.send(());
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_outage_loses_and_duplicates_nothing() {
     rabbitmq_available().await;
-    let proxy = Proxy::start(RABBITMQ).await;
+    // Between orderflow and RabbitMQ: the broker "goes away" without
+    // stopping the shared RabbitMQ.
+    let proxy = TcpProxy::start(RABBITMQ.parse().expect("RabbitMQ address"));
     let dir = tempfile::tempdir().expect("temp dir");
     let queue = fresh_queue();
     let (process, base) = start_all(&proxy.addr.to_string(), &queue, dir.path());

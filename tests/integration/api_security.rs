@@ -3,11 +3,9 @@
 //! challenges), open health and metrics, the per-client rate limit (429),
 //! the connection limit, the request timeout and load shedding.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{order_body, tls, Backend, TestApp, TestDb};
+use crate::common::{self, order_body, tls, Backend, TestApp};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
@@ -64,9 +62,10 @@ async fn call(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_tokens_need_the_right_scope() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let broker = common::start_broker();
-    let app = TestApp::spawn_with(&db, &broker, &token_env()).await;
+    let app = TestApp::builder(Backend::Sqlite)
+        .env(&token_env())
+        .spawn()
+        .await;
     let order = || Some(order_body("Grace", "untracked-gadget", 1));
 
     let (status, challenge, body) = call(&app, "POST", "/api/orders", None, order()).await;
@@ -152,27 +151,36 @@ fn now() -> u64 {
         .as_secs()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jwts_from_the_configured_issuer_carry_scopes() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (key, modulus) = tls::rsa_key(dir.path(), "issuer");
-    let (other_key, _) = tls::rsa_key(dir.path(), "impostor");
-    let jwks = json!({"keys": [{"kty": "RSA", "kid": "k1", "use": "sig", "alg": "RS256",
-        "n": modulus, "e": "AQAB"}]});
-    let jwks_file = dir.path().join("jwks.json");
-    std::fs::write(&jwks_file, jwks.to_string()).expect("write jwks");
-    let jwks_path = jwks_file.display().to_string();
-    let env = [
-        ("Api__Auth__Enabled", "true"),
-        ("Api__Auth__Jwt__Issuer", ISSUER),
-        ("Api__Auth__Jwt__Audience", AUDIENCE),
-        ("Api__Auth__Jwt__JwksFile", jwks_path.as_str()),
-    ];
-    let db = TestDb::new(Backend::Sqlite).await;
-    let broker = common::start_broker();
-    let app = TestApp::spawn_with(&db, &broker, &env).await;
+/// An issuer of the test's: its RSA key pair (the public half in a JWKS),
+/// and a key it never published.
+struct Issuer {
+    _dir: tempfile::TempDir,
+    key: Vec<u8>,
+    other_key: Vec<u8>,
+    jwks: Value,
+    jwks_file: String,
+}
 
-    let sign = |claims: Value, pem: &[u8]| {
+impl Issuer {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (key, modulus) = tls::rsa_key(dir.path(), "issuer");
+        let (other_key, _) = tls::rsa_key(dir.path(), "impostor");
+        let jwks = json!({"keys": [{"kty": "RSA", "kid": "k1", "use": "sig", "alg": "RS256",
+            "n": modulus, "e": "AQAB"}]});
+        let jwks_file = dir.path().join("jwks.json");
+        std::fs::write(&jwks_file, jwks.to_string()).expect("write jwks");
+        Self {
+            jwks_file: jwks_file.display().to_string(),
+            _dir: dir,
+            key,
+            other_key,
+            jwks,
+        }
+    }
+
+    /// `claims` signed RS256 with `pem`, under the published key id.
+    fn sign_with(pem: &[u8], claims: Value) -> String {
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some("k1".into());
         jsonwebtoken::encode(
@@ -181,14 +189,92 @@ async fn jwts_from_the_configured_issuer_carry_scopes() {
             &EncodingKey::from_rsa_pem(pem).expect("RSA key"),
         )
         .expect("sign")
-    };
-    let claims = |iss: &str, aud: &str, exp: u64, scope: &str| json!({"iss": iss, "aud": aud, "exp": exp, "sub": "svc-shop", "scope": scope});
+    }
+
+    fn sign(&self, claims: Value) -> String {
+        Self::sign_with(&self.key, claims)
+    }
+
+    /// Tokens that must be refused (401, `invalid_token`), each with why.
+    fn refused_tokens(&self) -> Vec<(&'static str, String)> {
+        let later = now() + 600;
+        vec![
+            (
+                "expired",
+                self.sign(claims(ISSUER, AUDIENCE, now() - 600, "orders:read")),
+            ),
+            (
+                "other issuer",
+                self.sign(claims("https://evil.test/", AUDIENCE, later, "orders:read")),
+            ),
+            (
+                "other audience",
+                self.sign(claims(ISSUER, "someone-else", later, "orders:read")),
+            ),
+            (
+                "other key",
+                Self::sign_with(
+                    &self.other_key,
+                    claims(ISSUER, AUDIENCE, later, "orders:read"),
+                ),
+            ),
+            ("unsigned", {
+                // alg "none": the header says so and the signature is empty.
+                use base64::Engine;
+                let b64 = |v: &Value| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+                };
+                format!(
+                    "{}.{}.",
+                    b64(&json!({"alg": "none", "typ": "JWT"})),
+                    b64(&claims(ISSUER, AUDIENCE, later, "orders:read"))
+                )
+            }),
+        ]
+    }
+
+    /// Serves the JWKS over HTTP, as an OIDC provider does; its URL.
+    async fn serve_jwks(&self) -> String {
+        let served = self.jwks.clone();
+        let jwks_app = axum::Router::new().route(
+            "/.well-known/jwks.json",
+            axum::routing::get(move || {
+                let served = served.clone();
+                async move { axum::Json(served) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!(
+            "http://{}/.well-known/jwks.json",
+            listener.local_addr().expect("addr")
+        );
+        tokio::spawn(async move { axum::serve(listener, jwks_app).await });
+        url
+    }
+}
+
+fn claims(iss: &str, aud: &str, exp: u64, scope: &str) -> Value {
+    json!({"iss": iss, "aud": aud, "exp": exp, "sub": "svc-shop", "scope": scope})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwts_from_the_configured_issuer_carry_scopes() {
+    let issuer = Issuer::new();
+    let app = TestApp::builder(Backend::Sqlite)
+        .env(&[
+            ("Api__Auth__Enabled", "true"),
+            ("Api__Auth__Jwt__Issuer", ISSUER),
+            ("Api__Auth__Jwt__Audience", AUDIENCE),
+            ("Api__Auth__Jwt__JwksFile", issuer.jwks_file.as_str()),
+        ])
+        .spawn()
+        .await;
+
     let later = now() + 600;
-    let writer = sign(
-        claims(ISSUER, AUDIENCE, later, "orders:write orders:read"),
-        &key,
-    );
-    let reader = sign(claims(ISSUER, AUDIENCE, later, "orders:read"), &key);
+    let writer = issuer.sign(claims(ISSUER, AUDIENCE, later, "orders:write orders:read"));
+    let reader = issuer.sign(claims(ISSUER, AUDIENCE, later, "orders:read"));
     let order = || Some(order_body("Edsger", "untracked-gadget", 1));
     let (status, _, body) = call(&app, "POST", "/api/orders", Some(&writer), order()).await;
     assert_eq!(status, 201, "{body}");
@@ -205,73 +291,23 @@ async fn jwts_from_the_configured_issuer_carry_scopes() {
         200
     );
 
-    let refused = [
-        (
-            "expired",
-            sign(claims(ISSUER, AUDIENCE, now() - 600, "orders:read"), &key),
-        ),
-        (
-            "other issuer",
-            sign(
-                claims("https://evil.test/", AUDIENCE, later, "orders:read"),
-                &key,
-            ),
-        ),
-        (
-            "other audience",
-            sign(claims(ISSUER, "someone-else", later, "orders:read"), &key),
-        ),
-        (
-            "other key",
-            sign(claims(ISSUER, AUDIENCE, later, "orders:read"), &other_key),
-        ),
-        ("unsigned", {
-            // alg "none": the header says so and the signature is empty.
-            use base64::Engine;
-            let b64 =
-                |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-            format!(
-                "{}.{}.",
-                b64(&json!({"alg": "none", "typ": "JWT"})),
-                b64(&claims(ISSUER, AUDIENCE, later, "orders:read"))
-            )
-        }),
-    ];
-    for (what, token) in refused {
+    for (what, token) in issuer.refused_tokens() {
         let (status, challenge, body) = call(&app, "GET", "/api/orders", Some(&token), None).await;
         assert_eq!(status, 401, "{what}: {body}");
         assert!(challenge.contains("invalid_token"), "{what}: {challenge}");
     }
 
     // The same issuer's keys served over HTTP, as an OIDC provider does.
-    let served = jwks.clone();
-    let jwks_app = axum::Router::new().route(
-        "/.well-known/jwks.json",
-        axum::routing::get(move || {
-            let served = served.clone();
-            async move { axum::Json(served) }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!(
-        "http://{}/.well-known/jwks.json",
-        listener.local_addr().expect("addr")
-    );
-    tokio::spawn(async move { axum::serve(listener, jwks_app).await });
-    let db_by_url = TestDb::new(Backend::Sqlite).await;
-    let by_url = TestApp::spawn_with(
-        &db_by_url,
-        &broker,
-        &[
+    let url = issuer.serve_jwks().await;
+    let by_url = TestApp::builder(Backend::Sqlite)
+        .env(&[
             ("Api__Auth__Enabled", "true"),
             ("Api__Auth__Jwt__Issuer", ISSUER),
             ("Api__Auth__Jwt__Audience", AUDIENCE),
             ("Api__Auth__Jwt__JwksUrl", url.as_str()),
-        ],
-    )
-    .await;
+        ])
+        .spawn()
+        .await;
     assert_eq!(
         call(&by_url, "GET", "/api/orders", Some(&reader), None)
             .await
@@ -295,9 +331,7 @@ async fn each_client_has_its_own_rate_limit() {
         ("Api__RateLimit__PerSecond", "1"),
         ("Api__RateLimit__Burst", "3"),
     ]);
-    let db = TestDb::new(Backend::Sqlite).await;
-    let broker = common::start_broker();
-    let app = TestApp::spawn_with(&db, &broker, &env).await;
+    let app = TestApp::builder(Backend::Sqlite).env(&env).spawn().await;
     let mut statuses = Vec::new();
     for _ in 0..5 {
         statuses.push(call(&app, "GET", "/api/orders", Some(READER), None).await.0);
@@ -344,10 +378,11 @@ async fn each_client_has_its_own_rate_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let db = TestDb::new(Backend::Sqlite).await;
-    let broker = common::start_broker();
-    let app = TestApp::spawn_with(&db, &broker, &[("Api__MaxConnections", "1")]).await;
-    let addr = app.base.trim_start_matches("http://").to_string();
+    let app = TestApp::builder(Backend::Sqlite)
+        .env(&[("Api__MaxConnections", "1")])
+        .spawn()
+        .await;
+    let addr = app.addr().to_string();
     // One keep-alive connection holds the only slot.
     let mut first = tokio::net::TcpStream::connect(&addr)
         .await
@@ -382,19 +417,17 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_requests_time_out_and_excess_ones_are_shed() {
     use sqlx::Connection;
-    let db = TestDb::new(Backend::Postgres).await;
-    let broker = common::start_broker();
-    let app = TestApp::spawn_with(
-        &db,
-        &broker,
-        &[
+    let app = TestApp::builder(Backend::Postgres)
+        .env(&[
             ("Api__RequestTimeoutMs", "1500"),
             ("Api__MaxConcurrentRequests", "1"),
-        ],
-    )
-    .await;
+        ])
+        .spawn()
+        .await;
     // A transaction holding the orders table makes every read wait.
-    let mut locker = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let mut locker = sqlx::PgConnection::connect(&app.db.url)
+        .await
+        .expect("connect");
     let mut tx = locker.begin().await.expect("begin");
     sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *tx)

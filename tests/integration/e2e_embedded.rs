@@ -3,14 +3,13 @@
 //! its whole life; an external Kafka client (kcat) sees its events on the
 //! embedded broker.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::Process;
 use serde_json::{json, Value};
+
+use crate::common::{self, timeline, Metrics, Process, LIFECYCLE};
 
 /// The client's trace: the API continues it into the events, the worker's
 /// handler logs carry its trace id.
@@ -52,21 +51,6 @@ fn kcat_header(event: &Value, name: &str) -> Option<String> {
         .map(|kv| kv[1].to_string())
 }
 
-/// The value of the Prometheus sample `name{labels…}` (label order free).
-fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .find(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 fn kcat_available() {
     let found = Command::new("kcat").arg("-V").output().is_ok();
     assert!(
@@ -75,30 +59,30 @@ fn kcat_available() {
     );
 }
 
-#[tokio::test]
-async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() {
-    kcat_available();
-    let dir = tempfile::tempdir().expect("temp dir");
+/// `orderflow all` in `dir` on a copy of the committed config; its API's
+/// base URL and the embedded broker's bootstrap address.
+fn start_all(dir: &Path) -> (Process, String, String) {
     let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-    std::fs::copy(committed, dir.path().join("config.toml")).expect("copy config");
+    std::fs::copy(committed, dir.join("config.toml")).expect("copy config");
     // Port 0 instead of 8080 so tests can run side by side; nothing else
     // differs from the README's `cargo run --release -- all`.
     let env = vec![("Api__Listen".to_string(), "127.0.0.1:0".to_string())];
-    let mut process = Process::spawn(&["all"], &env, dir.path());
+    let mut process = Process::spawn(&["all"], &env, dir);
     let addr = process.http_addr();
     let embedded = process.wait_for_log("embedded Kafka", Duration::from_secs(10));
     let bootstrap = embedded["bootstrap"]
         .as_str()
         .expect("bootstrap field")
         .to_string();
-    assert!(
-        dir.path().join("orderflow.db").exists(),
-        "SQLite file created"
-    );
+    assert!(dir.join("orderflow.db").exists(), "SQLite file created");
+    (process, format!("http://{addr}"), bootstrap)
+}
 
-    let http = reqwest::Client::new();
+/// Creates the order in the client's trace; the API answers in it, the
+/// order reads back exact, and the API is ready. Returns the order's id.
+async fn create_in_trace(http: &reqwest::Client, base: &str) -> String {
     let response = http
-        .post(format!("http://{addr}/api/orders"))
+        .post(format!("{base}/api/orders"))
         .header("traceparent", TRACEPARENT)
         .json(&json!({
             "customerName": "Ada Lovelace",
@@ -113,7 +97,7 @@ async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() 
     let order: Value = response.json().await.expect("order");
     let id = order["id"].as_str().expect("id").to_string();
     let fetched: Value = http
-        .get(format!("http://{addr}/api/orders/{id}"))
+        .get(format!("{base}/api/orders/{id}"))
         .send()
         .await
         .expect("GET")
@@ -122,17 +106,21 @@ async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() 
         .expect("order");
     assert_eq!(fetched["totalAmount"], "8.50");
     let ready = http
-        .get(format!("http://{addr}/readyz"))
+        .get(format!("{base}/readyz"))
         .send()
         .await
         .expect("readyz");
     assert_eq!(ready.status(), 200);
+    id
+}
 
-    // The worker half reserves stock (notebook is untracked: available).
-    let base = format!("http://{addr}");
+/// The worker half reserves stock (notebook is untracked: available); the
+/// client pays and ships in its trace; the order ends Fulfilled having
+/// passed every status once, in order.
+async fn drive_to_fulfilment(http: &reqwest::Client, base: &str, id: &str) {
     let url = format!("{base}/api/orders/{id}");
     let within = Duration::from_secs(30);
-    common::wait_for_status(&http, &base, &id, "Reserved", within).await;
+    common::wait_for_status(http, base, id, "Reserved", within).await;
     let paid = http
         .post(format!("{url}/payments"))
         .header("traceparent", TRACEPARENT)
@@ -141,7 +129,7 @@ async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() 
         .await
         .expect("pay");
     assert_eq!(paid.status(), 200);
-    common::wait_for_status(&http, &base, &id, "AwaitingShipment", within).await;
+    common::wait_for_status(http, base, id, "AwaitingShipment", within).await;
     let shipped = http
         .post(format!("{url}/shipments"))
         .header("traceparent", TRACEPARENT)
@@ -150,33 +138,21 @@ async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() 
         .await
         .expect("ship");
     assert_eq!(shipped.status(), 200);
-    let fulfilled = common::wait_for_status(&http, &base, &id, "Fulfilled", within).await;
-    let steps: Vec<&str> = fulfilled["timeline"]
-        .as_array()
-        .expect("timeline")
-        .iter()
-        .filter_map(|t| t["status"].as_str())
-        .collect();
-    assert_eq!(
-        steps,
-        [
-            "Pending",
-            "Reserved",
-            "Paid",
-            "AwaitingShipment",
-            "Shipped",
-            "Fulfilled"
-        ]
-    );
+    let fulfilled = common::wait_for_status(http, base, id, "Fulfilled", within).await;
+    assert_eq!(timeline(&fulfilled), LIFECYCLE);
+}
 
-    let events = kcat_read(&bootstrap, "orders");
+/// The order's three events as kcat reads them: CloudEvents headers, the
+/// client's trace, the payload.
+fn assert_order_events(bootstrap: &str, id: &str) {
+    let events = kcat_read(bootstrap, "orders");
     let types: Vec<String> = events
         .iter()
         .filter_map(|e| kcat_header(e, "ce_type"))
         .collect();
     assert_eq!(types, ["OrderCreated", "OrderPaid", "OrderShipped"]);
     let created = &events[0];
-    assert_eq!(created["key"], id.as_str());
+    assert_eq!(created["key"], id);
     assert_eq!(
         kcat_header(created, "ce_specversion").as_deref(),
         Some("1.0")
@@ -192,21 +168,21 @@ async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() 
     );
     let payload: Value =
         serde_json::from_str(created["payload"].as_str().expect("payload")).expect("JSON payload");
-    assert_eq!(payload["orderId"], id.as_str());
+    assert_eq!(payload["orderId"], id);
     assert_eq!(payload["totalAmount"], "8.50");
     assert_eq!(payload["customerName"], "Ada Lovelace");
+}
 
-    let fulfilments = common::eventually(Duration::from_secs(20), || {
-        let bootstrap = bootstrap.clone();
-        async move {
-            let found = kcat_read(&bootstrap, "order-fulfilments");
-            (!found.is_empty()).then_some(found)
-        }
+/// One OrderFulfilled event for the order, in the client's trace.
+async fn assert_fulfilment_event(bootstrap: &str, id: &str, process: &Process) {
+    let fulfilments = common::eventually(Duration::from_secs(20), || async {
+        let found = kcat_read(bootstrap, "order-fulfilments");
+        (!found.is_empty()).then_some(found)
     })
     .await
     .unwrap_or_else(|| panic!("no OrderFulfilled event:\n{}", process.log_text()));
     assert_eq!(fulfilments.len(), 1);
-    assert_eq!(fulfilments[0]["key"], id.as_str());
+    assert_eq!(fulfilments[0]["key"], id);
     assert_eq!(
         kcat_header(&fulfilments[0], "ce_type").as_deref(),
         Some("OrderFulfilled")
@@ -216,9 +192,11 @@ async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() 
         kcat_header(&fulfilments[0], "traceparent").as_deref(),
         Some(TRACEPARENT)
     );
+}
 
-    // The figures of this run on /metrics: one order, three order events
-    // published and handled, one fulfilment event, nothing left behind.
+/// The figures of this run on /metrics: one order, three order events
+/// published and handled, one fulfilment event, nothing left behind.
+async fn assert_run_metrics(http: &reqwest::Client, base: &str) {
     let metrics = common::eventually(Duration::from_secs(20), || async {
         let text = http
             .get(format!("{base}/metrics"))
@@ -228,34 +206,31 @@ async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() 
             .text()
             .await
             .ok()?;
-        let published = sample(
-            &text,
+        let metrics = Metrics::parse(&text);
+        let published = metrics.sample(
             "orderflow_events_published_total",
             &[("destination", "fulfilment"), ("type", "OrderFulfilled")],
         );
         // The lag gauge appears at the balancer's first evaluation
         // (Worker.BalanceIntervalMs after start), which a fast run beats.
-        let lag = sample(&text, "orderflow_consumer_lag", &[("partition", "0")]);
-        (published == Some(1.0) && lag.is_some()).then_some(text)
+        let lag = metrics.sample("orderflow_consumer_lag", &[("partition", "0")]);
+        (published == Some(1.0) && lag.is_some()).then_some(metrics)
     })
     .await
     .expect("the fulfilment event is counted as published, the lag is measured");
     for event in ["OrderCreated", "OrderPaid", "OrderShipped"] {
-        let published = sample(
-            &metrics,
+        let published = metrics.sample(
             "orderflow_events_published_total",
             &[("destination", "orders"), ("type", event)],
         );
-        assert_eq!(published, Some(1.0), "{event} published\n{metrics}");
-        let handled = sample(
-            &metrics,
+        assert_eq!(published, Some(1.0), "{event} published\n{metrics:?}");
+        let handled = metrics.sample(
             "orderflow_events_handled_total",
             &[("outcome", "ok"), ("type", event)],
         );
-        assert_eq!(handled, Some(1.0), "{event} handled\n{metrics}");
+        assert_eq!(handled, Some(1.0), "{event} handled\n{metrics:?}");
     }
-    let created = sample(
-        &metrics,
+    let created = metrics.sample(
         "orderflow_http_requests_total",
         &[
             ("method", "POST"),
@@ -263,33 +238,48 @@ async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() 
             ("status", "201"),
         ],
     );
-    assert_eq!(created, Some(1.0), "{metrics}");
+    assert_eq!(created, Some(1.0), "{metrics:?}");
     assert!(
-        sample(
-            &metrics,
-            "orderflow_http_request_duration_seconds_count",
-            &[("route", "/api/orders/{id}")]
-        )
-        .is_some_and(|n| n >= 1.0),
-        "{metrics}"
+        metrics
+            .sample(
+                "orderflow_http_request_duration_seconds_count",
+                &[("route", "/api/orders/{id}")]
+            )
+            .is_some_and(|n| n >= 1.0),
+        "{metrics:?}"
     );
     assert!(
-        sample(
-            &metrics,
+        metrics.sample(
             "orderflow_handler_duration_seconds_count",
             &[("type", "OrderCreated")]
         ) == Some(1.0),
-        "{metrics}"
+        "{metrics:?}"
     );
     assert_eq!(
-        sample(&metrics, "orderflow_outbox_backlog_rows", &[]),
+        metrics.sample("orderflow_outbox_backlog_rows", &[]),
         Some(0.0)
     );
-    assert_eq!(sample(&metrics, "orderflow_workers_active", &[]), Some(1.0));
+    assert_eq!(metrics.sample("orderflow_workers_active", &[]), Some(1.0));
     assert!(
-        sample(&metrics, "orderflow_consumer_lag", &[("partition", "0")]).is_some(),
-        "{metrics}"
+        metrics
+            .sample("orderflow_consumer_lag", &[("partition", "0")])
+            .is_some(),
+        "{metrics:?}"
     );
+}
+
+#[tokio::test]
+async fn all_on_the_committed_config_runs_an_order_to_fulfilment_seen_by_kcat() {
+    kcat_available();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut process, base, bootstrap) = start_all(dir.path());
+    let http = reqwest::Client::new();
+
+    let id = create_in_trace(&http, &base).await;
+    drive_to_fulfilment(&http, &base, &id).await;
+    assert_order_events(&bootstrap, &id);
+    assert_fulfilment_event(&bootstrap, &id, &process).await;
+    assert_run_metrics(&http, &base).await;
 
     // One trace from the HTTP request through the worker: each handled
     // event logged with the client's trace id.

@@ -2,12 +2,10 @@
 //! `openapi-spec-validator`, a real validator), covering every route the
 //! API serves, and browsable.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use common::{start_broker, Backend, TestApp, TestDb};
+use crate::common::{self, spawn_app, Backend, TestApp};
 use serde_json::Value;
 
 /// Every (method, route) the API role serves (the admin routes with
@@ -34,9 +32,7 @@ const ROUTES: &[(&str, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_is_valid_and_covers_every_route() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let broker = start_broker();
-    let app = TestApp::spawn(&db, &broker).await;
+    let app = spawn_app(Backend::Sqlite).await;
     let response = app
         .http
         .get(app.url("/api/openapi.json"))
@@ -102,19 +98,15 @@ async fn the_openapi_document_is_valid_and_covers_every_route() {
 /// the bearer scheme, each operation's scope, its 401/403/429.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_states_the_security_in_force() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let broker = start_broker();
-    let app = TestApp::spawn_with(
-        &db,
-        &broker,
-        &[
+    let app = TestApp::builder(Backend::Sqlite)
+        .env(&[
             ("Api__Auth__Enabled", "true"),
             ("Api__Auth__Tokens__ci__Token", "ci-token-0123456789abcdef"),
             ("Api__Auth__Tokens__ci__Scopes", "orders:read"),
             ("Api__RateLimit__PerSecond", "100"),
-        ],
-    )
-    .await;
+        ])
+        .spawn()
+        .await;
     // The document itself is open.
     let text = app
         .get("/api/openapi.json")

@@ -2,14 +2,13 @@
 //! once, each order's events in commit order, even with several API
 //! processes relaying from one database; a Kafka outage only delays.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{
-    config_from_env, env_for, order_body, read_topic, start_broker, Backend, Process, Received,
-    TestApp, TestBroker, TestDb, TOPIC,
+use crate::both_backends;
+use crate::common::{
+    self, config_from_env, env_for, order_body, read_topic_async, spawn_app, Backend, Cluster,
+    Received, Role, TestBroker, TestDb, TOPIC,
 };
 use futures::stream::{self, StreamExt};
 use orderflow::domain::{OrderId, OrderStatus};
@@ -55,35 +54,11 @@ async fn move_to(store: &SharedStore, id: OrderId, to: OrderStatus) {
         .unwrap_or_else(|e| panic!("{id} → {to}: {e}"));
 }
 
-/// On the 3-node Apache Kafka cluster, replication factor 3: the relay
-/// produces with acks=all and idempotence, to a topic `serve-api` created.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_api_processes_relay_every_event_exactly_once_in_order() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let broker = TestBroker::apache();
-    let started = Instant::now();
-    let mut env = env_for(&db, &broker);
-    // Published rows stay (marked), so the outbox is the ledger of every
-    // committed event to compare the topic with.
-    env.push(("Outbox__RetentionSeconds".into(), "3600".into()));
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut apis: Vec<Process> = (0..3)
-        .map(|_| Process::spawn(&["serve-api"], &env, dir.path()))
-        .collect();
-    let addrs: Vec<String> = apis
-        .iter_mut()
-        .map(|p| format!("http://{}", p.http_addr()))
-        .collect();
-    // The test plays the worker's part (Pending → Reserved, Paid →
-    // AwaitingShipment) straight on the database.
-    let store = orderflow::store::connect(&config_from_env(env.clone()).database)
-        .await
-        .expect("store");
-    let http = reqwest::Client::new();
-
-    let ids: Vec<OrderId> = stream::iter(0..ORDERS)
+/// `ORDERS` orders, created round robin over `apis`.
+async fn create_orders(http: &reqwest::Client, apis: &[String]) -> Vec<OrderId> {
+    stream::iter(0..ORDERS)
         .map(|i| {
-            let (http, base) = (http.clone(), addrs[i % 3].clone());
+            let (http, base) = (http.clone(), apis[i % apis.len()].clone());
             async move {
                 common::create_order_at(
                     &http,
@@ -95,16 +70,21 @@ async fn three_api_processes_relay_every_event_exactly_once_in_order() {
         })
         .buffer_unordered(CONCURRENCY)
         .collect()
-        .await;
+        .await
+}
 
-    // A rolling restart begins: the first process drains and leaves; if it
-    // was the active relay, another takes over.
-    apis[0].signal("TERM");
-    assert_eq!(apis[0].wait_exit(Duration::from_secs(30)), Some(0));
-
+/// Pays and ships every order through `apis`; the test plays the worker's
+/// part (Pending → Reserved, Paid → AwaitingShipment) straight on the
+/// database.
+async fn pay_and_ship(
+    http: &reqwest::Client,
+    store: &SharedStore,
+    apis: &[String],
+    ids: &[OrderId],
+) {
     stream::iter(ids.iter().copied().enumerate())
         .for_each_concurrent(CONCURRENCY, |(i, id)| {
-            let (http, store, base) = (http.clone(), store.clone(), addrs[1 + i % 2].clone());
+            let (http, store, base) = (http.clone(), store.clone(), apis[i % apis.len()].clone());
             async move {
                 move_to(&store, id, OrderStatus::Reserved).await;
                 let paid = http
@@ -125,19 +105,23 @@ async fn three_api_processes_relay_every_event_exactly_once_in_order() {
             }
         })
         .await;
+}
 
-    let expected = ORDERS * EVENTS_PER_ORDER.len();
-    let bootstrap = broker.bootstrap_servers().to_string();
-    let topic = broker.names.orders.clone();
-    let events = tokio::task::spawn_blocking(move || {
-        read_topic(&bootstrap, &topic, expected, Duration::from_secs(120))
-    })
-    .await
-    .expect("reader");
+/// What the topic holds against the outbox, the ledger of committed events.
+struct Ledger {
+    committed: usize,
+    on_topic: usize,
+    lost: usize,
+    duplicated: usize,
+    strangers: usize,
+    out_of_order: usize,
+    all_marked_published: bool,
+}
 
+async fn compare_with_outbox(cluster: &Cluster, events: &[Received]) -> Ledger {
     let outbox: Vec<(uuid::Uuid, bool)> =
         sqlx::query_as("SELECT event_id, published_at IS NOT NULL FROM outbox")
-            .fetch_all(&sqlx::PgPool::connect(&db.url).await.expect("pool"))
+            .fetch_all(&cluster.db.pg_pool().await)
             .await
             .expect("outbox rows");
     let committed: HashSet<String> = outbox.iter().map(|(id, _)| id.to_string()).collect();
@@ -146,26 +130,74 @@ async fn three_api_processes_relay_every_event_exactly_once_in_order() {
         .filter_map(|e| e.headers.get("ce_id").cloned())
         .collect();
     let distinct: HashSet<String> = on_topic.iter().cloned().collect();
-    let lost = committed.difference(&distinct).count();
-    let duplicated = on_topic.len() - distinct.len();
-    let strangers = distinct.difference(&committed).count();
-    let violations = order_violations(&events, &EVENTS_PER_ORDER);
+    Ledger {
+        committed: committed.len(),
+        on_topic: on_topic.len(),
+        lost: committed.difference(&distinct).count(),
+        duplicated: on_topic.len() - distinct.len(),
+        strangers: distinct.difference(&committed).count(),
+        out_of_order: order_violations(events, &EVENTS_PER_ORDER),
+        all_marked_published: outbox.iter().all(|(_, published)| *published),
+    }
+}
+
+/// On the 3-node Apache Kafka cluster, replication factor 3: the relay
+/// produces with acks=all and idempotence, to a topic `serve-api` created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_api_processes_relay_every_event_exactly_once_in_order() {
+    let started = Instant::now();
+    // Published rows stay (marked), so the outbox is the ledger of every
+    // committed event to compare the topic with.
+    let mut cluster = Cluster::builder(TestBroker::apache())
+        .env("Outbox__RetentionSeconds", "3600")
+        .apis(3)
+        .start()
+        .await;
+    let apis: Vec<String> = cluster.members.iter().map(|m| m.base.clone()).collect();
+    let ids = create_orders(&cluster.http, &apis).await;
+
+    // A rolling restart begins: the first process drains and leaves; if it
+    // was the active relay, another takes over.
+    cluster.stop_within(0, Duration::from_secs(30));
+    let store = cluster.store().await;
+    pay_and_ship(&cluster.http, &store, &apis[1..], &ids).await;
+
+    let expected = ORDERS * EVENTS_PER_ORDER.len();
+    let names = &cluster.broker.names;
+    let events = read_topic_async(
+        cluster.broker.bootstrap_servers(),
+        &names.orders,
+        expected,
+        Duration::from_secs(120),
+    )
+    .await;
+    let ledger = compare_with_outbox(&cluster, &events).await;
     println!(
-        "relay summary: orders={ORDERS} committed={} on_topic={} lost={lost} duplicated={duplicated} \
-         out_of_order={violations} elapsed={:.1}s",
-        committed.len(),
-        on_topic.len(),
+        "relay summary: orders={ORDERS} committed={} on_topic={} lost={} duplicated={} \
+         out_of_order={} elapsed={:.1}s",
+        ledger.committed,
+        ledger.on_topic,
+        ledger.lost,
+        ledger.duplicated,
+        ledger.out_of_order,
         started.elapsed().as_secs_f64()
     );
-    assert_eq!(committed.len(), expected, "one outbox row per event");
-    assert_eq!((lost, duplicated, strangers, violations), (0, 0, 0, 0));
-    assert!(
-        outbox.iter().all(|(_, published)| *published),
-        "every row marked published"
+    assert_eq!(ledger.committed, expected, "one outbox row per event");
+    assert_eq!(
+        (
+            ledger.lost,
+            ledger.duplicated,
+            ledger.strangers,
+            ledger.out_of_order
+        ),
+        (0, 0, 0, 0)
     );
-    let leaders = apis
+    assert!(ledger.all_marked_published, "every row marked published");
+    let leaders = cluster
+        .members
         .iter()
-        .filter(|p| p.log_text().contains("outbox relay active"))
+        .filter(|m| m.role == Role::Api)
+        .filter(|m| m.process.log_text().contains("outbox relay active"))
         .count();
     assert!(leaders >= 1, "some process relayed");
 }
@@ -174,9 +206,7 @@ async fn three_api_processes_relay_every_event_exactly_once_in_order() {
 /// `/readyz` reports the outage, and once the broker is back every event is
 /// published, once, in order.
 async fn outage(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let broker = start_broker();
-    let app = TestApp::spawn(&db, &broker).await;
+    let app = spawn_app(backend).await;
     let mut ids = Vec::new();
     let mut create = async |i: usize| {
         let response = app
@@ -189,16 +219,14 @@ async fn outage(backend: Backend) {
     for i in 0..10 {
         create(i).await;
     }
-    let bootstrap = broker.bootstrap_servers().to_string();
-    let before = {
-        let b = bootstrap.clone();
-        tokio::task::spawn_blocking(move || read_topic(&b, TOPIC, 10, Duration::from_secs(30)))
-            .await
-            .expect("reader")
-    };
+    let bootstrap = app.broker.bootstrap_servers();
+    let before = read_topic_async(bootstrap, TOPIC, 10, Duration::from_secs(30)).await;
     assert_eq!(before.len(), 10);
 
-    broker.mock_cluster().broker_down().expect("broker down");
+    app.broker
+        .mock_cluster()
+        .broker_down()
+        .expect("broker down");
     for i in 10..50 {
         create(i).await;
     }
@@ -212,18 +240,14 @@ async fn outage(backend: Backend) {
     // fail and the relay backs off, rather than librdkafka hiding the outage.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(app.store.outbox_backlog().await.expect("backlog").rows > 0);
-    broker.mock_cluster().broker_up().expect("broker up");
+    app.broker.mock_cluster().broker_up().expect("broker up");
 
     let drained = common::eventually(Duration::from_secs(60), || async {
         (app.store.outbox_backlog().await.ok()?.rows == 0).then_some(())
     })
     .await;
     assert!(drained.is_some(), "outbox drained after the outage");
-    let after = tokio::task::spawn_blocking(move || {
-        read_topic(&bootstrap, TOPIC, 50, Duration::from_secs(30))
-    })
-    .await
-    .expect("reader");
+    let after = read_topic_async(bootstrap, TOPIC, 50, Duration::from_secs(30)).await;
     let keys: HashSet<&str> = after.iter().map(|e| e.key.as_str()).collect();
     let ce_ids: HashSet<&str> = after
         .iter()

@@ -8,14 +8,13 @@
 //! Needs `python3 -m pip install -r tests/fuzz/requirements.txt` (`.ci/run`
 //! does it).
 
-mod common;
-
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::Process;
 use serde_json::Value;
+
+use crate::common::{Metrics, Process};
 
 /// The fewest requests a run must have sent to count as a fuzz test.
 const MIN_REQUESTS: u64 = 1_000;
@@ -44,19 +43,9 @@ fn schemathesis_version() -> String {
 /// Sum of the server's own `orderflow_http_requests_total`: what it
 /// answered, counted on its side of the wire.
 async fn requests_served(http: &reqwest::Client, base: &str) -> u64 {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
+    Metrics::scrape(http, base)
         .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .filter(|l| l.starts_with("orderflow_http_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next())
-        .filter_map(|v| v.parse::<f64>().ok())
-        .sum::<f64>() as u64
+        .total("orderflow_http_requests_total") as u64
 }
 
 async fn healthy(http: &reqwest::Client, base: &str) -> bool {
@@ -72,28 +61,11 @@ fn report(dir: &Path) -> Value {
     serde_json::from_str(&text).expect("JSON report")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn schemathesis_finds_nothing_in_the_http_api() {
-    let version = schemathesis_version();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-    std::fs::copy(committed, dir.path().join("config.toml")).expect("copy config");
-    // The committed config as `cargo run -- all` uses it (embedded Kafka,
-    // SQLite), on free ports so tests can run side by side.
-    let env = vec![
-        ("Api__Listen".to_string(), "127.0.0.1:0".to_string()),
-        ("Worker__AdminListen".to_string(), "127.0.0.1:0".to_string()),
-    ];
-    let mut process = Process::spawn(&["all"], &env, dir.path());
-    let base = format!("http://{}", process.http_addr());
-    let http = reqwest::Client::new();
-    assert!(healthy(&http, &base).await, "not healthy before the run");
-    let served_before = requests_served(&http, &base).await;
-
-    let reports = dir.path().join("reports");
-    let started = Instant::now();
-    let output = tokio::task::spawn_blocking({
-        let (base, dir, reports) = (base.clone(), dir.path().to_owned(), reports.clone());
+/// Runs schemathesis against the document `base` serves, in `dir`, its
+/// reports into `reports`.
+async fn schemathesis(base: &str, dir: &Path, reports: &Path) -> Output {
+    tokio::task::spawn_blocking({
+        let (base, dir, reports) = (base.to_string(), dir.to_owned(), reports.to_owned());
         move || {
             Command::new("python3")
                 .args(["-m", "schemathesis.cli", "--config-file"])
@@ -123,7 +95,30 @@ async fn schemathesis_finds_nothing_in_the_http_api() {
         }
     })
     .await
-    .expect("schemathesis task");
+    .expect("schemathesis task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_nothing_in_the_http_api() {
+    let version = schemathesis_version();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    std::fs::copy(committed, dir.path().join("config.toml")).expect("copy config");
+    // The committed config as `cargo run -- all` uses it (embedded Kafka,
+    // SQLite), on free ports so tests can run side by side.
+    let env = vec![
+        ("Api__Listen".to_string(), "127.0.0.1:0".to_string()),
+        ("Worker__AdminListen".to_string(), "127.0.0.1:0".to_string()),
+    ];
+    let mut process = Process::spawn(&["all"], &env, dir.path());
+    let base = format!("http://{}", process.http_addr());
+    let http = reqwest::Client::new();
+    assert!(healthy(&http, &base).await, "not healthy before the run");
+    let served_before = requests_served(&http, &base).await;
+
+    let reports = dir.path().join("reports");
+    let started = Instant::now();
+    let output = schemathesis(&base, dir.path(), &reports).await;
     let elapsed = started.elapsed();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -1,10 +1,9 @@
 //! The order API as a client sees it, on SQLite and on PostgreSQL.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{order_body, start_broker, Backend, TestApp, TestDb};
+use crate::both_backends;
+use crate::common::{self, order_body, spawn_app, timeline, Backend, TestApp};
 use orderflow::domain::{OrderId, OrderStatus};
 use orderflow::store::Transition;
 use reqwest::StatusCode;
@@ -32,9 +31,7 @@ fn fields(problem: &Value) -> Vec<String> {
 }
 
 async fn create_then_read(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let broker = start_broker();
-    let app = TestApp::spawn(&db, &broker).await;
+    let app = spawn_app(backend).await;
 
     let body = json!({
         "customerName": "Ada Lovelace", "customerEmail": "ada@example.com", "customerId": "c-42",
@@ -74,12 +71,16 @@ async fn create_then_read(backend: Backend) {
 both_backends!(create_then_read_an_order, create_then_read);
 
 async fn idempotency(backend: Backend) {
-    let db = TestDb::new(backend).await;
     // No dead-letter or control topic: the API role publishes order events
     // without waiting for the worker's topics (which this mock broker could
     // not create on request).
-    let broker = common::start_broker_with(&[common::TOPIC, common::FULFILMENT_TOPIC]);
-    let app = TestApp::spawn(&db, &broker).await;
+    let app = TestApp::builder(backend)
+        .broker(common::start_broker_with(&[
+            common::TOPIC,
+            common::FULFILMENT_TOPIC,
+        ]))
+        .spawn()
+        .await;
     let body = order_body("Grace Hopper", "compiler", 1);
     let post = |body: Value| {
         app.http
@@ -124,12 +125,9 @@ async fn idempotency(backend: Backend) {
     let list: Value = app.get_json("/api/orders").await;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(2));
     // Two orders, one OrderCreated event each on the topic.
-    let bootstrap = broker.bootstrap_servers().to_string();
-    let events = tokio::task::spawn_blocking(move || {
-        common::read_topic(&bootstrap, common::TOPIC, 3, Duration::from_secs(4))
-    })
-    .await
-    .expect("reader");
+    let bootstrap = app.broker.bootstrap_servers();
+    let events =
+        common::read_topic_async(bootstrap, common::TOPIC, 3, Duration::from_secs(4)).await;
     let mut keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
     keys.sort_unstable();
     let mut ids = [
@@ -143,9 +141,7 @@ async fn idempotency(backend: Backend) {
 both_backends!(idempotency_key_returns_the_same_order, idempotency);
 
 async fn transitions(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let broker = start_broker();
-    let app = TestApp::spawn(&db, &broker).await;
+    let app = spawn_app(backend).await;
     let created: Value = app
         .create_order(&order_body("Alan Turing", "tape", 1))
         .await
@@ -179,13 +175,7 @@ async fn transitions(backend: Backend) {
     assert_eq!(paid.status(), StatusCode::OK);
     let paid: Value = paid.json().await.expect("order");
     assert_eq!(paid["status"], "Paid");
-    let steps: Vec<&str> = paid["timeline"]
-        .as_array()
-        .expect("timeline")
-        .iter()
-        .filter_map(|t| t["status"].as_str())
-        .collect();
-    assert_eq!(steps, ["Pending", "Reserved", "Paid"]);
+    assert_eq!(timeline(&paid), ["Pending", "Reserved", "Paid"]);
 
     let twice = pay(id.clone(), "p-2").await.expect("pay again");
     assert_eq!(problem(twice).await.0, StatusCode::CONFLICT);
@@ -217,9 +207,7 @@ async fn transitions(backend: Backend) {
 both_backends!(status_moves_only_forward, transitions);
 
 async fn pagination(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let broker = start_broker();
-    let app = TestApp::spawn(&db, &broker).await;
+    let app = spawn_app(backend).await;
     let mut ids = Vec::new();
     for i in 0..5 {
         let order: Value = app
@@ -271,9 +259,7 @@ async fn pagination(backend: Backend) {
 both_backends!(keyset_pagination_lists_every_order_once, pagination);
 
 async fn inventory(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let broker = start_broker();
-    let app = TestApp::spawn(&db, &broker).await;
+    let app = spawn_app(backend).await;
     let put = |body: Value| {
         app.http
             .put(app.url("/api/inventory/widget"))
@@ -310,12 +296,18 @@ async fn inventory(backend: Backend) {
 }
 both_backends!(inventory_levels_round_trip, inventory);
 
-/// Ten kinds of bad request, each answered with the right problem document,
-/// and none of them writes anything.
-async fn malformed(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let broker = start_broker();
-    let app = TestApp::spawn(&db, &broker).await;
+/// One bad request: what it is, its body and content type, the status and
+/// the problem document's `errors[].field`s expected.
+type Malformed = (
+    &'static str,
+    String,
+    &'static str,
+    StatusCode,
+    Vec<&'static str>,
+);
+
+/// Ten kinds of bad request.
+fn malformed_cases() -> Vec<Malformed> {
     let good_item = json!({"productName": "pen", "quantity": 1, "unitPrice": "1.00"});
     let with = |patch: Value| {
         let mut body = json!({"customerName": "Ada", "customerEmail": "ada@example.com", "items": [good_item.clone()]});
@@ -327,7 +319,7 @@ async fn malformed(backend: Backend) {
         body.to_string()
     };
     let too_many: Vec<Value> = (0..101).map(|_| good_item.clone()).collect();
-    let cases: Vec<(&str, String, &str, StatusCode, Vec<&str>)> = vec![
+    vec![
         (
             "bad JSON",
             "{\"customerName\": ".into(),
@@ -402,8 +394,14 @@ async fn malformed(backend: Backend) {
             StatusCode::BAD_REQUEST,
             vec!["customerName", "items[0].unitPrice"],
         ),
-    ];
-    for (what, body, content_type, expected, expected_fields) in cases {
+    ]
+}
+
+/// Ten kinds of bad request, each answered with the right problem document,
+/// and none of them writes anything.
+async fn malformed(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for (what, body, content_type, expected, expected_fields) in malformed_cases() {
         let response = app
             .http
             .post(app.url("/api/orders"))
@@ -451,7 +449,7 @@ both_backends!(
 /// first meets a closed socket instead of the answer.
 async fn oversized_post(app: &TestApp, len: usize) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = app.base.trim_start_matches("http://").to_string();
+    let addr = app.addr().to_string();
     let mut stream = tokio::net::TcpStream::connect(&addr)
         .await
         .expect("connect");

@@ -1,11 +1,9 @@
 //! `orderflow config` and configuration errors, through the real binary.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::binary;
+use crate::common::binary;
 
 struct Run {
     code: Option<i32>,

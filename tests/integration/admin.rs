@@ -3,23 +3,12 @@
 //! control topic, dead-letter replay), and the page itself driven in
 //! headless Chromium.
 
-mod common;
-
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{env_for, metric_total as total, order_body, start_broker, Backend, Process, TestDb};
 use serde_json::{json, Value};
 
-async fn scrape(http: &reqwest::Client, base: &str) -> String {
-    http.get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics")
-}
+use crate::common::{self, kcat_produce, order_body, Cluster, Metrics, TestBroker};
 
 async fn overview(http: &reqwest::Client, base: &str) -> Value {
     let response = http
@@ -47,10 +36,9 @@ fn total_lag(overview: &Value) -> Option<i64> {
 async fn consumed(http: &reqwest::Client, admins: &[String]) -> f64 {
     let mut sum = 0.0;
     for admin in admins {
-        sum += total(
-            &scrape(http, admin).await,
-            "orderflow_events_consumed_total",
-        );
+        sum += Metrics::scrape(http, admin)
+            .await
+            .total("orderflow_events_consumed_total");
     }
     sum
 }
@@ -66,86 +54,42 @@ fn count(overview: &Value, status: &str) -> i64 {
 }
 
 /// One `serve-api` with the dashboard on and two `run-worker` processes on a
-/// fresh PostgreSQL database and the test's broker.
-struct Cluster {
-    _db: TestDb,
-    broker: common::TestBroker,
-    _dir: tempfile::TempDir,
-    api: Process,
-    _workers: Vec<Process>,
-    base: String,
-    worker_admins: Vec<String>,
-}
-
+/// fresh PostgreSQL database and a mock cluster of the test's.
 async fn start_cluster() -> Cluster {
-    let db = TestDb::new(Backend::Postgres).await;
-    let broker = start_broker();
-    let mut env = env_for(&db, &broker);
-    env.push(("Admin__Enabled".into(), "true".into()));
-    env.push(("Worker__CommitIntervalMs".into(), "200".into()));
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut api = Process::spawn(&["serve-api"], &env, dir.path());
-    let base = format!("http://{}", api.http_addr());
-    let mut workers: Vec<Process> = (0..2)
-        .map(|_| Process::spawn(&["run-worker"], &env, dir.path()))
-        .collect();
-    let worker_admins = workers
-        .iter_mut()
-        .map(|w| format!("http://{}", w.http_addr()))
-        .collect();
-    for w in &mut workers {
-        w.wait_for_log("partitions assigned", Duration::from_secs(60));
-    }
-    Cluster {
-        _db: db,
-        broker,
-        _dir: dir,
-        api,
-        _workers: workers,
-        base,
-        worker_admins,
-    }
+    let mut cluster = Cluster::builder(TestBroker::mock())
+        .env("Admin__Enabled", "true")
+        .env("Worker__CommitIntervalMs", "200")
+        .apis(1)
+        .workers(2)
+        .start()
+        .await;
+    cluster.wait_until_assigned();
+    cluster
 }
 
-fn produce_poison(bootstrap: &str, event_id: &str) {
-    let mut kcat = Command::new("kcat")
-        .args(["-b", bootstrap, "-P", "-t", "orders", "-k", "poison"])
-        .args([
-            "-H",
-            "ce_type=OrderPaid",
-            "-H",
-            &format!("ce_id={event_id}"),
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("kcat is installed (apt-get install -y kcat)");
-    {
-        use std::io::Write;
-        let mut stdin = kcat.stdin.take().expect("stdin");
-        writeln!(stdin, "not json").expect("write");
-    }
-    assert!(kcat.wait().expect("kcat").success());
+/// An undecodable message on the orders topic, as an outside producer
+/// would put it there.
+fn produce_poison(cluster: &Cluster, event_id: &str) {
+    kcat_produce(
+        cluster.broker.bootstrap_servers(),
+        &cluster.broker.names.orders,
+        "poison",
+        &[("ce_type", "OrderPaid"), ("ce_id", event_id)],
+        "not json",
+    );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_reaches_every_worker_and_resume_drains_the_lag() {
-    let cluster = start_cluster().await;
-    let (base, admin_ports) = (cluster.base.clone(), cluster.worker_admins.clone());
-    let http = reqwest::Client::new();
+async fn post(http: &reqwest::Client, url: String) -> reqwest::StatusCode {
+    http.post(url).send().await.expect("POST").status()
+}
 
-    let page = http
-        .get(format!("{base}/admin"))
-        .send()
-        .await
-        .expect("page");
-    assert_eq!(page.status(), 200);
-    assert!(page.text().await.expect("html").contains("Pause"));
-
+/// 20 orders reserved and their offsets committed: no lag, not paused.
+async fn settle_twenty_orders(http: &reqwest::Client, base: &str) {
     for i in 0..20 {
-        common::create_order_at(&http, &base, &order_body(&format!("Early {i}"), "pen", 1)).await;
+        common::create_order_at(http, base, &order_body(&format!("Early {i}"), "pen", 1)).await;
     }
     let settled = common::eventually(Duration::from_secs(60), || async {
-        let o = overview(&http, &base).await;
+        let o = overview(http, base).await;
         let lag = total_lag(&o)?;
         (count(&o, "Reserved") == 20 && lag == 0).then_some(o)
     })
@@ -156,28 +100,28 @@ async fn pause_reaches_every_worker_and_resume_drains_the_lag() {
         Some(common::PARTITIONS as usize)
     );
     assert_eq!(settled["paused"], false);
+}
 
-    let paused = http
-        .post(format!("{base}/admin/api/pause"))
-        .send()
-        .await
-        .expect("pause");
-    assert_eq!(paused.status(), 200);
-    for admin in &admin_ports {
+/// Pauses through the dashboard: every worker says so on its /metrics, and
+/// 10 new orders wait on the topic, consumed by nobody. Returns the events
+/// consumed before the pause.
+async fn pause_and_leave_ten_waiting(http: &reqwest::Client, base: &str, admins: &[String]) -> f64 {
+    assert_eq!(post(http, format!("{base}/admin/api/pause")).await, 200);
+    for admin in admins {
         let switched = common::eventually(Duration::from_secs(20), || async {
-            (total(&scrape(&http, admin).await, "orderflow_consumption_paused") == 1.0)
-                .then_some(())
+            let metrics = Metrics::scrape(http, admin).await;
+            (metrics.total("orderflow_consumption_paused") == 1.0).then_some(())
         })
         .await;
         assert!(switched.is_some(), "worker {admin} paused");
     }
-    let consumed_before = consumed(&http, &admin_ports).await;
+    let consumed_before = consumed(http, admins).await;
     for i in 0..10 {
-        common::create_order_at(&http, &base, &order_body(&format!("Late {i}"), "pen", 1)).await;
+        common::create_order_at(http, base, &order_body(&format!("Late {i}"), "pen", 1)).await;
     }
     // The events reach Kafka; nobody consumes them.
     let waiting = common::eventually(Duration::from_secs(30), || async {
-        let o = overview(&http, &base).await;
+        let o = overview(http, base).await;
         let lag = total_lag(&o)?;
         (lag == 10).then_some(o)
     })
@@ -185,33 +129,41 @@ async fn pause_reaches_every_worker_and_resume_drains_the_lag() {
     .expect("lag of 10 while paused");
     assert_eq!(waiting["paused"], true);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let consumed_paused = consumed(&http, &admin_ports).await;
+    let consumed_paused = consumed(http, admins).await;
     assert_eq!(
         consumed_paused, consumed_before,
         "no worker consumed while paused"
     );
-    assert_eq!(count(&overview(&http, &base).await, "Pending"), 10);
+    assert_eq!(count(&overview(http, base).await, "Pending"), 10);
+    consumed_before
+}
 
-    let resumed = http
-        .post(format!("{base}/admin/api/resume"))
-        .send()
-        .await
-        .expect("resume");
-    assert_eq!(resumed.status(), 200);
+/// Resumes: the 10 waiting orders are consumed and reserved.
+async fn resume_and_drain(
+    http: &reqwest::Client,
+    base: &str,
+    admins: &[String],
+    consumed_before: f64,
+) {
+    assert_eq!(post(http, format!("{base}/admin/api/resume")).await, 200);
     let drained = common::eventually(Duration::from_secs(60), || async {
-        let o = overview(&http, &base).await;
+        let o = overview(http, base).await;
         (count(&o, "Reserved") == 30).then_some(o)
     })
     .await
     .expect("all 30 reserved after resume");
     assert_eq!(drained["paused"], false);
-    let consumed_after = consumed(&http, &admin_ports).await;
+    let consumed_after = consumed(http, admins).await;
     assert_eq!(consumed_after - consumed_before, 10.0);
+}
 
-    // A poison message shows up as a dead letter; replay re-publishes it.
-    produce_poison(cluster.broker.bootstrap_servers(), "poison-admin");
+/// A poison message shows up as a dead letter; replay re-publishes it, and
+/// an unknown event id is a 404.
+async fn dead_letter_listed_and_replayed(cluster: &Cluster) {
+    let (http, base) = (&cluster.http, cluster.base());
+    produce_poison(cluster, "poison-admin");
     let letter = common::eventually(Duration::from_secs(30), || async {
-        let o = overview(&http, &base).await;
+        let o = overview(http, &base).await;
         o["deadLetters"]
             .as_array()?
             .iter()
@@ -243,6 +195,25 @@ async fn pause_reaches_every_worker_and_resume_drains_the_lag() {
     assert_eq!(missing.status(), 404);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_reaches_every_worker_and_resume_drains_the_lag() {
+    let cluster = start_cluster().await;
+    let (http, base, admins) = (&cluster.http, cluster.base(), cluster.worker_admins());
+
+    let page = http
+        .get(format!("{base}/admin"))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.expect("html").contains("Pause"));
+
+    settle_twenty_orders(http, &base).await;
+    let consumed_before = pause_and_leave_ten_waiting(http, &base, &admins).await;
+    resume_and_drain(http, &base, &admins, consumed_before).await;
+    dead_letter_listed_and_replayed(&cluster).await;
+}
+
 /// The page in a real browser: headless Chromium driven by playwright-core
 /// (tests/browser/admin.mjs) sees the tables, pauses both workers, resumes
 /// them, and leaves a screenshot in target/.
@@ -258,25 +229,17 @@ async fn the_dashboard_pauses_and_resumes_workers_in_a_browser() {
         "Chromium is not installed: apt-get install -y chromium (.ci/run does this)"
     );
     let cluster = start_cluster().await;
-    let http = reqwest::Client::new();
     for i in 0..3 {
-        common::create_order_at(
-            &http,
-            &cluster.base,
-            &order_body(&format!("Before {i}"), "pen", 1),
-        )
-        .await;
+        cluster
+            .create_order(&order_body(&format!("Before {i}"), "pen", 1))
+            .await;
     }
-    produce_poison(cluster.broker.bootstrap_servers(), "poison-browser");
+    produce_poison(&cluster, "poison-browser");
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
     std::fs::create_dir_all(&target).expect("target dir");
     let screenshot = target.join("admin-dashboard.png");
     let _ = std::fs::remove_file(&screenshot);
-    let (base, admins, shot) = (
-        cluster.base.clone(),
-        cluster.worker_admins.clone(),
-        screenshot.clone(),
-    );
+    let (base, admins, shot) = (cluster.base(), cluster.worker_admins(), screenshot.clone());
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg("admin.mjs")
@@ -298,7 +261,7 @@ async fn the_dashboard_pauses_and_resumes_workers_in_a_browser() {
     assert!(
         output.status.success(),
         "browser test failed:\n{text}\nAPI log:\n{}",
-        cluster.api.log_text()
+        cluster.logs(common::Role::Api)
     );
     assert!(
         std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 10_000),

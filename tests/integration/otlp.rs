@@ -3,19 +3,18 @@
 //! the API's server span to the worker's handler span, to a local OTLP/HTTP
 //! receiver (what an OpenTelemetry Collector would be).
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
-use common::{Backend, Process, TestDb};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
+
+use crate::common::{self, Cluster, TestBroker};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
@@ -80,23 +79,15 @@ async fn start_receiver() -> (String, Spans) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_runs_from_the_api_request_to_the_worker_handler() {
     let (endpoint, spans) = start_receiver().await;
-    let broker = common::start_broker();
-    let db = TestDb::new(Backend::Postgres).await;
-    let mut env = common::env_for(&db, &broker);
-    env.extend(
-        [
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_SERVICE_NAME", "orderflow-test"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
-        ]
-        .map(|(k, v)| (k.to_string(), v.to_string())),
-    );
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut api = Process::spawn(&["serve-api"], &env, dir.path());
-    let base = format!("http://{}", api.http_addr());
-    let mut worker = Process::spawn(&["run-worker"], &env, dir.path());
-
-    let http = reqwest::Client::new();
+    let mut cluster = Cluster::builder(TestBroker::mock())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_SERVICE_NAME", "orderflow-test")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .apis(1)
+        .workers(1)
+        .start()
+        .await;
+    let (http, base) = (cluster.http.clone(), cluster.base());
     let response = http
         .post(format!("{base}/api/orders"))
         .header("traceparent", format!("00-{TRACE_ID}-{CLIENT_SPAN}-01"))
@@ -161,8 +152,7 @@ async fn one_trace_runs_from_the_api_request_to_the_worker_handler() {
         "exactly the API and handler spans: {in_trace:?}"
     );
 
-    for process in [&mut api, &mut worker] {
-        process.signal("TERM");
-        assert_eq!(process.wait_exit(Duration::from_secs(30)), Some(0));
+    for i in 0..cluster.members.len() {
+        cluster.stop_within(i, Duration::from_secs(30));
     }
 }

@@ -4,19 +4,20 @@
 //! SASL_SSL with SCRAM-SHA-512 against the Apache Kafka cluster's TLS
 //! listeners: a whole order lifecycle, a wrong password and a wrong CA.
 
-mod common;
-
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::kafka_cluster::{SASL_PASSWORD, SASL_USER};
-use common::{tls, Backend, Process, TestBroker, TestDb};
 use orderflow::brokers::Brokers;
 use orderflow::config::PropertyValue;
+
+use crate::common::cluster::set_env;
+use crate::common::kafka_cluster::{SASL_PASSWORD, SASL_USER};
+use crate::common::wait::poll;
+use crate::common::{self, tls, Cluster, Process, Role, TestBroker};
 
 const PASSWORD: &str = "kafka-Api-Secret-8d41f0";
 const KEY_PASSWORD: &str = "key-Passphrase-77c2";
@@ -48,27 +49,25 @@ fn shown(config: &orderflow::config::Config) -> Vec<String> {
 /// Environment settings of one case.
 type Settings<'a> = Vec<(&'a str, &'a str)>;
 
-#[test]
-fn each_protocol_sets_its_librdkafka_properties() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let pki = tls::make_pki(dir.path(), "kafka test CA");
-    let (ca, cert, key) = (
-        pki.ca_cert.display().to_string(),
-        pki.client_cert.display().to_string(),
-        pki.client_key.display().to_string(),
-    );
+/// Each protocol's settings and the librdkafka properties they make, with
+/// the client files `ca`, `cert` and `key`.
+fn protocol_cases<'a>(
+    ca: &'a str,
+    cert: &'a str,
+    key: &'a str,
+) -> Vec<(Settings<'a>, Vec<String>)> {
     let sasl = [
         ("KafkaConfiguration__Security__Username", "ABCDEFKEY"),
         ("KafkaConfiguration__Security__Password", PASSWORD),
     ];
-    let cases: Vec<(Settings, Vec<String>)> = vec![
+    vec![
         (vec![], vec!["security.protocol=plaintext".into()]),
         (
             vec![
                 ("KafkaConfiguration__Security__Protocol", "SSL"),
-                ("KafkaConfiguration__Security__CaFile", &ca),
-                ("KafkaConfiguration__Security__CertificateFile", &cert),
-                ("KafkaConfiguration__Security__KeyFile", &key),
+                ("KafkaConfiguration__Security__CaFile", ca),
+                ("KafkaConfiguration__Security__CertificateFile", cert),
+                ("KafkaConfiguration__Security__KeyFile", key),
                 ("KafkaConfiguration__Security__KeyPassword", KEY_PASSWORD),
             ],
             vec![
@@ -114,7 +113,7 @@ fn each_protocol_sets_its_librdkafka_properties() {
                     "KafkaConfiguration__Security__SaslMechanism",
                     "scram-sha-512",
                 ),
-                ("KafkaConfiguration__Security__CaFile", &ca),
+                ("KafkaConfiguration__Security__CaFile", ca),
             ]
             .into_iter()
             .chain(sasl)
@@ -128,7 +127,19 @@ fn each_protocol_sets_its_librdkafka_properties() {
                 "ssl.endpoint.identification.algorithm=https".into(),
             ],
         ),
-    ];
+    ]
+}
+
+#[test]
+fn each_protocol_sets_its_librdkafka_properties() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = tls::make_pki(dir.path(), "kafka test CA");
+    let (ca, cert, key) = (
+        pki.ca_cert.display().to_string(),
+        pki.client_cert.display().to_string(),
+        pki.client_key.display().to_string(),
+    );
+    let cases = protocol_cases(&ca, &cert, &key);
     for (env, expected) in cases {
         let config = config_for(&env);
         let properties = shown(&config);
@@ -210,14 +221,10 @@ impl TlsPeer {
     }
 
     fn wait_for(&self, needle: &str, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if self.text().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+        poll(within, Duration::from_millis(50), || {
+            self.text().contains(needle).then_some(())
+        })
+        .is_some()
     }
 }
 
@@ -302,10 +309,7 @@ fn mutual_tls_handshake_with_a_real_tls_peer() {
     let peer = TlsPeer::start(&pki, dir.path());
     let mut api = serve_api_against(&peer, dir.path(), &security(foreign_ca));
     api.http_addr();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !api.log_text().contains("certificate verify failed") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    api.logs_within("certificate verify failed", Duration::from_secs(20));
     let logs = api.log_text();
     assert!(logs.contains("certificate verify failed"), "{logs}");
     assert!(
@@ -320,87 +324,61 @@ fn mutual_tls_handshake_with_a_real_tls_peer() {
     );
 }
 
-/// The environment for SASL_SSL/SCRAM-SHA-512 on the cluster's TLS
-/// listeners, with `password` and the CA file `ca`.
-fn sasl_ssl_env(
-    db: &TestDb,
-    broker: &TestBroker,
-    password: &str,
-    ca: &Path,
-) -> Vec<(String, String)> {
-    let mut env = common::env_for(db, broker);
-    env.retain(|(k, _)| k != "KafkaConfiguration__ServerUrl");
-    env.extend(
-        [
-            (
-                "KafkaConfiguration__ServerUrl",
-                broker.cluster().sasl_ssl_bootstrap_servers().as_str(),
-            ),
-            ("KafkaConfiguration__Security__Protocol", "SASL_SSL"),
-            (
-                "KafkaConfiguration__Security__SaslMechanism",
-                "SCRAM-SHA-512",
-            ),
-            ("KafkaConfiguration__Security__Username", SASL_USER),
-            ("KafkaConfiguration__Security__Password", password),
-            (
-                "KafkaConfiguration__Security__CaFile",
-                &ca.display().to_string(),
-            ),
-        ]
-        .map(|(k, v)| (k.to_string(), v.to_string())),
-    );
+/// The cluster's environment for SASL_SSL/SCRAM-SHA-512 on the Apache
+/// Kafka nodes' TLS listeners, with `password` and the CA file `ca`.
+fn sasl_ssl_env(cluster: &Cluster, password: &str, ca: &Path) -> Vec<(String, String)> {
+    let mut env = cluster.env.clone();
+    for (k, v) in [
+        (
+            "KafkaConfiguration__ServerUrl",
+            cluster
+                .broker
+                .cluster()
+                .sasl_ssl_bootstrap_servers()
+                .as_str(),
+        ),
+        ("KafkaConfiguration__Security__Protocol", "SASL_SSL"),
+        (
+            "KafkaConfiguration__Security__SaslMechanism",
+            "SCRAM-SHA-512",
+        ),
+        ("KafkaConfiguration__Security__Username", SASL_USER),
+        ("KafkaConfiguration__Security__Password", password),
+        (
+            "KafkaConfiguration__Security__CaFile",
+            &ca.display().to_string(),
+        ),
+    ] {
+        set_env(&mut env, k, v);
+    }
     env
 }
 
-/// Waits until `process`'s log contains `needle`; false after `within`.
-fn logs_within(process: &Process, needle: &str, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if process.log_text().contains(needle) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sasl_ssl_with_scram_sha_512_on_apache_kafka() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let broker = TestBroker::apache();
-    let ca = broker.cluster().ca_cert.clone();
-    let dir = tempfile::tempdir().expect("temp dir");
-
-    // The whole lifecycle with every client on SASL_SSL.
-    let env = sasl_ssl_env(&db, &broker, SASL_PASSWORD, &ca);
-    let mut api = Process::spawn(&["serve-api"], &env, dir.path());
-    let base = format!("http://{}", api.http_addr());
-    let mut worker = Process::spawn(&["run-worker"], &env, dir.path());
-    tokio::task::block_in_place(|| {
-        worker.wait_for_log("partitions assigned", Duration::from_secs(60));
-    });
-    let http = reqwest::Client::new();
-    let id = common::run_order_to_fulfilment(&http, &base, "Scram Sam").await;
-    let bootstrap = broker.bootstrap_servers().to_string();
-    let topic = broker.names.fulfilment.clone();
-    let fulfilled = tokio::task::spawn_blocking(move || {
-        common::read_topic(&bootstrap, &topic, 1, Duration::from_secs(30))
-    })
-    .await
-    .expect("reader");
+/// The whole lifecycle with every client on SASL_SSL.
+async fn lifecycle_over_sasl_ssl(cluster: &mut Cluster, ca: &Path) {
+    cluster.env = sasl_ssl_env(cluster, SASL_PASSWORD, ca);
+    let api = cluster.spawn(Role::Api);
+    let worker = cluster.spawn(Role::Worker);
+    cluster.wait_until_assigned();
+    let id = common::run_order_to_fulfilment(&cluster.http, &cluster.base(), "Scram Sam").await;
+    let fulfilled = common::read_topic_async(
+        cluster.broker.bootstrap_servers(),
+        &cluster.broker.names.fulfilment,
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(fulfilled.len(), 1, "{fulfilled:?}");
     assert_eq!(fulfilled[0].key, id);
-    for p in [&api, &worker] {
-        p.signal("TERM");
-    }
-    assert_eq!(api.wait_exit(Duration::from_secs(30)), Some(0));
-    assert_eq!(worker.wait_exit(Duration::from_secs(60)), Some(0));
+    cluster.stop_within(api, Duration::from_secs(30));
+    cluster.stop(worker);
+}
 
-    // A wrong password: the broker refuses the login, the role says so and
-    // stops (exit 1) rather than run without Kafka.
-    let wrong = sasl_ssl_env(&db, &broker, "not-the-password", &ca);
-    let mut refused = Process::spawn(&["run-worker"], &wrong, dir.path());
+/// A wrong password: the broker refuses the login, the role says so and
+/// stops (exit 1) rather than run without Kafka.
+fn a_wrong_password_stops_the_role(cluster: &Cluster, ca: &Path) {
+    let wrong = sasl_ssl_env(cluster, "not-the-password", ca);
+    let mut refused = cluster.launch(&["run-worker"], &wrong);
     let code = tokio::task::block_in_place(|| refused.wait_exit(Duration::from_secs(60)));
     let log = refused.log_text();
     assert_eq!(code, Some(1), "{log}");
@@ -409,15 +387,17 @@ async fn sasl_ssl_with_scram_sha_512_on_apache_kafka() {
         !log.contains("not-the-password"),
         "the password reached the logs"
     );
+}
 
-    // A CA that did not sign the brokers' certificate: nothing is sent.
+/// A CA that did not sign the brokers' certificate: nothing is sent.
+fn an_unknown_ca_is_refused(cluster: &Cluster) {
     let other = tempfile::tempdir().expect("temp dir");
     let foreign = tls::make_pki(other.path(), "another CA");
-    let untrusting = sasl_ssl_env(&db, &broker, SASL_PASSWORD, &foreign.ca_cert);
-    let mut api = Process::spawn(&["serve-api"], &untrusting, dir.path());
-    api.http_addr();
+    let untrusting = sasl_ssl_env(cluster, SASL_PASSWORD, &foreign.ca_cert);
+    let mut api = cluster.launch(&["serve-api"], &untrusting);
+    tokio::task::block_in_place(|| api.http_addr());
     let refused = tokio::task::block_in_place(|| {
-        logs_within(&api, "certificate verify failed", Duration::from_secs(30))
+        api.logs_within("certificate verify failed", Duration::from_secs(30))
     });
     assert!(refused, "{}", api.log_text());
     api.signal("TERM");
@@ -425,4 +405,13 @@ async fn sasl_ssl_with_scram_sha_512_on_apache_kafka() {
         tokio::task::block_in_place(|| api.wait_exit(Duration::from_secs(30))),
         Some(0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_ssl_with_scram_sha_512_on_apache_kafka() {
+    let mut cluster = Cluster::builder(TestBroker::apache()).start().await;
+    let ca = cluster.broker.cluster().ca_cert.clone();
+    lifecycle_over_sasl_ssl(&mut cluster, &ca).await;
+    a_wrong_password_stops_the_role(&cluster, &ca);
+    an_unknown_ca_is_refused(&cluster);
 }

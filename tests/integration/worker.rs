@@ -3,93 +3,30 @@
 //! dead-lettered and replayed, and a worker killed mid-run without losing or
 //! double-applying anything.
 
-mod common;
-
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{config_from_env, env_for, order_body, Backend, Process, TestBroker, TestDb};
 use futures::stream::{self, StreamExt};
 use orderflow::domain::{OrderId, OrderStatus};
 use orderflow::store::Transition;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-/// One API process and `workers` worker processes on one database and the
-/// test's broker.
-struct Cluster {
-    _api: Process,
-    workers: Vec<Process>,
-    base: String,
-    http: reqwest::Client,
-    env: Vec<(String, String)>,
-    dir: tempfile::TempDir,
-}
+use crate::common::{self, kcat_produce, order_body, read_topic_async, Cluster, Role, TestBroker};
 
-impl Cluster {
-    fn start(env: Vec<(String, String)>, workers: usize) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut api = Process::spawn(&["serve-api"], &env, dir.path());
-        let base = format!("http://{}", api.http_addr());
-        let workers = (0..workers)
-            .map(|_| Process::spawn(&["run-worker"], &env, dir.path()))
-            .collect();
-        let mut cluster = Self {
-            _api: api,
-            workers,
-            base,
-            http: reqwest::Client::new(),
-            env,
-            dir,
-        };
-        for w in &mut cluster.workers {
-            w.wait_for_log("partitions assigned", Duration::from_secs(60));
-        }
-        cluster
+/// One `serve-api` and `workers` `run-worker` processes on the shared
+/// Apache Kafka cluster, `env` on top of the test settings; returns once
+/// every worker has partitions.
+async fn start(env: &[(&str, &str)], workers: usize) -> Cluster {
+    let mut builder = Cluster::builder(TestBroker::apache())
+        .apis(1)
+        .workers(workers);
+    for (k, v) in env {
+        builder = builder.env(k, v);
     }
-
-    async fn create(&self, body: &Value) -> OrderId {
-        common::create_order_at(&self.http, &self.base, body).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> u16 {
-        self.http
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .expect("POST")
-            .status()
-            .as_u16()
-    }
-
-    async fn wait_for(&self, id: OrderId, status: &str, within: Duration) {
-        let url = format!("{}/api/orders/{id}", self.base);
-        let reached = common::eventually(within, || async {
-            let order: Value = self.http.get(&url).send().await.ok()?.json().await.ok()?;
-            (order["status"] == status).then_some(())
-        })
-        .await;
-        if reached.is_none() {
-            let logs: Vec<String> = self.workers.iter().map(Process::log_text).collect();
-            panic!(
-                "order {id} never reached {status}; worker logs:\n{}",
-                logs.join("\n----\n")
-            );
-        }
-    }
-
-    fn orderflow(&self, args: &[&str]) -> String {
-        let output = Command::new(common::binary())
-            .args(args)
-            .envs(self.env.iter().cloned())
-            .current_dir(self.dir.path())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run orderflow");
-        assert!(output.status.success(), "orderflow {args:?} failed");
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
+    let mut cluster = builder.start().await;
+    cluster.wait_until_assigned();
+    cluster
 }
 
 async fn statuses(pool: &PgPool) -> Vec<(String, i64)> {
@@ -101,17 +38,19 @@ async fn statuses(pool: &PgPool) -> Vec<(String, i64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reservations_never_oversell() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let broker = TestBroker::apache();
-    let mut env = env_for(&db, &broker);
     // Reservations do not depend on each other's order: the free strategy
     // (next free worker, several workers per partition) must hold too.
-    env.push(("Worker__DistributionStrategy".into(), "free".into()));
-    env.push(("Worker__MinWorkers".into(), "3".into()));
-    let cluster = Cluster::start(env, 2);
+    let cluster = start(
+        &[
+            ("Worker__DistributionStrategy", "free"),
+            ("Worker__MinWorkers", "3"),
+        ],
+        2,
+    )
+    .await;
     let put = cluster
         .http
-        .put(format!("{}/api/inventory/widget", cluster.base))
+        .put(format!("{}/api/inventory/widget", cluster.base()))
         .json(&json!({"onHand": 50}))
         .send()
         .await
@@ -123,7 +62,7 @@ async fn concurrent_reservations_never_oversell() {
             let cluster = &cluster;
             async move {
                 cluster
-                    .create(&order_body(&format!("Buyer {i}"), "widget", 1))
+                    .create_order(&order_body(&format!("Buyer {i}"), "widget", 1))
                     .await
             }
         })
@@ -132,7 +71,7 @@ async fn concurrent_reservations_never_oversell() {
         .await;
     assert_eq!(ids.len(), 200);
 
-    let pool = PgPool::connect(&db.url).await.expect("pool");
+    let pool = cluster.db.pg_pool().await;
     let settled = common::eventually(Duration::from_secs(90), || async {
         let counts = statuses(&pool).await;
         (counts.iter().all(|(s, _)| s != "Pending")).then_some(counts)
@@ -150,90 +89,45 @@ async fn concurrent_reservations_never_oversell() {
             .expect("inventory");
     assert_eq!((on_hand, reserved), (0, 50));
     // Each rejection is announced to the fulfilment sink.
-    let bootstrap = broker.bootstrap_servers().to_string();
-    let topic = broker.names.fulfilment.clone();
-    let rejected = tokio::task::spawn_blocking(move || {
-        common::read_topic(&bootstrap, &topic, 150, Duration::from_secs(30))
-    })
-    .await
-    .expect("reader");
+    let rejected = read_topic_async(
+        cluster.broker.bootstrap_servers(),
+        &cluster.broker.names.fulfilment,
+        150,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(rejected.len(), 150);
     assert!(rejected
         .iter()
-        .all(|e| e.headers.get("ce_type").map(String::as_str) == Some("OrderRejected")));
+        .all(|e| e.header("ce_type") == Some("OrderRejected")));
 }
 
-fn kcat_produce(broker: &TestBroker, key: &str, headers: &[(&str, &str)], payload: &str) {
-    let mut args = vec![
-        "-b".to_string(),
-        broker.bootstrap_servers().to_string(),
-        "-P".into(),
-        "-t".into(),
-        broker.names.orders.clone(),
-        "-k".into(),
-        key.to_string(),
-    ];
-    for (k, v) in headers {
-        args.push("-H".into());
-        args.push(format!("{k}={v}"));
-    }
-    let mut child = Command::new("kcat")
-        .args(&args)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("kcat is installed (apt-get install -y kcat)");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin");
-        writeln!(stdin, "{payload}").expect("write payload");
-    }
-    assert!(child.wait().expect("kcat").success(), "kcat produce failed");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_messages_are_dead_lettered_and_a_fixed_one_replays() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let broker = TestBroker::apache();
-    let env = env_for(&db, &broker);
-    let cluster = Cluster::start(env.clone(), 1);
-    let x = cluster.create(&order_body("Xavier", "pen", 1)).await;
-    let z = cluster.create(&order_body("Zoe", "pen", 1)).await;
-    cluster
-        .wait_for(x, "Reserved", Duration::from_secs(30))
-        .await;
-    cluster
-        .wait_for(z, "Reserved", Duration::from_secs(30))
-        .await;
-
-    // Undecodable, on X's partition.
+/// Two poison messages from an outside producer: one undecodable on `x`'s
+/// partition, and a payment event for `z`, which has not been paid (a
+/// forbidden transition: Reserved cannot become AwaitingShipment).
+fn produce_poison(cluster: &Cluster, x: OrderId, z: OrderId) {
+    let (bootstrap, topic) = (
+        cluster.broker.bootstrap_servers(),
+        &cluster.broker.names.orders,
+    );
     kcat_produce(
-        &broker,
+        bootstrap,
+        topic,
         &x.to_string(),
         &[("ce_type", "OrderPaid"), ("ce_id", "poison-json")],
         "{this is not json",
     );
-    // A payment event for Z, which has not been paid: a forbidden
-    // transition (Reserved cannot become AwaitingShipment).
     kcat_produce(
-        &broker,
+        bootstrap,
+        topic,
         &z.to_string(),
         &[("ce_type", "OrderPaid"), ("ce_id", "pay-z")],
         &format!(r#"{{"orderId":"{z}","paymentId":"kcat-pay"}}"#),
     );
-    // X's partition keeps flowing past the poison.
-    assert_eq!(
-        cluster
-            .post(
-                &format!("/api/orders/{x}/payments"),
-                json!({"paymentId": "p-x"})
-            )
-            .await,
-        200
-    );
-    cluster
-        .wait_for(x, "AwaitingShipment", Duration::from_secs(30))
-        .await;
+}
 
+/// `orderflow dlq list --json` until it lists two dead letters.
+async fn two_dead_letters(cluster: &Cluster) -> Vec<Value> {
     let letters = common::eventually(Duration::from_secs(30), || async {
         let out = cluster.orderflow(&["dlq", "list", "--json"]);
         let letters: Vec<Value> = out
@@ -245,6 +139,11 @@ async fn poison_messages_are_dead_lettered_and_a_fixed_one_replays() {
     .await
     .expect("two dead letters");
     assert_eq!(letters.len(), 2, "{letters:?}");
+    letters
+}
+
+/// Each dead letter says what failed and where the message came from.
+fn assert_dead_letters(letters: &[Value], x: OrderId, topic: &str) {
     let by_id = |id: &str| {
         letters
             .iter()
@@ -269,17 +168,19 @@ async fn poison_messages_are_dead_lettered_and_a_fixed_one_replays() {
     );
     for letter in [&json_poison, &forbidden] {
         assert_eq!(letter["attempts"], "1");
-        assert_eq!(letter["originalTopic"], broker.names.orders.as_str());
+        assert_eq!(letter["originalTopic"], topic);
         assert!(letter["originalPartition"].as_str().is_some());
         assert!(letter["originalOffset"].as_str().is_some());
         assert!(letter["failedAt"].as_str().is_some());
     }
+}
 
-    // The operator records Z's payment, then re-drives the event.
-    let store = orderflow::store::connect(&config_from_env(env).database)
+/// The operator records `z`'s payment, then re-drives the event: the order
+/// moves on with the payment the replayed event carried.
+async fn record_payment_and_replay(cluster: &Cluster, z: OrderId) {
+    cluster
+        .store()
         .await
-        .expect("store");
-    store
         .transition(
             z,
             Transition {
@@ -293,48 +194,60 @@ async fn poison_messages_are_dead_lettered_and_a_fixed_one_replays() {
     let out = cluster.orderflow(&["dlq", "replay", "--event-id", "pay-z"]);
     assert!(out.contains("replayed 1"), "{out}");
     cluster
-        .wait_for(z, "AwaitingShipment", Duration::from_secs(30))
+        .wait_for_status(z, "AwaitingShipment", Duration::from_secs(30))
         .await;
-    let pool = PgPool::connect(&db.url).await.expect("pool");
     let payment: String =
         sqlx::query_scalar("SELECT payment_id FROM shipment_requests WHERE order_id = $1")
             .bind(z.0)
-            .fetch_one(&pool)
+            .fetch_one(&cluster.db.pg_pool().await)
             .await
             .expect("shipment request");
     assert_eq!(payment, "kcat-pay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_and_a_fixed_one_replays() {
+    let mut cluster = start(&[], 1).await;
+    let within = Duration::from_secs(30);
+    let x = cluster.create_order(&order_body("Xavier", "pen", 1)).await;
+    let z = cluster.create_order(&order_body("Zoe", "pen", 1)).await;
+    cluster.wait_for_status(x, "Reserved", within).await;
+    cluster.wait_for_status(z, "Reserved", within).await;
+
+    produce_poison(&cluster, x, z);
+    // X's partition keeps flowing past the poison.
+    assert_eq!(
+        cluster
+            .post(
+                &format!("/api/orders/{x}/payments"),
+                json!({"paymentId": "p-x"})
+            )
+            .await,
+        200
+    );
+    cluster.wait_for_status(x, "AwaitingShipment", within).await;
+
+    let letters = two_dead_letters(&cluster).await;
+    assert_dead_letters(&letters, x, &cluster.broker.names.orders);
+    record_payment_and_replay(&cluster, z).await;
 
     // Graceful stop: drain, commit, leave the group, exit 0.
-    let mut cluster = cluster;
-    cluster.workers[0].signal("TERM");
-    assert_eq!(
-        cluster.workers[0].wait_exit(Duration::from_secs(30)),
-        Some(0)
-    );
-    let log = cluster.workers[0].log_text();
+    let worker = cluster.live(Role::Worker)[0];
+    cluster.stop_within(worker, Duration::from_secs(30));
+    let log = cluster.members[worker].process.log_text();
     assert!(log.contains("consumer stopped"), "{log}");
 }
 
 const LIFECYCLE_ORDERS: usize = 2_000;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_midway_loses_nothing_and_applies_nothing_twice() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let broker = TestBroker::apache();
-    let started = Instant::now();
-    let mut env = env_for(&db, &broker);
-    env.push(("Worker__CommitIntervalMs".into(), "500".into()));
-    let cluster = Cluster::start(env, 2);
-    let pool = PgPool::connect(&db.url).await.expect("pool");
-
-    // Kill one worker once a third of the orders are fulfilled, mid-stream.
-    let victim = cluster.workers[0].child.id();
-    let killer_pool = pool.clone();
-    let killer = tokio::spawn(async move {
+/// SIGKILLs process `victim` once a third of the orders are fulfilled,
+/// mid-stream.
+fn kill_when_a_third_is_fulfilled(pool: PgPool, victim: u32) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         common::eventually(Duration::from_secs(600), || async {
             let fulfilled: i64 =
                 sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE status = 'Fulfilled'")
-                    .fetch_one(&killer_pool)
+                    .fetch_one(&pool)
                     .await
                     .ok()?;
             (fulfilled >= (LIFECYCLE_ORDERS / 3) as i64).then_some(())
@@ -345,35 +258,49 @@ async fn a_worker_killed_midway_loses_nothing_and_applies_nothing_twice() {
             .status()
             .expect("kill");
         assert!(killed.success());
-    });
+    })
+}
 
+/// Order `i` from creation to Fulfilled through the API.
+async fn lifecycle(cluster: &Cluster, i: usize) {
+    let within = Duration::from_secs(180);
+    let id = cluster
+        .create_order(&order_body(&format!("Customer {i}"), "gizmo", 1))
+        .await;
+    cluster.wait_for_status(id, "Reserved", within).await;
+    let paid = cluster
+        .post(
+            &format!("/api/orders/{id}/payments"),
+            json!({"paymentId": format!("pay-{i}")}),
+        )
+        .await;
+    assert_eq!(paid, 200);
+    cluster
+        .wait_for_status(id, "AwaitingShipment", within)
+        .await;
+    let shipped = cluster
+        .post(
+            &format!("/api/orders/{id}/shipments"),
+            json!({"trackingNumber": format!("T-{i}")}),
+        )
+        .await;
+    assert_eq!(shipped, 200);
+    cluster.wait_for_status(id, "Fulfilled", within).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_midway_loses_nothing_and_applies_nothing_twice() {
+    let started = Instant::now();
+    let cluster = start(&[("Worker__CommitIntervalMs", "500")], 2).await;
+    let pool = cluster.db.pg_pool().await;
+
+    let victim = cluster.members[cluster.live(Role::Worker)[0]]
+        .process
+        .child
+        .id();
+    let killer = kill_when_a_third_is_fulfilled(pool.clone(), victim);
     stream::iter(0..LIFECYCLE_ORDERS)
-        .for_each_concurrent(48, |i| {
-            let cluster = &cluster;
-            async move {
-                let within = Duration::from_secs(180);
-                let id = cluster
-                    .create(&order_body(&format!("Customer {i}"), "gizmo", 1))
-                    .await;
-                cluster.wait_for(id, "Reserved", within).await;
-                let paid = cluster
-                    .post(
-                        &format!("/api/orders/{id}/payments"),
-                        json!({"paymentId": format!("pay-{i}")}),
-                    )
-                    .await;
-                assert_eq!(paid, 200);
-                cluster.wait_for(id, "AwaitingShipment", within).await;
-                let shipped = cluster
-                    .post(
-                        &format!("/api/orders/{id}/shipments"),
-                        json!({"trackingNumber": format!("T-{i}")}),
-                    )
-                    .await;
-                assert_eq!(shipped, 200);
-                cluster.wait_for(id, "Fulfilled", within).await;
-            }
-        })
+        .for_each_concurrent(48, |i| lifecycle(&cluster, i))
         .await;
     killer.await.expect("killer");
 
