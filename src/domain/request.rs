@@ -224,63 +224,8 @@ impl CreateOrderRequest {
         }
         let mut items = Vec::with_capacity(raw_items.len());
         for (i, item) in raw_items.into_iter().enumerate() {
-            let at = |f: &str| format!("items[{i}].{f}");
-            let product_name = required_text(
-                &mut errors,
-                &at("productName"),
-                item.product_name,
-                MAX_NAME_LEN,
-            );
-            let quantity = match item.quantity {
-                None => {
-                    errors.push(FieldError::new(at("quantity"), "is required"));
-                    None
-                }
-                Some(q) if !(1..=MAX_QUANTITY).contains(&q) => {
-                    errors.push(FieldError::new(
-                        at("quantity"),
-                        format!("is {q}, must be 1..={MAX_QUANTITY}"),
-                    ));
-                    None
-                }
-                Some(q) => Some(q),
-            };
-            let unit_price = match item.unit_price {
-                None => {
-                    errors.push(FieldError::new(at("unitPrice"), "is required"));
-                    None
-                }
-                Some(p) if p.is_sign_negative() && !p.is_zero() => {
-                    errors.push(FieldError::new(at("unitPrice"), "must not be negative"));
-                    None
-                }
-                Some(p) if p > MAX_UNIT_PRICE => {
-                    errors.push(FieldError::new(
-                        at("unitPrice"),
-                        format!("must not exceed {MAX_UNIT_PRICE}"),
-                    ));
-                    None
-                }
-                Some(p) if p.normalize().scale() > MONEY_SCALE => {
-                    errors.push(FieldError::new(
-                        at("unitPrice"),
-                        format!("has more than {MONEY_SCALE} decimal places"),
-                    ));
-                    None
-                }
-                Some(mut p) => {
-                    p.rescale(MONEY_SCALE);
-                    Some(p)
-                }
-            };
-            if let (Some(product_name), Some(quantity), Some(unit_price)) =
-                (product_name, quantity, unit_price)
-            {
-                items.push(NewItem {
-                    product_name,
-                    quantity,
-                    unit_price,
-                });
+            if let Some(item) = item.parse(i, &mut errors) {
+                items.push(item);
             }
         }
         match (customer_name, customer_email) {
@@ -292,6 +237,63 @@ impl CreateOrderRequest {
             }),
             _ => Err(errors),
         }
+    }
+}
+
+impl CreateItemRequest {
+    /// Item `i` as a [`NewItem`], or `None` with its problems added to
+    /// `errors`.
+    fn parse(self, i: usize, errors: &mut Vec<FieldError>) -> Option<NewItem> {
+        let at = |f: &str| format!("items[{i}].{f}");
+        let product_name =
+            required_text(errors, &at("productName"), self.product_name, MAX_NAME_LEN);
+        let quantity = match self.quantity {
+            None => {
+                errors.push(FieldError::new(at("quantity"), "is required"));
+                None
+            }
+            Some(q) if !(1..=MAX_QUANTITY).contains(&q) => {
+                errors.push(FieldError::new(
+                    at("quantity"),
+                    format!("is {q}, must be 1..={MAX_QUANTITY}"),
+                ));
+                None
+            }
+            Some(q) => Some(q),
+        };
+        let unit_price = match self.unit_price {
+            None => {
+                errors.push(FieldError::new(at("unitPrice"), "is required"));
+                None
+            }
+            Some(p) if p.is_sign_negative() && !p.is_zero() => {
+                errors.push(FieldError::new(at("unitPrice"), "must not be negative"));
+                None
+            }
+            Some(p) if p > MAX_UNIT_PRICE => {
+                errors.push(FieldError::new(
+                    at("unitPrice"),
+                    format!("must not exceed {MAX_UNIT_PRICE}"),
+                ));
+                None
+            }
+            Some(p) if p.normalize().scale() > MONEY_SCALE => {
+                errors.push(FieldError::new(
+                    at("unitPrice"),
+                    format!("has more than {MONEY_SCALE} decimal places"),
+                ));
+                None
+            }
+            Some(mut p) => {
+                p.rescale(MONEY_SCALE);
+                Some(p)
+            }
+        };
+        Some(NewItem {
+            product_name: product_name?,
+            quantity: quantity?,
+            unit_price: unit_price?,
+        })
     }
 }
 
