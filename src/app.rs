@@ -13,7 +13,9 @@ use crate::config::Config;
 use crate::config::FulfilmentSink;
 use crate::consumer::Consumer;
 use crate::domain::OrderLimits;
+use crate::notifier::Notifications;
 use crate::outbox::{self, Relay};
+use crate::reconciler::Reconciler;
 use crate::shutdown::{self, Shutdown};
 use crate::sink::kafka::KafkaSink;
 use crate::sink::servicebus::ServiceBusSink;
@@ -55,6 +57,7 @@ pub struct Application {
     http: (LimitedListener, axum::Router),
     relays: Vec<Relay>,
     consumer: Option<Consumer>,
+    reconciler: Option<Reconciler>,
     /// The topics the relay publishes to, created at start.
     published: PublishedTopics,
     // Kept alive for as long as the clients that connect to it.
@@ -215,11 +218,20 @@ impl Application {
             timeout: config.kafka.message_timeout,
         };
         let relays = relays(config, role, &store, kafka_sink);
+        // With the workers: they send the notifications it retries.
+        let reconciler = (role != Role::Api && config.reconcile.enabled).then(|| Reconciler {
+            store: store.clone(),
+            consumer_group: config.kafka.orders.consumer_group.clone(),
+            settings: config.reconcile.clone(),
+            notifications: Notifications::new(&config.worker),
+            broker_forgets: embedded.is_some(),
+        });
         Ok(Self {
             store,
             http,
             relays,
             consumer,
+            reconciler,
             published,
             _embedded: embedded,
         })
@@ -275,6 +287,9 @@ impl Application {
             .into_iter()
             .map(|r| tokio::spawn(r.run(relay_shutdown.clone())))
             .collect();
+        let reconciler = self
+            .reconciler
+            .map(|r| tokio::spawn(r.run(shutdown.clone())));
         let consumer = self.consumer.map(|c| {
             let (stop, failure, shutdown) = (stop.clone(), failure.clone(), shutdown.clone());
             tokio::spawn(async move {
@@ -298,6 +313,9 @@ impl Application {
             .map_err(AppError::Serve);
         if let Some(consumer) = consumer {
             let _ = consumer.await;
+        }
+        if let Some(reconciler) = reconciler {
+            let _ = reconciler.await;
         }
         relay_stop.trigger();
         for relay in relays {

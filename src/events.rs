@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::{NewOrder, OrderId};
+use crate::domain::{NewOrder, OrderId, OrderStatus};
 
 pub const CE_SPECVERSION: &str = "ce_specversion";
 pub const CE_ID: &str = "ce_id";
@@ -32,7 +32,7 @@ pub const SOURCE: &str = "/orderflow";
 pub const DESTINATION_ORDERS: &str = "orders";
 pub const DESTINATION_FULFILMENT: &str = "fulfilment";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum EventType {
     OrderCreated,
     OrderPaid,
@@ -57,6 +57,23 @@ impl EventType {
             Self::OrderShipped => "OrderShipped",
             Self::OrderRejected => "OrderRejected",
             Self::OrderFulfilled => "OrderFulfilled",
+        }
+    }
+}
+
+impl EventType {
+    /// The event that moves an order in `status` on, through a worker's
+    /// handler: what the order waits for. `None` where the next step is an
+    /// API call (payment, shipment) or there is none.
+    pub fn awaited_in(status: OrderStatus) -> Option<EventType> {
+        match status {
+            OrderStatus::Pending => Some(Self::OrderCreated),
+            OrderStatus::Paid => Some(Self::OrderPaid),
+            OrderStatus::Shipped => Some(Self::OrderShipped),
+            OrderStatus::Reserved
+            | OrderStatus::Rejected
+            | OrderStatus::AwaitingShipment
+            | OrderStatus::Fulfilled => None,
         }
     }
 }

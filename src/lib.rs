@@ -7,6 +7,8 @@
 //! - `api`: HTTP, one module per resource; `auth`, `scope`: who may do what.
 //! - `store`: the database (PostgreSQL, SQLite); executes, decides nothing.
 //! - `outbox`, `sink`: the relay and where it delivers.
+//! - `reconciler`: re-drives orders whose event was lost; retries
+//!   notifications.
 //! - `consumer`: the worker role's Kafka consumer and its worker tasks.
 //! - `handlers`: one module per event's decision; `dlq`: dead letters.
 //! - `brokers`: Kafka clients and topics; `consumption_state`: pause/resume.
@@ -28,6 +30,7 @@ pub mod handlers;
 pub mod metrics;
 pub mod notifier;
 pub mod outbox;
+pub mod reconciler;
 pub mod scope;
 pub mod secret;
 pub mod shutdown;

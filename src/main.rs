@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use orderflow::app::{self, Application, Role};
 use orderflow::config::{Config, ConfigSource};
 use orderflow::dlq::{self as dead_letters, Selection};
+use orderflow::reconciler::{self, Redrive};
 use orderflow::shutdown;
 use orderflow::telemetry::{self, LogFormat};
 
@@ -44,6 +45,20 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+    },
+    /// List the orders stuck waiting for an event that was lost, and
+    /// publish that event again (with its original id) through the outbox.
+    Reconcile {
+        /// Only list them.
+        #[arg(long)]
+        dry_run: bool,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Stuck means unchanged for this long (default:
+        /// Reconcile.StuckAfterSeconds).
+        #[arg(long, value_name = "SECONDS")]
+        stuck_after_seconds: Option<u64>,
     },
 }
 
@@ -137,6 +152,16 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Config => return Ok(()),
         Command::Dlq { action } => return dlq(action, &config).await,
+        Command::Reconcile {
+            dry_run,
+            json,
+            stuck_after_seconds,
+        } => {
+            let stuck_after = stuck_after_seconds
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(config.reconcile.stuck_after);
+            return reconcile(&config, stuck_after, dry_run, json).await;
+        }
     };
     let application = Application::build(&config, role).await?;
     let (trigger, shutdown) = shutdown::channel();
@@ -185,5 +210,55 @@ async fn dlq(action: DlqAction, config: &Config) -> anyhow::Result<()> {
             println!("replayed {n} message(s)");
         }
     }
+    Ok(())
+}
+
+async fn reconcile(
+    config: &Config,
+    stuck_after: std::time::Duration,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let store = app::migrate(config).await?;
+    let unchanged_since = chrono::Utc::now() - chrono::Duration::from_std(stuck_after)?;
+    let redrive = if dry_run {
+        Redrive::Nothing
+    } else {
+        Redrive::All
+    };
+    let findings = reconciler::pass(
+        &store,
+        &config.kafka.orders.consumer_group,
+        unchanged_since,
+        config.reconcile.batch_size,
+        redrive,
+    )
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&findings)?);
+        return Ok(());
+    }
+    for f in &findings {
+        println!(
+            "{}\t{}\tsince {}\t{} {}\tre-driven before: {}{}",
+            f.order_id,
+            f.status,
+            f.since.to_rfc3339(),
+            f.event_type,
+            f.event_id,
+            f.redrives,
+            if f.redriven { "\tre-driven now" } else { "" }
+        );
+    }
+    let redriven = findings.iter().filter(|f| f.redriven).count();
+    eprintln!(
+        "{} stuck order(s), {redriven} re-driven{}",
+        findings.len(),
+        if redriven > 0 {
+            "; the relay of a running serve-api or run-worker publishes them"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }

@@ -21,6 +21,12 @@ pub const WORKERS_ACTIVE: &str = "orderflow_workers_active";
 pub const RETRIED: &str = "retried";
 pub const DEAD_LETTERS: &str = "orderflow_dead_letters_total";
 pub const CONSUMPTION_PAUSED: &str = "orderflow_consumption_paused";
+/// The reconciler: orders found stuck by its last sweep (by status), events
+/// published again, notifications retried and given up.
+pub const ORDERS_STUCK: &str = "orderflow_orders_stuck";
+pub const ORDERS_REDRIVEN: &str = "orderflow_orders_redriven_total";
+pub const NOTIFICATIONS_RETRIED: &str = "orderflow_notifications_retried_total";
+pub const NOTIFICATIONS_FAILED: &str = "orderflow_notifications_failed_total";
 /// Group commit: statements sent, and the writes they carried (their
 /// ratio is the mean batch size).
 pub const DB_GROUPS: &str = "orderflow_db_group_statements_total";

@@ -55,6 +55,7 @@ pub struct Config {
     pub outbox: OutboxSettings,
     pub fulfilment: FulfilmentSettings,
     pub admin: AdminSettings,
+    pub reconcile: ReconcileSettings,
     /// The merged raw values, kept for `orderflow config`.
     pub raw: RawConfig,
 }

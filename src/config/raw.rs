@@ -27,6 +27,7 @@ pub struct RawConfig {
     pub outbox: RawOutbox,
     pub fulfilment: RawFulfilment,
     pub admin: RawAdmin,
+    pub reconcile: RawReconcile,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -210,6 +211,11 @@ pub struct RawNotifier {
     pub kind: String,
     /// The webhook's URL.
     pub url: String,
+    /// Sends of one notification in all, the first included, before it is
+    /// given up (and the order's timeline says so).
+    pub max_attempts: i64,
+    /// The wait before the first retry; it doubles with each, up to an hour.
+    pub first_retry_ms: u64,
 }
 
 impl Default for RawNotifier {
@@ -217,6 +223,36 @@ impl Default for RawNotifier {
         Self {
             kind: "log".into(),
             url: String::new(),
+            max_attempts: 8,
+            first_retry_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+pub struct RawReconcile {
+    /// The sweep that re-drives stuck orders and retries notifications.
+    pub enabled: bool,
+    /// How long an order may wait for a handler's event before its event
+    /// is published again; 0 picks 300 on Kafka, 30 on the embedded broker.
+    pub stuck_after_seconds: u64,
+    pub interval_ms: u64,
+    /// Stuck orders (and due notifications) looked at per sweep.
+    pub batch_size: u64,
+    /// Re-drives of one event, spaced by StuckAfterSeconds doubling each
+    /// time; after that the order is only reported.
+    pub max_redrives: i64,
+}
+
+impl Default for RawReconcile {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            stuck_after_seconds: 0,
+            interval_ms: 10_000,
+            batch_size: 500,
+            max_redrives: 10,
         }
     }
 }

@@ -143,6 +143,23 @@ impl fmt::Debug for NotifierSettings {
     }
 }
 
+/// How a notification whose send failed is retried.
+#[derive(Debug, Clone)]
+pub struct NotificationRetrySettings {
+    /// Sends in all, the first included.
+    pub max_attempts: u32,
+    pub first_retry: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReconcileSettings {
+    pub enabled: bool,
+    pub stuck_after: Duration,
+    pub interval: Duration,
+    pub batch_size: usize,
+    pub max_redrives: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     pub admin_listen: SocketAddr,
@@ -159,6 +176,7 @@ pub struct WorkerSettings {
     pub unknown_types: UnknownTypes,
     pub retry: RetrySettings,
     pub notifier: NotifierSettings,
+    pub notification_retry: NotificationRetrySettings,
 }
 
 /// Where `OrderFulfilled` and `OrderRejected` are delivered.

@@ -9,13 +9,13 @@ use std::time::Duration;
 use figment::{Figment, Metadata};
 
 use super::raw::{
-    RawApi, RawConfig, RawDatabase, RawFulfilment, RawKafka, RawNotifier, RawOutbox, RawRetry,
-    RawTopic, RawWorker,
+    RawApi, RawConfig, RawDatabase, RawFulfilment, RawKafka, RawNotifier, RawOutbox, RawReconcile,
+    RawRetry, RawTopic, RawWorker,
 };
 use super::settings::{
     AdminSettings, ApiSettings, DatabaseSettings, DatabaseUrl, Distribution, FulfilmentSettings,
-    FulfilmentSink, KafkaServers, KafkaSettings, NotifierSettings, OutboxSettings, RetrySettings,
-    TopicSettings, UnknownTypes, WorkerSettings,
+    FulfilmentSink, KafkaServers, KafkaSettings, NotificationRetrySettings, NotifierSettings,
+    OutboxSettings, ReconcileSettings, RetrySettings, TopicSettings, UnknownTypes, WorkerSettings,
 };
 use super::{keys, properties, security, Config, ConfigError, ServiceBusConnection};
 
@@ -126,6 +126,8 @@ pub(super) fn config(check: &Check, raw: RawConfig) -> Result<Config, ConfigErro
         enabled: raw.admin.enabled,
         control_topic: check.non_empty("Admin.ControlTopic", &raw.admin.control_topic)?,
     };
+    let embedded = kafka.servers == KafkaServers::Embedded;
+    let reconcile = reconcile(check, &raw.reconcile, embedded)?;
     Ok(Config {
         kafka,
         database,
@@ -134,6 +136,7 @@ pub(super) fn config(check: &Check, raw: RawConfig) -> Result<Config, ConfigErro
         outbox,
         fulfilment,
         admin,
+        reconcile,
         raw,
     })
 }
@@ -261,6 +264,19 @@ fn worker(check: &Check, w: &RawWorker, orders_topic: &str) -> Result<WorkerSett
         unknown_types: unknown_types(check, &w.unknown_types)?,
         retry: retry(check, &w.retry)?,
         notifier: notifier(check, &w.notifier)?,
+        notification_retry: NotificationRetrySettings {
+            max_attempts: check.in_range(
+                "Worker.Notifier.MaxAttempts",
+                w.notifier.max_attempts,
+                1,
+                1_000,
+            )? as u32,
+            first_retry: check.millis(
+                "Worker.Notifier.FirstRetryMs",
+                w.notifier.first_retry_ms,
+                10,
+            )?,
+        },
     })
 }
 
@@ -334,6 +350,27 @@ fn fulfilment(check: &Check, raw: &RawFulfilment) -> Result<FulfilmentSettings, 
         }
     };
     Ok(FulfilmentSettings { sink })
+}
+
+/// Stuck orders are looked for sooner on the embedded broker: a restart
+/// loses what it held.
+fn reconcile(
+    check: &Check,
+    raw: &RawReconcile,
+    embedded: bool,
+) -> Result<ReconcileSettings, ConfigError> {
+    let stuck_after = match (raw.stuck_after_seconds, embedded) {
+        (0, true) => 30,
+        (0, false) => 300,
+        (seconds, _) => seconds,
+    };
+    Ok(ReconcileSettings {
+        enabled: raw.enabled,
+        stuck_after: Duration::from_secs(stuck_after),
+        interval: check.millis("Reconcile.IntervalMs", raw.interval_ms, 100)?,
+        batch_size: check.count("Reconcile.BatchSize", raw.batch_size, 1, 100_000)?,
+        max_redrives: check.in_range("Reconcile.MaxRedrives", raw.max_redrives, 0, 1_000)? as u32,
+    })
 }
 
 fn outbox(check: &Check, raw: &RawOutbox) -> Result<OutboxSettings, ConfigError> {

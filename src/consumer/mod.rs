@@ -49,7 +49,7 @@ impl Consumer {
             retry: config.worker.retry.clone(),
             unknown_types: config.worker.unknown_types,
             dead_letters,
-            notifier: crate::notifier::from_settings(&config.worker.notifier),
+            notifications: crate::notifier::Notifications::new(&config.worker),
             stats: HandlerStats::default(),
         });
         Ok(Self {

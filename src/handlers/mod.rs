@@ -50,7 +50,7 @@ impl Command {
         match self {
             Self::ReserveStock(cmd) => cmd.apply(store, inbox).await,
             Self::StartShipping(cmd) => cmd.apply(store, inbox).await,
-            Self::NotifyCustomer(cmd) => cmd.apply(store, ctx.notifier.as_ref(), inbox).await,
+            Self::NotifyCustomer(cmd) => cmd.apply(store, &ctx.notifications, inbox).await,
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::domain::{OrderId, OrderStatus};
 use crate::events::{self, NewEvent, OrderShipped};
-use crate::notifier::Notifier;
+use crate::notifier::Notifications;
 use crate::store::{
     Applied, Customer, Effect, InboxEntry, Notification, Store, StoreError, Transition,
 };
@@ -29,7 +29,7 @@ impl NotifyCustomer {
     pub async fn apply(
         &self,
         store: &dyn Store,
-        notifier: &dyn Notifier,
+        notifications: &Notifications,
         inbox: &InboxEntry,
     ) -> Result<Applied, StoreError> {
         let customer = store
@@ -53,10 +53,15 @@ impl NotifyCustomer {
                 .with_traceparent(inbox.traceparent.clone()),
             ),
         };
-        let effect = Effect::RecordNotification(notification.clone());
+        let effect = Effect::RecordNotification {
+            notification: notification.clone(),
+            retry_at: Notifications::unsent_by(),
+        };
         let applied = store.apply(inbox, self.order_id, &effect, &change).await?;
+        // After commit: a failed send is retried by the reconciler's sweep
+        // rather than undoing the fulfilment.
         if matches!(applied, Applied::Done { .. }) {
-            send(store, notifier, &notification).await;
+            notifications.deliver(store, &notification, 0).await;
         }
         Ok(applied)
     }
@@ -66,21 +71,6 @@ impl NotifyCustomer {
         match &self.tracking_number {
             Some(t) => format!("Hello {name}, your order {id} is on its way (tracking {t})."),
             None => format!("Hello {name}, your order {id} is on its way."),
-        }
-    }
-}
-
-/// After commit: a failed send leaves the row unsent for a later sweep
-/// rather than undoing the fulfilment.
-async fn send(store: &dyn Store, notifier: &dyn Notifier, notification: &Notification) {
-    match notifier.notify(notification).await {
-        Ok(()) => {
-            if let Err(e) = store.mark_notification_sent(notification.order_id).await {
-                tracing::warn!(error = %e, "cannot mark notification sent");
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, order_id = %notification.order_id, "notification not sent")
         }
     }
 }

@@ -2,7 +2,6 @@
 //! dead-letter what can never be handled.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use rdkafka::message::{Message, OwnedMessage};
 
@@ -13,7 +12,7 @@ use crate::config::{RetrySettings, UnknownTypes};
 use crate::dlq::DeadLetters;
 use crate::events;
 use crate::metrics;
-use crate::notifier::Notifier;
+use crate::notifier::Notifications;
 use crate::shutdown::Shutdown;
 use crate::store::{Applied, InboxEntry, SharedStore, StoreError};
 
@@ -33,7 +32,7 @@ pub struct HandlerContext {
     pub retry: RetrySettings,
     pub unknown_types: UnknownTypes,
     pub dead_letters: DeadLetters,
-    pub notifier: Arc<dyn Notifier>,
+    pub notifications: Notifications,
     pub stats: HandlerStats,
 }
 

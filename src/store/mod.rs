@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::config::{DatabaseSettings, DatabaseUrl};
 use crate::domain::{InventoryLevel, NewOrder, Order, OrderId, OrderStatus, OrderSummary};
-use crate::events::NewEvent;
+use crate::events::{EventType, NewEvent};
 
 /// The statements behind PostgreSQL's one-round-trip create and reserve,
 /// for one order and for a group, and how many groups are written at once;
@@ -171,8 +171,13 @@ pub enum Effect {
     TakeStock,
     /// A shipment request row for the order.
     RequestShipment { payment_id: String },
-    /// A notification row, to be sent after commit.
-    RecordNotification(Notification),
+    /// A notification row, to be sent after commit; if it is still unsent
+    /// at `retry_at` (the process died before sending), the reconciler's
+    /// sweep sends it.
+    RecordNotification {
+        notification: Notification,
+        retry_at: DateTime<Utc>,
+    },
     /// Only the transition.
     Nothing,
 }
@@ -209,6 +214,39 @@ pub enum Applied {
     /// [`Effect::TakeStock`] found these products short: nothing was
     /// written, the inbox row neither.
     Short(Vec<Shortage>),
+}
+
+/// An order the pipeline should have moved on and has not: it awaits the
+/// event `event_id` (of the type [`EventType::awaited_in`] gives for its
+/// status), which is neither handled (no inbox row) nor waiting in the
+/// outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StuckOrder {
+    pub order_id: OrderId,
+    pub status: OrderStatus,
+    /// When the order entered its status.
+    pub since: DateTime<Utc>,
+    pub event_id: Uuid,
+    pub event_type: EventType,
+    /// How often this event was re-driven before, and when last.
+    pub redrives: u32,
+    pub last_redrive: Option<DateTime<Utc>>,
+}
+
+/// A notification not yet sent, and how many sends failed so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsentNotification {
+    pub notification: Notification,
+    pub attempts: u32,
+}
+
+/// What becomes of a notification whose send failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotificationRetry {
+    /// Try again at this time.
+    At(DateTime<Utc>),
+    /// Give up: the order's timeline gets this note.
+    GiveUp { note: String },
 }
 
 /// Proof that this process may relay the outbox now. Held for as long as the
@@ -252,6 +290,34 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Applied, StoreError>;
     async fn customer(&self, id: OrderId) -> Result<Option<Customer>, StoreError>;
     async fn mark_notification_sent(&self, order_id: OrderId) -> Result<(), StoreError>;
+    /// Records a failed send of the order's notification: one attempt more,
+    /// and when to try again or that it was given up.
+    async fn mark_notification_failed(
+        &self,
+        order_id: OrderId,
+        error: &str,
+        retry: &NotificationRetry,
+    ) -> Result<(), StoreError>;
+    /// Unsent notifications due by `now`, oldest due first.
+    async fn notifications_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<UnsentNotification>, StoreError>;
+
+    /// Orders in a status a handler moves them out of, unchanged since
+    /// before `unchanged_since`, whose awaited event has no inbox row for
+    /// `consumer_group` and no unpublished outbox row; longest stuck first.
+    async fn stuck_orders(
+        &self,
+        consumer_group: &str,
+        unchanged_since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<StuckOrder>, StoreError>;
+    /// Writes the stuck order's event to the outbox again, with its
+    /// original id, and counts the re-drive; false (nothing written) if the
+    /// order has moved on or the event was handled meanwhile.
+    async fn redrive(&self, consumer_group: &str, order: &StuckOrder) -> Result<bool, StoreError>;
 
     async fn put_inventory(
         &self,

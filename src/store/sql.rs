@@ -6,8 +6,9 @@
 //! - `Db`: the sqlx database type;
 //! - `MoneyCol`, `money_to_db`, `money_from_db`: how exact decimals are stored;
 //! - `IdList`, `id_list`, `MARK_PUBLISHED_SQL`, `DELETE_PUBLISHED_SQL`,
-//!   `NOT_IN_ID_LIST`: how a list
-//!   of ids is bound and tested;
+//!   `NOT_IN_ID_LIST`: how a list of ids is bound and tested;
+//! - `EVENT_QUEUED`: whether an order's awaited event (`o.event_id`) has an
+//!   unpublished outbox row;
 //! - inherent `run_migrations`, `wait_outbox`, `relay_lease`, `relay_pool`
 //!   (the connections the relay reads and marks the outbox on) methods, and
 //!   `outbox_written`, called after a commit that wrote outbox rows;
@@ -33,9 +34,9 @@ macro_rules! impl_store {
         };
         use crate::events::NewEvent;
         use crate::store::{
-            Applied, Created, Customer, Effect, IdempotencyKey, InboxEntry, OutboxBacklog,
-            OutboxFilter, OutboxRecord, RelayLease, Shortage, Store, StoreError, Transition,
-            Written,
+            Applied, Created, Customer, Effect, IdempotencyKey, InboxEntry, Notification,
+            NotificationRetry, OutboxBacklog, OutboxFilter, OutboxRecord, RelayLease, Shortage,
+            Store, StoreError, StuckOrder, Transition, UnsentNotification, Written,
         };
 
         type Tx<'a> = sqlx::Transaction<'a, Db>;
@@ -49,6 +50,28 @@ macro_rules! impl_store {
                  AND ($2 IS NULL OR destination = $2) AND ($3 IS NULL OR destination <> $3) \
                  AND ($4 IS NULL OR id < $4 OR id > $5 OR {NOT_IN_ID_LIST}) \
                  ORDER BY id LIMIT $1"
+            )
+        });
+
+        /// Orders waiting for a handler's event that is neither handled
+        /// nor queued (`EVENT_QUEUED`: the backend's test for an
+        /// unpublished outbox row of `o.event_id`).
+        static STUCK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let awaiting: Vec<String> = OrderStatus::ALL
+                .into_iter()
+                .filter(|s| crate::events::EventType::awaited_in(*s).is_some())
+                .map(|s| format!("'{}'", s.as_str()))
+                .collect();
+            format!(
+                "SELECT o.id, o.status, o.updated_at, o.event_id, \
+                 CAST(COALESCE(r.attempts, 0) AS BIGINT) AS redrives, r.last_at \
+                 FROM orders o LEFT JOIN redrives r ON r.order_id = o.id AND r.event_id = o.event_id \
+                 WHERE o.status IN ({}) AND o.updated_at < $2 AND o.event_id IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM inbox i \
+                     WHERE i.consumer_group = $1 AND i.event_id = o.event_id) \
+                 AND NOT {EVENT_QUEUED} \
+                 ORDER BY o.updated_at LIMIT $3",
+                awaiting.join(", ")
             )
         });
 
@@ -282,15 +305,19 @@ macro_rules! impl_store {
                     }
                     // Written before the guarded transition: if that is
                     // refused, the rollback takes this row with it.
-                    Effect::RecordNotification(n) => {
+                    Effect::RecordNotification {
+                        notification: n,
+                        retry_at,
+                    } => {
                         sqlx::query(
-                            "INSERT INTO notifications (order_id, recipient, text, created_at) \
-                             VALUES ($1, $2, $3, $4)",
+                            "INSERT INTO notifications (order_id, recipient, text, created_at, \
+                             next_attempt_at) VALUES ($1, $2, $3, $4, $5)",
                         )
                         .bind(n.order_id.0)
                         .bind(&n.recipient)
                         .bind(&n.text)
                         .bind(Utc::now())
+                        .bind(retry_at)
                         .execute(&mut *tx)
                         .await?;
                     }
@@ -321,6 +348,162 @@ macro_rules! impl_store {
                     .execute(&self.pool)
                     .await?;
                 Ok(())
+            }
+
+            async fn mark_notification_failed(
+                &self,
+                order_id: OrderId,
+                error: &str,
+                retry: &NotificationRetry,
+            ) -> Result<(), StoreError> {
+                let now = Utc::now();
+                let (retry_at, failed_at) = match retry {
+                    NotificationRetry::At(at) => (Some(*at), None),
+                    NotificationRetry::GiveUp { .. } => (None, Some(now)),
+                };
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "UPDATE notifications SET attempts = attempts + 1, last_error = $2, \
+                     next_attempt_at = $3, failed_at = $4 WHERE order_id = $1 AND sent_at IS NULL",
+                )
+                .bind(order_id.0)
+                .bind(error)
+                .bind(retry_at)
+                .bind(failed_at)
+                .execute(&mut *tx)
+                .await?;
+                if let NotificationRetry::GiveUp { note } = retry {
+                    sqlx::query(
+                        "INSERT INTO order_timeline (order_id, status, note, at) \
+                         SELECT id, status, $2, $3 FROM orders WHERE id = $1",
+                    )
+                    .bind(order_id.0)
+                    .bind(note)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn notifications_due(
+                &self,
+                now: DateTime<Utc>,
+                limit: usize,
+            ) -> Result<Vec<UnsentNotification>, StoreError> {
+                sqlx::query(
+                    "SELECT order_id, recipient, text, CAST(attempts AS BIGINT) AS attempts \
+                     FROM notifications WHERE sent_at IS NULL AND failed_at IS NULL \
+                     AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2",
+                )
+                .bind(now)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(UnsentNotification {
+                        notification: Notification {
+                            order_id: OrderId(r.try_get("order_id")?),
+                            recipient: r.try_get("recipient")?,
+                            text: r.try_get("text")?,
+                        },
+                        attempts: count_from_db(r.try_get("attempts")?),
+                    })
+                })
+                .collect()
+            }
+
+            async fn stuck_orders(
+                &self,
+                consumer_group: &str,
+                unchanged_since: DateTime<Utc>,
+                limit: usize,
+            ) -> Result<Vec<StuckOrder>, StoreError> {
+                sqlx::query(&STUCK_SQL)
+                    .bind(consumer_group)
+                    .bind(unchanged_since)
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        let status = status_from_db(r.try_get("status")?)?;
+                        let event_id: String = r.try_get("event_id")?;
+                        Ok(StuckOrder {
+                            order_id: OrderId(r.try_get("id")?),
+                            status,
+                            since: r.try_get("updated_at")?,
+                            event_id: Uuid::parse_str(&event_id).map_err(|e| {
+                                StoreError::Corrupt(format!("event id {event_id:?}: {e}"))
+                            })?,
+                            event_type: crate::events::EventType::awaited_in(status).ok_or_else(
+                                || StoreError::Corrupt(format!("{status} awaits no event")),
+                            )?,
+                            redrives: count_from_db(r.try_get("redrives")?),
+                            last_redrive: r.try_get("last_at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn redrive(
+                &self,
+                consumer_group: &str,
+                order: &StuckOrder,
+            ) -> Result<bool, StoreError> {
+                let event_id = order.event_id.to_string();
+                let mut tx = self.pool.begin().await?;
+                let awaited: Option<(String, Option<String>)> = sqlx::query_as(
+                    "SELECT event_payload, event_traceparent FROM orders o \
+                     WHERE o.id = $1 AND o.status = $2 AND o.event_id = $3 AND NOT EXISTS \
+                     (SELECT 1 FROM inbox i WHERE i.consumer_group = $4 AND i.event_id = $3)",
+                )
+                .bind(order.order_id.0)
+                .bind(order.status.as_str())
+                .bind(&event_id)
+                .bind(consumer_group)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((payload, traceparent)) = awaited else {
+                    tx.rollback().await?;
+                    return Ok(false);
+                };
+                // A retained copy (published) gives way to the new row,
+                // which the relay reads after everything queued before it.
+                sqlx::query("DELETE FROM outbox WHERE event_id = $1")
+                    .bind(order.event_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO outbox (event_id, destination, message_key, event_type, payload, \
+                     traceparent, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(order.event_id)
+                .bind(crate::events::DESTINATION_ORDERS)
+                .bind(order.order_id.to_string())
+                .bind(order.event_type.as_str())
+                .bind(payload)
+                .bind(traceparent)
+                .bind(order.since)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO redrives (order_id, event_id, attempts, last_at) \
+                     VALUES ($1, $2, 1, $3) ON CONFLICT (order_id) DO UPDATE SET \
+                     attempts = CASE WHEN redrives.event_id = excluded.event_id \
+                         THEN redrives.attempts + 1 ELSE 1 END, \
+                     event_id = excluded.event_id, last_at = excluded.last_at",
+                )
+                .bind(order.order_id.0)
+                .bind(&event_id)
+                .bind(Utc::now())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                self.outbox_written();
+                Ok(true)
             }
 
             async fn put_inventory(

@@ -21,6 +21,10 @@ const MARK_PUBLISHED_SQL: &str =
 const DELETE_PUBLISHED_SQL: &str =
     "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each($1))";
 const NOT_IN_ID_LIST: &str = "id NOT IN (SELECT value FROM json_each($6))";
+/// Event ids are 16-byte blobs in the outbox and hyphenated text on the
+/// order; the unpublished rows are few and indexed.
+const EVENT_QUEUED: &str = "EXISTS (SELECT 1 FROM outbox q WHERE q.published_at IS NULL \
+     AND lower(hex(q.event_id)) = replace(o.event_id, '-', ''))";
 
 fn money_to_db(amount: Decimal) -> String {
     amount.to_string()
@@ -115,7 +119,8 @@ impl SqliteStore {
         }
         sqlx::query(
             "INSERT INTO orders (id, status, customer_name, customer_email, customer_id, \
-             total_amount, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+             total_amount, created_at, updated_at, event_id, event_payload, event_traceparent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10)",
         )
         .bind(id.0)
         .bind(OrderStatus::Pending.as_str())
@@ -124,6 +129,9 @@ impl SqliteStore {
         .bind(order.customer_id.as_deref())
         .bind(money_to_db(order.total()))
         .bind(now)
+        .bind(event.id.to_string())
+        .bind(event.payload.to_string())
+        .bind(event.traceparent.as_deref())
         .execute(&mut *tx)
         .await?;
         for (line, item) in order.items.iter().enumerate() {

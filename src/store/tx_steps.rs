@@ -9,6 +9,11 @@ macro_rules! tx_steps {
             s.parse().map_err(StoreError::Corrupt)
         }
 
+        /// A counter column, never negative.
+        fn count_from_db(n: i64) -> u32 {
+            u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+        }
+
         async fn insert_timeline(
             tx: &mut Tx<'_>,
             id: OrderId,
@@ -68,13 +73,25 @@ macro_rules! tx_steps {
                 return Err(StoreError::Corrupt(format!("{} is not a target", change.to)));
             };
             let now = Utc::now();
+            // An event for the orders topic is what moves the order on:
+            // the order keeps it for the reconciler.
+            let next = change
+                .event
+                .as_ref()
+                .filter(|e| e.destination == crate::events::DESTINATION_ORDERS);
             let moved = sqlx::query(
-                "UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4",
+                "UPDATE orders SET status = $1, updated_at = $2, \
+                 event_id = COALESCE($5, event_id), event_payload = COALESCE($6, event_payload), \
+                 event_traceparent = CASE WHEN $5 IS NULL THEN event_traceparent ELSE $7 END \
+                 WHERE id = $3 AND status = $4",
             )
             .bind(change.to.as_str())
             .bind(now)
             .bind(id.0)
             .bind(from.as_str())
+            .bind(next.map(|e| e.id.to_string()))
+            .bind(next.map(|e| e.payload.to_string()))
+            .bind(next.and_then(|e| e.traceparent.clone()))
             .execute(&mut **tx)
             .await?
             .rows_affected();

@@ -35,6 +35,8 @@ fn lease_key(name: &str) -> i64 {
 const MARK_PUBLISHED_SQL: &str = "UPDATE outbox SET published_at = $1 WHERE id = ANY($2)";
 const DELETE_PUBLISHED_SQL: &str = "DELETE FROM outbox WHERE id = ANY($1)";
 const NOT_IN_ID_LIST: &str = "id <> ALL($6)";
+const EVENT_QUEUED: &str = "EXISTS (SELECT 1 FROM outbox q \
+     WHERE q.event_id = o.event_id::uuid AND q.published_at IS NULL)";
 
 fn money_to_db(amount: rust_decimal::Decimal) -> Decimal {
     amount

@@ -3,8 +3,9 @@
 //! one transaction in one round trip; the benchmark runs the same text
 //! through pgbench as the limit to compare with.
 
-/// An order, its items, first timeline entry, event and idempotency key
-/// in one statement, which PostgreSQL runs as one transaction: one round
+/// An order (with the event that should move it on, for the reconciler),
+/// its items, first timeline entry, event and idempotency key in one
+/// statement, which PostgreSQL runs as one transaction: one round
 /// trip instead of nine (BENCHMARKS.md). The key is inserted first; if it
 /// exists (`ON CONFLICT` waits for a concurrent insert of the same key to
 /// commit or roll back), the order is not written and the statement
@@ -17,8 +18,10 @@ WITH key AS (
     ON CONFLICT (key) DO NOTHING
     RETURNING 1
 ), new_order AS (
-    INSERT INTO orders (id, status, customer_name, customer_email, customer_id, total_amount, created_at, updated_at)
-    SELECT $1, $6, $2, $3, $4, $5, $7, $7 WHERE $9::text IS NULL OR EXISTS (SELECT 1 FROM key)
+    INSERT INTO orders (id, status, customer_name, customer_email, customer_id, total_amount, created_at, updated_at,
+        event_id, event_payload, event_traceparent)
+    SELECT $1, $6, $2, $3, $4, $5, $7, $7, $15::text, $19, $20
+    WHERE $9::text IS NULL OR EXISTS (SELECT 1 FROM key)
     RETURNING id
 ), items AS (
     INSERT INTO order_items (order_id, line, product_name, quantity, unit_price)
@@ -94,10 +97,16 @@ WITH input AS MATERIALIZED (
     SELECT key, request_hash, id, at FROM input WHERE key IS NOT NULL ORDER BY n
     ON CONFLICT (key) DO NOTHING
     RETURNING order_id
+), events AS MATERIALIZED (
+    SELECT * FROM UNNEST($16::uuid[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[])
+        WITH ORDINALITY AS e (event_id, destination, message_key, event_type, payload, traceparent, n)
 ), new_order AS (
-    INSERT INTO orders (id, status, customer_name, customer_email, customer_id, total_amount, created_at, updated_at)
-    SELECT id, $9, customer_name, customer_email, customer_id, total_amount, at, at FROM input
-    WHERE key IS NULL OR id IN (SELECT order_id FROM key)
+    INSERT INTO orders (id, status, customer_name, customer_email, customer_id, total_amount, created_at, updated_at,
+        event_id, event_payload, event_traceparent)
+    SELECT input.id, $9, input.customer_name, input.customer_email, input.customer_id, input.total_amount,
+        input.at, input.at, e.event_id::text, e.payload, e.traceparent
+    FROM input JOIN events e ON e.n = input.n
+    WHERE input.key IS NULL OR input.id IN (SELECT order_id FROM key)
     RETURNING id, created_at
 ), items AS (
     INSERT INTO order_items (order_id, line, product_name, quantity, unit_price)
@@ -110,9 +119,7 @@ WITH input AS MATERIALIZED (
 ), event AS (
     INSERT INTO outbox (event_id, destination, message_key, event_type, payload, traceparent, created_at)
     SELECT e.event_id, e.destination, e.message_key, e.event_type, e.payload, e.traceparent, input.at
-    FROM UNNEST($16::uuid[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[])
-        WITH ORDINALITY AS e (event_id, destination, message_key, event_type, payload, traceparent, n)
-    JOIN input ON input.n = e.n
+    FROM events e JOIN input ON input.n = e.n
     WHERE input.id IN (SELECT id FROM new_order)
     ORDER BY e.n
 )
