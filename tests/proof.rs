@@ -1,12 +1,12 @@
 //! The proof suite: the pipeline's guarantees (no accepted order lost,
 //! per-order ordering, each event's effects exactly once, no partition
 //! blocked forever) under crashes, outages, rebalances, duplicates and
-//! poison, with the real binary as separate processes. Scenarios 1-8 run on
-//! both brokers (`…::mock` on librdkafka's mock cluster, `…::apache` on the
-//! 3-node Apache Kafka cluster, replication factor 3); 9-11 take Apache
-//! Kafka nodes away and run there only. Each scenario prints a `PROOF …`
-//! line of figures and leaves them in target/proof/ (PROOF.md has the
-//! tables of the last run).
+//! poison, with the real binary as separate processes. Scenarios 1-8 and 12
+//! run on both brokers (`…::mock` on librdkafka's mock cluster, `…::apache`
+//! on the 3-node Apache Kafka cluster, replication factor 3); 9-11 take
+//! Apache Kafka nodes away and run there only. Each scenario prints a
+//! `PROOF …` line of figures and leaves them in target/proof/ (PROOF.md has
+//! the tables of the last run).
 //!
 //! `cargo test --test proof -- --nocapture --test-threads 2`
 //!
@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use common::kafka_cluster::ClusterOptions;
 use common::{Role, TestBroker};
-use harness::{check, Driver, Harness};
+use harness::{check, Driver, Harness, TopicHistory};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -265,6 +265,63 @@ async fn s8_rolling_restart_of_every_process(broker: TestBroker) {
     check(&h, &lifecycles, &[]).await.report_and_assert();
 }
 
+/// The workers stop (SIGTERM) while orders keep coming, and the messages
+/// they have not consumed are lost: on Apache Kafka every record of the
+/// orders topic is deleted up to the end of each partition (a retention
+/// shorter than the outage); the mock cluster answers no DeleteRecords, so
+/// there the group's offsets are moved to the end (a group reset to
+/// latest). The workers start again; only the reconciler can move the
+/// orders whose events are gone.
+async fn lose_the_unconsumed_orders_events(h: &mut Harness) {
+    let workers = h.cluster.live(Role::Worker);
+    for i in &workers {
+        h.stop(*i).await;
+    }
+    // The load goes on meanwhile: events nobody will consume.
+    after(2.0).await;
+    let names = h.broker().names.clone();
+    let bootstrap = h.broker().bootstrap_servers().to_string();
+    let lost = if h.broker().is_apache() {
+        harness::delete_to_the_end(&bootstrap, &names.orders, &names.group).await
+    } else {
+        blocking(|| harness::skip_to_the_end(&bootstrap, &names.orders, &names.group))
+    };
+    println!("{lost} unconsumed events of the orders topic lost");
+    assert!(lost > 0, "events were lost");
+    for _ in &workers {
+        h.cluster.spawn(Role::Worker);
+    }
+    h.cluster.wait_until_assigned();
+}
+
+async fn s12_orders_topic_messages_lost_during_load(broker: TestBroker) {
+    let mut h = Harness::start_with(
+        "12-topic-loss",
+        broker,
+        1,
+        2,
+        &[
+            ("Reconcile__StuckAfterSeconds", "5"),
+            ("Reconcile__IntervalMs", "1000"),
+        ],
+    )
+    .await;
+    h.cluster.wait_until_assigned();
+    let driver = Driver::new(&h, PATIENCE);
+    let load = driver.run(300, 20, 64);
+    let faults = async {
+        for _ in 0..2 {
+            after(3.0).await;
+            lose_the_unconsumed_orders_events(&mut h).await;
+        }
+    };
+    let (lifecycles, ()) = tokio::join!(load, faults);
+    if h.broker().is_apache() {
+        h.topic = TopicHistory::Truncated;
+    }
+    check(&h, &lifecycles, &[]).await.report_and_assert();
+}
+
 on_both_brokers!(s1_api_killed_during_a_burst_of_creations);
 on_both_brokers!(s2_worker_killed_mid_batch_and_restarted);
 on_both_brokers!(s3_kafka_unavailable_for_30_seconds, own);
@@ -273,6 +330,7 @@ on_both_brokers!(s5_workers_added_and_removed_during_load);
 on_both_brokers!(s6_every_event_delivered_twice);
 on_both_brokers!(s7_poison_messages_between_good_ones);
 on_both_brokers!(s8_rolling_restart_of_every_process);
+on_both_brokers!(s12_orders_topic_messages_lost_during_load);
 
 /// Runs blocking cluster work (a node's exit or start takes seconds) off
 /// the async workers.

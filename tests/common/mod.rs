@@ -7,7 +7,8 @@
 //! database and a broker of its own (`app`), the real binary as separate
 //! processes (`process`) and the one harness for a cluster of them
 //! (`cluster`), what is on the topics (`topics`), an order's life over the
-//! API (`orders`), the `/metrics` reader (`metrics`) and the waits (`wait`).
+//! API (`orders`), the `/metrics` reader (`metrics`), the waits (`wait`) and
+//! a notification webhook served by the test (`webhook`).
 //!
 //! The items are in `root.rs`, which the integration binary includes as its
 //! `common` module: it uses all of the harness, so dead code there is a

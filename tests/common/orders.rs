@@ -133,3 +133,25 @@ pub async fn run_order_to_fulfilment(http: &reqwest::Client, base: &str, custome
     wait_for_status(http, base, &id, "Fulfilled", within).await;
     id
 }
+
+/// Every order `GET {base}/api/orders?{query}` lists, page after page
+/// (newest first); `query` filters, e.g. `status=Pending`.
+pub async fn list_orders(http: &reqwest::Client, base: &str, query: &str) -> Vec<Value> {
+    let mut orders = Vec::new();
+    let mut after = String::new();
+    loop {
+        let url = format!("{base}/api/orders?limit=100&{query}{after}");
+        let response = http
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert_eq!(response.status(), 200, "GET {url}");
+        let page: Value = response.json().await.expect("a page of orders");
+        orders.extend(page["items"].as_array().expect("items").iter().cloned());
+        match page["nextCursor"].as_str() {
+            Some(cursor) => after = format!("&after={cursor}"),
+            None => return orders,
+        }
+    }
+}

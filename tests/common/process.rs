@@ -99,6 +99,17 @@ impl Process {
         })
     }
 
+    /// The log lines so far whose `message` is `message`.
+    pub fn log_lines(&self, message: &str) -> Vec<Value> {
+        self.lines
+            .lock()
+            .expect("log lines")
+            .iter()
+            .filter(|v| v["message"] == message)
+            .cloned()
+            .collect()
+    }
+
     /// Waits until the raw log contains `needle`; false after `within`.
     pub fn logs_within(&self, needle: &str, within: Duration) -> bool {
         poll(within, Duration::from_millis(100), || {

@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod tls;
 pub mod topics;
 pub mod wait;
+pub mod webhook;
 
 use std::path::PathBuf;
 
@@ -28,12 +29,13 @@ pub use cluster::{Cluster, Role};
 pub use db::{pg_admin_url, Backend, TestDb};
 pub use metrics::{metric_total, Metrics};
 pub use orders::{
-    create_order_at, header, order_body, run_order_to_fulfilment, timeline, wait_for_status,
-    LIFECYCLE,
+    create_order_at, header, list_orders, order_body, run_order_to_fulfilment, timeline,
+    wait_for_status, LIFECYCLE,
 };
 pub use process::{binary, Process};
 pub use topics::{kcat_produce, read_topic_async, Received};
 pub use wait::eventually;
+pub use webhook::Webhook;
 
 pub const TOPIC: &str = "orders";
 pub const FULFILMENT_TOPIC: &str = "order-fulfilments";

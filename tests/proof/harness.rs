@@ -11,12 +11,16 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, Row};
 
 use super::common::proxy::TcpProxy;
-use super::common::wait::eventually_every;
-use super::common::{self, Cluster, Received, TestBroker, LIFECYCLE};
+use super::common::wait::{eventually_every, poll};
+use super::common::{self, Cluster, Metrics, Received, TestBroker, LIFECYCLE};
 
 /// A tracked product with stock for every order: the reservation is the
 /// effect whose duplication would show in the numbers.
@@ -28,27 +32,57 @@ pub struct Harness {
     pub name: String,
     pub cluster: Cluster,
     pub started: Instant,
+    /// What the orders topic still holds when the checker reads it.
+    pub topic: TopicHistory,
+    /// Orders re-driven by processes [`Harness::stop`] took away (their
+    /// /metrics went with them).
+    redriven_by_stopped: f64,
 }
+
+/// What the orders topic holds at the end of a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicHistory {
+    /// Every event published since the start.
+    Whole,
+    /// Records were deleted from the start of its partitions: an order's
+    /// earliest events may be gone.
+    Truncated,
+}
+
+/// The reconciler's counter of events published again.
+const REDRIVEN: &str = "orderflow_orders_redriven_total";
 
 impl Harness {
     /// `apis` APIs and `workers` workers on `broker`, PostgreSQL behind a
     /// proxy, the product stocked.
     pub async fn start(name: &str, broker: TestBroker, apis: usize, workers: usize) -> Self {
+        Self::start_with(name, broker, apis, workers, &[]).await
+    }
+
+    /// As [`Harness::start`], every process with the settings `env` on
+    /// top.
+    pub async fn start_with(
+        name: &str,
+        broker: TestBroker,
+        apis: usize,
+        workers: usize,
+        env: &[(&str, &str)],
+    ) -> Self {
         let started = Instant::now();
         let name = format!(
             "{}/{name}",
             if broker.is_apache() { "apache" } else { "mock" }
         );
-        let cluster = Cluster::builder(broker)
+        let mut builder = Cluster::builder(broker)
             .pg_proxy()
             .env("Database__MaxConnections", "5")
             .env("Worker__MaxWorkers", "4")
             .env("Worker__LagThreshold", "50")
-            .env("Worker__Retry__MaxBackoffMs", "1000")
-            .apis(apis)
-            .workers(workers)
-            .start()
-            .await;
+            .env("Worker__Retry__MaxBackoffMs", "1000");
+        for (k, v) in env {
+            builder = builder.env(k, v);
+        }
+        let cluster = builder.apis(apis).workers(workers).start().await;
         let stocked = cluster
             .http
             .put(format!("{}/api/inventory/{PRODUCT}", cluster.base()))
@@ -61,7 +95,31 @@ impl Harness {
             name,
             cluster,
             started,
+            topic: TopicHistory::Whole,
+            redriven_by_stopped: 0.0,
         }
+    }
+
+    /// SIGTERMs member `i` (see [`Cluster::stop`]), keeping the count of
+    /// orders it re-drove for the figures.
+    pub async fn stop(&mut self, i: usize) {
+        let base = self.cluster.members[i].base.clone();
+        let metrics = Metrics::scrape(&self.cluster.http, &base).await;
+        self.redriven_by_stopped += metrics.total(REDRIVEN);
+        self.cluster.stop(i);
+    }
+
+    /// Orders re-driven by the reconciler in every process of the run
+    /// (those stopped by [`Harness::stop`] and those still running; a
+    /// SIGKILLed process's count is gone).
+    async fn redriven(&self) -> usize {
+        let mut total = self.redriven_by_stopped;
+        for member in self.cluster.members.iter().filter(|m| m.alive) {
+            total += Metrics::scrape(&self.cluster.http, &member.base)
+                .await
+                .total(REDRIVEN);
+        }
+        total as usize
     }
 
     pub fn broker(&self) -> &TestBroker {
@@ -314,6 +372,8 @@ pub struct Figures {
     pub max_delay_ms: i64,
     /// Fulfilment messages published again with the same event id.
     pub redelivered: usize,
+    /// Orders whose event the reconciler published again.
+    pub redriven: usize,
     pub seconds: f64,
 }
 
@@ -321,7 +381,7 @@ impl Figures {
     pub fn summary(&self) -> String {
         format!(
             "PROOF {}: accepted={} fulfilled={} lost={} duplicated_effects={} out_of_order={} \
-             poison_in_dlq={}/{} max_delay_ms={} redelivered={} ({:.0} s)",
+             poison_in_dlq={}/{} max_delay_ms={} redelivered={} redriven={} ({:.0} s)",
             self.scenario,
             self.accepted,
             self.fulfilled,
@@ -332,6 +392,7 @@ impl Figures {
             self.poison_sent,
             self.max_delay_ms,
             self.redelivered,
+            self.redriven,
             self.seconds
         )
     }
@@ -498,12 +559,15 @@ async fn check_stock_and_outbox(db: &mut PgConnection, reserved_orders: i64) -> 
 }
 
 /// The orders topic: per order, its events on one partition in order (by
-/// distinct event id: a duplicate delivery is the same event). Returns the
-/// orders for which that does not hold.
+/// distinct event id: a duplicate delivery, or the reconciler's re-drive,
+/// is the same event). On a truncated topic an order's earliest events may
+/// be gone: what is left must still be in order. Returns the orders for
+/// which that does not hold.
 fn events_out_of_order(
     events: &[Received],
     accepted: &[&str],
     statuses: &HashMap<String, String>,
+    history: TopicHistory,
 ) -> usize {
     let mut by_order: HashMap<&str, Vec<&Received>> = HashMap::new();
     for e in events {
@@ -521,16 +585,25 @@ fn events_out_of_order(
             .map(|e| e.headers.get("ce_type").map(String::as_str).unwrap_or(""))
             .collect();
         // An order that stopped early (counted as lost) has a prefix.
-        let in_order = if statuses.get(*id).is_some_and(|s| s == "Fulfilled") {
-            types == EVENTS
-        } else {
-            EVENTS.starts_with(&types)
+        let in_order = match history {
+            TopicHistory::Whole if statuses.get(*id).is_some_and(|s| s == "Fulfilled") => {
+                types == EVENTS
+            }
+            TopicHistory::Whole => EVENTS.starts_with(&types),
+            TopicHistory::Truncated => is_subsequence(&types, &EVENTS),
         };
         if !in_order || evs.iter().any(|e| e.partition != evs[0].partition) {
             out_of_order += 1;
         }
     }
     out_of_order
+}
+
+/// Whether `part` is `whole` with some elements left out (none repeated,
+/// none reordered).
+fn is_subsequence(part: &[&str], whole: &[&str]) -> bool {
+    let mut rest = whole.iter();
+    part.iter().all(|p| rest.any(|w| w == p))
 }
 
 /// The fulfilment topic: one OrderFulfilled per order. By event id: the
@@ -622,13 +695,14 @@ pub async fn check(harness: &Harness, lifecycles: &[Lifecycle], poison_keys: &[S
         harness.broker().bootstrap_servers(),
         &harness.broker().names,
     );
-    let events = common::read_topic(
-        bootstrap,
-        &names.orders,
-        accepted.len() * 3,
-        Duration::from_secs(60),
-    );
-    let topic_out_of_order = events_out_of_order(&events, &accepted, &statuses);
+    // A truncated topic holds what is left of it; a whole one at least
+    // every accepted order's three events.
+    let expected = match harness.topic {
+        TopicHistory::Whole => accepted.len() * 3,
+        TopicHistory::Truncated => messages_on(bootstrap, &names.orders),
+    };
+    let events = common::read_topic(bootstrap, &names.orders, expected, Duration::from_secs(60));
+    let topic_out_of_order = events_out_of_order(&events, &accepted, &statuses, harness.topic);
     let fulfilments = common::read_topic(
         bootstrap,
         &names.fulfilment,
@@ -660,6 +734,200 @@ pub async fn check(harness: &Harness, lifecycles: &[Lifecycle], poison_keys: &[S
         poison_dead_lettered: poison_dead_lettered(harness, poison_keys),
         max_delay_ms: timelines.max_delay_ms,
         redelivered,
+        redriven: harness.redriven().await,
         seconds: harness.started.elapsed().as_secs_f64(),
     }
+}
+
+// ---------------------------------------------------------------------------
+// The orders topic's messages lost
+// ---------------------------------------------------------------------------
+
+fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    config
+}
+
+/// `topic`'s partitions, with a consumer of group `group`.
+fn partitions(bootstrap: &str, topic: &str, group: &str) -> (BaseConsumer, Vec<i32>) {
+    let consumer: BaseConsumer = client_config(bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        // As the workers': should it stay in the group when it joins, the
+        // workers wait for it no longer than for one of their own.
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let ids = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    (consumer, ids)
+}
+
+/// The messages `topic` holds now: each partition's high watermark less its
+/// start.
+pub fn messages_on(bootstrap: &str, topic: &str) -> usize {
+    let group = format!("proof-{}", uuid::Uuid::new_v4());
+    let (consumer, ids) = partitions(bootstrap, topic, &group);
+    ids.into_iter()
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            (high - low) as usize
+        })
+        .sum()
+}
+
+/// Where group `group` stands on each partition of `topic`: the
+/// partition, its end (high watermark) and how many messages before it the
+/// group has not consumed.
+fn behind(consumer: &BaseConsumer, topic: &str, ids: &[i32]) -> Vec<(i32, i64, usize)> {
+    let mut asked = TopicPartitionList::new();
+    for p in ids {
+        asked.add_partition(topic, *p);
+    }
+    let committed = consumer
+        .committed_offsets(asked, Duration::from_secs(10))
+        .expect("the group's committed offsets");
+    ids.iter()
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, *p, Duration::from_secs(10))
+                .expect("watermarks");
+            let at = match committed.find_partition(topic, *p).map(|e| e.offset()) {
+                Some(Offset::Offset(at)) => at.max(low),
+                _ => low,
+            };
+            (*p, high, (high - at).max(0) as usize)
+        })
+        .collect()
+}
+
+/// Each partition's end, from [`behind`].
+fn ends(topic: &str, positions: &[(i32, i64, usize)]) -> TopicPartitionList {
+    let mut ends = TopicPartitionList::new();
+    for (p, high, _) in positions {
+        ends.add_partition_offset(topic, *p, Offset::Offset(*high))
+            .expect("end offset");
+    }
+    ends
+}
+
+/// Group `group`'s offsets on `topic` moved to the end of each partition,
+/// as `kafka-consumer-groups --reset-offsets --to-latest` does while the
+/// group has no member: what it had not consumed, it never will. The
+/// commit comes from a member (it joins, takes every partition, commits,
+/// leaves): the mock cluster refuses one from outside the group. Returns
+/// how many messages it skips.
+pub fn skip_to_the_end(bootstrap: &str, topic: &str, group: &str) -> usize {
+    let (consumer, ids) = partitions(bootstrap, topic, group);
+    let positions = behind(&consumer, topic, &ids);
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let assigned = poll(Duration::from_secs(30), Duration::ZERO, || {
+        // Polling drives the join; a message it returns is not consumed
+        // (nothing is committed but the ends).
+        let _ = consumer.poll(Duration::from_millis(100));
+        let assignment = consumer.assignment().ok()?;
+        (assignment.count() == ids.len()).then_some(())
+    });
+    assigned.expect("the group's only member, assigned every partition");
+    consumer
+        .commit(&ends(topic, &positions), CommitMode::Sync)
+        .expect("commit the group's offsets at the end");
+    consumer.unsubscribe();
+    positions.iter().map(|(_, _, skipped)| skipped).sum()
+}
+
+/// Every record of `topic` deleted, up to the end of each partition (Apache
+/// Kafka's DeleteRecords; the mock cluster does not answer it). Returns how
+/// many of them group `group` had not consumed.
+pub async fn delete_to_the_end(bootstrap: &str, topic: &str, group: &str) -> usize {
+    let positions = tokio::task::block_in_place(|| {
+        let (consumer, ids) = partitions(bootstrap, topic, group);
+        behind(&consumer, topic, &ids)
+    });
+    let ends = ends(topic, &positions);
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(bootstrap).create().expect("admin client");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let deleted = admin
+        .delete_records(&ends, &options)
+        .await
+        .expect("DeleteRecords");
+    for partition in deleted.elements() {
+        if let Err(e) = partition.error() {
+            panic!(
+                "records of partition {} deleted: {e}",
+                partition.partition()
+            );
+        }
+    }
+    positions.iter().map(|(_, _, lost)| lost).sum()
+}
+
+/// The checker's topic-order check, on topics made up for it: a mistake in
+/// it would pass a wrong scenario.
+#[test]
+fn the_topic_order_check_accepts_a_truncated_topic_only_in_order() {
+    let event = |order: &str, partition: i32, kind: &str, id: &str| Received {
+        partition,
+        offset: 0,
+        key: order.to_string(),
+        headers: HashMap::from([
+            ("ce_type".to_string(), kind.to_string()),
+            ("ce_id".to_string(), id.to_string()),
+        ]),
+        payload: Value::Null,
+    };
+    let statuses: HashMap<String, String> = ["whole", "tail", "redriven", "back", "split"]
+        .into_iter()
+        .map(|o| (o.to_string(), "Fulfilled".to_string()))
+        .collect();
+    let orders = |events: &[Received]| -> Vec<String> {
+        let mut keys: Vec<String> = events.iter().map(|e| e.key.clone()).collect();
+        keys.dedup();
+        keys
+    };
+    let out_of_order = |events: Vec<Received>, history| {
+        let keys = orders(&events);
+        let accepted: Vec<&str> = keys.iter().map(String::as_str).collect();
+        events_out_of_order(&events, &accepted, &statuses, history)
+    };
+    let whole = vec![
+        event("whole", 0, "OrderCreated", "c"),
+        event("whole", 0, "OrderPaid", "p"),
+        event("whole", 0, "OrderShipped", "s"),
+    ];
+    let tail = vec![
+        event("tail", 1, "OrderPaid", "p"),
+        event("tail", 1, "OrderShipped", "s"),
+    ];
+    // A re-driven event is the same event (same id) again.
+    let redriven = vec![
+        event("redriven", 2, "OrderCreated", "c"),
+        event("redriven", 2, "OrderCreated", "c"),
+        event("redriven", 2, "OrderPaid", "p"),
+    ];
+    let back = vec![
+        event("back", 0, "OrderPaid", "p"),
+        event("back", 0, "OrderCreated", "c"),
+    ];
+    let split = vec![
+        event("split", 0, "OrderPaid", "p"),
+        event("split", 1, "OrderShipped", "s"),
+    ];
+    assert_eq!(out_of_order(whole.clone(), TopicHistory::Whole), 0);
+    assert_eq!(out_of_order(whole, TopicHistory::Truncated), 0);
+    assert_eq!(out_of_order(tail.clone(), TopicHistory::Whole), 1);
+    assert_eq!(out_of_order(tail, TopicHistory::Truncated), 0);
+    assert_eq!(out_of_order(redriven, TopicHistory::Truncated), 0);
+    assert_eq!(out_of_order(back, TopicHistory::Truncated), 1);
+    assert_eq!(out_of_order(split, TopicHistory::Truncated), 1);
 }
