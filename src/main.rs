@@ -220,7 +220,7 @@ async fn reconcile(
     json: bool,
 ) -> anyhow::Result<()> {
     let store = app::migrate(config).await?;
-    let unchanged_since = chrono::Utc::now() - chrono::Duration::from_std(stuck_after)?;
+    let unchanged_since = reconciler::unchanged_since(stuck_after);
     let redrive = if dry_run {
         Redrive::Nothing
     } else {

@@ -27,7 +27,7 @@ use crate::domain::{OrderId, OrderStatus};
 use crate::events::EventType;
 use crate::notifier::Notifications;
 use crate::shutdown::Shutdown;
-use crate::store::{SharedStore, StoreError, StuckOrder};
+use crate::store::{RelayLease, SharedStore, StoreError, StuckOrder};
 
 /// The lease name shared by every process.
 pub const LEASE: &str = "reconciler";
@@ -86,19 +86,38 @@ impl Redrive {
     }
 }
 
-/// One pass: the orders stuck since before `unchanged_since` (at most
-/// `limit`, longest stuck first), each re-driven as `redrive` says.
+/// One pass: every order stuck since before `unchanged_since`, longest
+/// stuck first, read `page` at a time, each re-driven as `redrive` says.
 pub async fn pass(
     store: &SharedStore,
     consumer_group: &str,
     unchanged_since: DateTime<Utc>,
-    limit: usize,
+    page: usize,
     redrive: Redrive,
 ) -> Result<Vec<Finding>, StoreError> {
     let now = Utc::now();
-    let stuck = store
-        .stuck_orders(consumer_group, unchanged_since, limit)
-        .await?;
+    let mut findings = Vec::new();
+    let mut after: Option<StuckOrder> = None;
+    loop {
+        let stuck = store
+            .stuck_orders(consumer_group, unchanged_since, after.as_ref(), page)
+            .await?;
+        let full = stuck.len() >= page;
+        after = stuck.last().cloned();
+        findings.extend(redrive_page(store, consumer_group, stuck, redrive, now).await?);
+        if !full {
+            return Ok(findings);
+        }
+    }
+}
+
+async fn redrive_page(
+    store: &SharedStore,
+    consumer_group: &str,
+    stuck: Vec<StuckOrder>,
+    redrive: Redrive,
+    now: DateTime<Utc>,
+) -> Result<Vec<Finding>, StoreError> {
     let mut findings = Vec::with_capacity(stuck.len());
     for order in stuck {
         let redriven = redrive.wants(&order, now) && store.redrive(consumer_group, &order).await?;
@@ -127,6 +146,14 @@ pub async fn pass(
     Ok(findings)
 }
 
+/// Stuck means unchanged since this time.
+pub fn unchanged_since(stuck_after: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(stuck_after)
+        .ok()
+        .and_then(|d| Utc::now().checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 /// The background task of the worker role (and `all`).
 pub struct Reconciler {
     pub store: SharedStore,
@@ -149,7 +176,7 @@ impl Reconciler {
                     tracing::info!("reconciler active");
                     standing_by_logged = false;
                     while !shutdown.is_triggered() && lease.still_held().await {
-                        self.sweep(std::mem::take(&mut first)).await;
+                        self.sweep(std::mem::take(&mut first), lease.as_mut()).await;
                         self.idle(&mut shutdown).await;
                     }
                 }
@@ -177,14 +204,12 @@ impl Reconciler {
 
     /// Re-drives what is due and retries the notifications that are; a
     /// failure is logged and the next sweep tries again.
-    async fn sweep(&self, first_after_restart: bool) {
+    async fn sweep(&self, first_after_restart: bool, lease: &mut dyn RelayLease) {
         let (unchanged_since, redrive) = if first_after_restart {
             (Utc::now(), Redrive::All)
         } else {
-            let stuck_after = chrono::Duration::from_std(self.settings.stuck_after)
-                .unwrap_or(chrono::Duration::MAX);
             (
-                Utc::now() - stuck_after,
+                unchanged_since(self.settings.stuck_after),
                 Redrive::Due {
                     stuck_after: self.settings.stuck_after,
                     max: self.settings.max_redrives,
@@ -203,10 +228,12 @@ impl Reconciler {
             Ok(findings) => report_stuck(&findings),
             Err(e) => tracing::warn!(error = %e, "reconciler sweep failed"),
         }
-        self.retry_notifications().await;
+        self.retry_notifications(lease).await;
     }
 
-    async fn retry_notifications(&self) {
+    /// Sends the notifications due, as long as the lease holds: a slow
+    /// webhook (10 s a send) must not let two processes send the same.
+    async fn retry_notifications(&self, lease: &mut dyn RelayLease) {
         let due = match self
             .store
             .notifications_due(Utc::now(), self.settings.batch_size)
@@ -219,6 +246,9 @@ impl Reconciler {
             }
         };
         for unsent in due {
+            if !lease.still_held().await {
+                return;
+            }
             self.notifications
                 .deliver(self.store.as_ref(), &unsent.notification, unsent.attempts)
                 .await;

@@ -307,11 +307,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Orders in a status a handler moves them out of, unchanged since
     /// before `unchanged_since`, whose awaited event has no inbox row for
-    /// `consumer_group` and no unpublished outbox row; longest stuck first.
+    /// `consumer_group` and no unpublished outbox row; longest stuck first
+    /// (then by id), after `after` (the last of the previous page).
     async fn stuck_orders(
         &self,
         consumer_group: &str,
         unchanged_since: DateTime<Utc>,
+        after: Option<&StuckOrder>,
         limit: usize,
     ) -> Result<Vec<StuckOrder>, StoreError>;
     /// Writes the stuck order's event to the outbox again, with its

@@ -70,7 +70,8 @@ macro_rules! impl_store {
                  AND NOT EXISTS (SELECT 1 FROM inbox i \
                      WHERE i.consumer_group = $1 AND i.event_id = o.event_id) \
                  AND NOT {EVENT_QUEUED} \
-                 ORDER BY o.updated_at LIMIT $3",
+                 AND ($4 IS NULL OR o.updated_at > $4 OR (o.updated_at = $4 AND o.id > $5)) \
+                 ORDER BY o.updated_at, o.id LIMIT $3",
                 awaiting.join(", ")
             )
         });
@@ -419,12 +420,15 @@ macro_rules! impl_store {
                 &self,
                 consumer_group: &str,
                 unchanged_since: DateTime<Utc>,
+                after: Option<&StuckOrder>,
                 limit: usize,
             ) -> Result<Vec<StuckOrder>, StoreError> {
                 sqlx::query(&STUCK_SQL)
                     .bind(consumer_group)
                     .bind(unchanged_since)
                     .bind(limit as i64)
+                    .bind(after.map(|a| a.since))
+                    .bind(after.map(|a| a.order_id.0))
                     .fetch_all(&self.pool)
                     .await?
                     .iter()
@@ -486,7 +490,7 @@ macro_rules! impl_store {
                 .bind(order.event_type.as_str())
                 .bind(payload)
                 .bind(traceparent)
-                .bind(order.since)
+                .bind(Utc::now())
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(
