@@ -297,12 +297,14 @@ fn group_protocol(
                 "cooperative-sticky" => Assignor::CooperativeSticky,
                 "range" => Assignor::Range,
                 "roundrobin" => Assignor::RoundRobin,
-                other => return Err(check.error(
-                    "Worker.Assignor",
-                    format!(
+                other => {
+                    return Err(check.error(
+                        "Worker.Assignor",
+                        format!(
                         "{other:?} is not one of \"cooperative-sticky\", \"range\", \"roundrobin\""
                     ),
-                )),
+                    ))
+                }
             },
         )),
         other => Err(check.error(

@@ -211,6 +211,9 @@ impl ConsumerContext for EngineContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // Commits sent before the rebalance may have been refused (stale
+        // generation): the partitions kept are committed again.
+        self.progress.lock().recommit_all();
         if let Rebalance::Assign(assigned) = rebalance {
             // Their messages carry a signal of this ownership.
             for e in assigned.elements() {

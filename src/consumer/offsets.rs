@@ -113,6 +113,16 @@ impl OffsetTracker {
         out
     }
 
+    /// Offers every position again at the next [`Self::take_commits`]:
+    /// after a rebalance, whose commits in flight the group refuses (its
+    /// generation changed), positions that do not move again would
+    /// otherwise stay uncommitted.
+    pub fn recommit_all(&mut self) {
+        for p in self.partitions.values_mut() {
+            p.committed = None;
+        }
+    }
+
     /// The committable position of a partition, whether or not committed.
     pub fn position(&self, partition: i32) -> Option<i64> {
         self.partitions.get(&partition).and_then(|p| p.committable)
@@ -192,6 +202,17 @@ mod tests {
             "1 is delivered again, so nothing past it commits"
         );
         assert_eq!(t.in_flight(0), 0);
+    }
+
+    #[test]
+    fn after_a_rebalance_every_position_is_offered_again() {
+        let mut t = OffsetTracker::default();
+        let g = t.dispatched(0, 3);
+        t.settled(0, g, 3, true);
+        assert_eq!(t.take_commits(), vec![(0, 4)]);
+        assert_eq!(t.take_commits(), vec![]);
+        t.recommit_all();
+        assert_eq!(t.take_commits(), vec![(0, 4)], "again");
     }
 
     #[test]
