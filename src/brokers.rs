@@ -99,6 +99,12 @@ pub enum KafkaSetupError {
          Username, Password, SaslMechanism)"
     )]
     AuthenticationFailed(String),
+    #[error(
+        "the consumer group failed for good: {0} (Worker.GroupProtocol = consumer needs \
+         Apache Kafka 4.0 or later with the consumer group protocol enabled, else set \
+         Worker.GroupProtocol = classic; with Worker.InstanceId, each worker needs its own)"
+    )]
+    GroupFailed(String),
 }
 
 impl KafkaSetupError {

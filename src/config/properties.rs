@@ -176,7 +176,13 @@ const OWNED: &[(&str, &str)] = &[
     ),
     (
         "partition.assignment.strategy",
-        "the worker's rebalance handling is written for its default",
+        "set Worker.Assignor instead",
+    ),
+    ("group.protocol", "set Worker.GroupProtocol instead"),
+    ("group.instance.id", "set Worker.InstanceId instead"),
+    (
+        "group.remote.assignor",
+        "the broker's default assignor serves every worker",
     ),
     ("session.timeout.ms", "set Worker.SessionTimeoutMs instead"),
     (

@@ -151,8 +151,20 @@ pub struct RawWorker {
     pub distribution_strategy: String,
     pub commit_interval_ms: u64,
     pub balance_interval_ms: u64,
-    /// How soon the group notices a worker that died without leaving.
+    /// How soon the group notices a worker that died without leaving
+    /// (classic protocol; with "consumer" the broker sets it).
     pub session_timeout_ms: u64,
+    /// "classic" (JoinGroup/SyncGroup, client-side assignor) or "consumer"
+    /// (KIP-848: the broker assigns, incrementally; Apache Kafka 4.0+).
+    pub group_protocol: String,
+    /// The classic protocol's assignor: "cooperative-sticky" (incremental:
+    /// only moved partitions stop) or the eager "range" / "roundrobin"
+    /// (every partition revoked at every change).
+    pub assignor: String,
+    /// Static membership (`group.instance.id`): a member that restarts
+    /// within the session timeout gets its partitions back without a
+    /// rebalance. Must be unique per worker, e.g. a StatefulSet pod's name.
+    pub instance_id: String,
     /// The longest a fetch waits on the broker when nothing is new. Kafka
     /// answers as soon as data arrives; a broker that does not (librdkafka's
     /// mock cluster) adds up to this much latency.
@@ -177,6 +189,9 @@ impl Default for RawWorker {
             commit_interval_ms: 1_000,
             balance_interval_ms: 5_000,
             session_timeout_ms: 45_000,
+            group_protocol: "classic".into(),
+            assignor: "cooperative-sticky".into(),
+            instance_id: String::new(),
             fetch_wait_max_ms: 100,
             dead_letter_topic: String::new(),
             unknown_types: "skip".into(),

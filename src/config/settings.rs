@@ -114,6 +114,32 @@ pub enum Distribution {
     Free,
 }
 
+/// How the consumer group shares the partitions among the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupProtocol {
+    /// The classic protocol with this assignor (librdkafka's name).
+    Classic(Assignor),
+    /// KIP-848: the broker assigns, incrementally.
+    Consumer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assignor {
+    CooperativeSticky,
+    Range,
+    RoundRobin,
+}
+
+impl Assignor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CooperativeSticky => "cooperative-sticky",
+            Self::Range => "range",
+            Self::RoundRobin => "roundrobin",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnknownTypes {
     Skip,
@@ -171,6 +197,9 @@ pub struct WorkerSettings {
     pub commit_interval: Duration,
     pub balance_interval: Duration,
     pub session_timeout: Duration,
+    pub group_protocol: GroupProtocol,
+    /// `group.instance.id`, for static membership.
+    pub instance_id: Option<String>,
     pub fetch_wait_max: Duration,
     pub dead_letter_topic: String,
     pub unknown_types: UnknownTypes,

@@ -13,9 +13,10 @@ use super::raw::{
     RawRetry, RawTopic, RawWorker,
 };
 use super::settings::{
-    AdminSettings, ApiSettings, DatabaseSettings, DatabaseUrl, Distribution, FulfilmentSettings,
-    FulfilmentSink, KafkaServers, KafkaSettings, NotificationRetrySettings, NotifierSettings,
-    OutboxSettings, ReconcileSettings, RetrySettings, TopicSettings, UnknownTypes, WorkerSettings,
+    AdminSettings, ApiSettings, Assignor, DatabaseSettings, DatabaseUrl, Distribution,
+    FulfilmentSettings, FulfilmentSink, GroupProtocol, KafkaServers, KafkaSettings,
+    NotificationRetrySettings, NotifierSettings, OutboxSettings, ReconcileSettings, RetrySettings,
+    TopicSettings, UnknownTypes, WorkerSettings,
 };
 use super::{keys, properties, security, Config, ConfigError, ServiceBusConnection};
 
@@ -259,6 +260,10 @@ fn worker(check: &Check, w: &RawWorker, orders_topic: &str) -> Result<WorkerSett
         commit_interval: check.millis("Worker.CommitIntervalMs", w.commit_interval_ms, 10)?,
         balance_interval: check.millis("Worker.BalanceIntervalMs", w.balance_interval_ms, 100)?,
         session_timeout: check.millis("Worker.SessionTimeoutMs", w.session_timeout_ms, 1_000)?,
+        group_protocol: group_protocol(check, &w.group_protocol, &w.assignor)?,
+        instance_id: Some(w.instance_id.trim())
+            .filter(|id| !id.is_empty())
+            .map(String::from),
         fetch_wait_max: check.millis("Worker.FetchWaitMaxMs", w.fetch_wait_max_ms, 1)?,
         dead_letter_topic,
         unknown_types: unknown_types(check, &w.unknown_types)?,
@@ -278,6 +283,37 @@ fn worker(check: &Check, w: &RawWorker, orders_topic: &str) -> Result<WorkerSett
             )?,
         },
     })
+}
+
+fn group_protocol(
+    check: &Check,
+    protocol: &str,
+    assignor: &str,
+) -> Result<GroupProtocol, ConfigError> {
+    match protocol.trim().to_ascii_lowercase().as_str() {
+        "consumer" => Ok(GroupProtocol::Consumer),
+        "classic" => Ok(GroupProtocol::Classic(
+            match assignor.trim().to_ascii_lowercase().as_str() {
+                "cooperative-sticky" => Assignor::CooperativeSticky,
+                "range" => Assignor::Range,
+                "roundrobin" => Assignor::RoundRobin,
+                other => {
+                    return Err(check.error(
+                        "Worker.Assignor",
+                        format!(
+                        "{other:?} is not one of \"cooperative-sticky\", \"range\", \"roundrobin\""
+                    ),
+                    ))
+                }
+            },
+        )),
+        other => Err(check.error(
+            "Worker.GroupProtocol",
+            format!(
+                "{other:?} is neither \"classic\" nor \"consumer\" (KIP-848, Apache Kafka 4.0+)"
+            ),
+        )),
+    }
 }
 
 fn distribution(check: &Check, raw: &str) -> Result<Distribution, ConfigError> {

@@ -6,6 +6,14 @@
 //! memory stays bounded and the broker keeps the backlog. Offsets are
 //! committed from the contiguous-offset tracker on an interval, and
 //! synchronously when partitions are revoked and at shutdown.
+//!
+//! Rebalances stop only what moves. Each assigned partition has an owner
+//! signal that its messages carry; a revocation fires it (a message waiting
+//! to retry gives up, one not started is left to the next owner), waits
+//! for the few still running, commits the partition's position and forgets
+//! it, while the other partitions' messages keep running. With the
+//! cooperative assignor or the consumer protocol (KIP-848) a rebalance
+//! revokes only the partitions that move; with an eager assignor, all.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -23,16 +31,17 @@ use tokio::sync::mpsc;
 
 use super::balancer::desired_workers;
 use super::offsets::OffsetTracker;
-use super::worker_task;
+use super::worker_task::{self, Delivery};
 use crate::brokers::{Brokers, KafkaSetupError};
-use crate::config::{Distribution, WorkerSettings};
+use crate::config::{Distribution, GroupProtocol, WorkerSettings};
 use crate::handlers::{self, HandlerContext};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 
-/// How long a revocation waits for in-flight messages of the revoked
-/// partitions; past it their offsets stay uncommitted and the new owner
-/// re-delivers them (the inbox turns that into a no-op).
-const REVOKE_DRAIN: Duration = Duration::from_secs(20);
+/// How long a revocation waits for the revoked partitions' messages still
+/// running (a database call; one waiting to retry gives up at once, a
+/// dead letter waits at most 5 s); past it their offsets stay uncommitted
+/// and the new owner re-delivers them (the inbox turns that into a no-op).
+const REVOKE_DRAIN: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(100);
 /// The consumer's read-ahead, per partition (messages) and in all (KiB).
 const PREFETCH_MESSAGES: u32 = 2_000;
@@ -85,8 +94,49 @@ impl Progress {
     }
 }
 
+/// The owner signal of each assigned partition.
+#[derive(Default)]
+struct Owners {
+    current: Mutex<HashMap<i32, (ShutdownTrigger, Shutdown)>>,
+    /// Shutdown began: every signal fires, new ones at once.
+    stopping: AtomicBool,
+}
+
+impl Owners {
+    fn lock(&self) -> MutexGuard<'_, HashMap<i32, (ShutdownTrigger, Shutdown)>> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The signal of the partition's current ownership.
+    fn of(&self, partition: i32) -> Shutdown {
+        let mut current = self.lock();
+        let (trigger, signal) = current.entry(partition).or_insert_with(shutdown::channel);
+        if self.stopping.load(Ordering::SeqCst) {
+            trigger.trigger();
+        }
+        signal.clone()
+    }
+
+    fn release(&self, partitions: &[i32]) {
+        let mut current = self.lock();
+        for p in partitions {
+            if let Some((trigger, _)) = current.remove(p) {
+                trigger.trigger();
+            }
+        }
+    }
+
+    fn stop_all(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for (trigger, _) in self.lock().values() {
+            trigger.trigger();
+        }
+    }
+}
+
 struct EngineContext {
     progress: Arc<Progress>,
+    owners: Arc<Owners>,
     topic: String,
     paused: Arc<AtomicBool>,
     /// Per assigned partition: messages on the broker not yet handed to
@@ -126,6 +176,13 @@ impl ConsumerContext for EngineContext {
             return;
         };
         let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
+        self.owners.release(&partitions);
+        {
+            let mut tracker = self.progress.lock();
+            for p in &partitions {
+                tracker.revoking(*p);
+            }
+        }
         let drained = self.progress.wait_until(REVOKE_DRAIN, |t| {
             partitions.iter().all(|p| t.in_flight(*p) == 0)
         });
@@ -154,7 +211,14 @@ impl ConsumerContext for EngineContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // Commits sent before the rebalance may have been refused (stale
+        // generation): the partitions kept are committed again.
+        self.progress.lock().recommit_all();
         if let Rebalance::Assign(assigned) = rebalance {
+            // Their messages carry a signal of this ownership.
+            for e in assigned.elements() {
+                self.owners.of(e.partition());
+            }
             // Partitions gained while paused stay paused.
             if self.paused.load(Ordering::SeqCst) {
                 if let Err(e) = consumer.pause(assigned) {
@@ -171,11 +235,10 @@ impl ConsumerContext for EngineContext {
 struct Pool {
     runtime: Handle,
     handlers: Arc<HandlerContext>,
-    shutdown: Shutdown,
     progress: Arc<Progress>,
     buffer: usize,
     distribution: Distribution,
-    queues: Vec<mpsc::Sender<OwnedMessage>>,
+    queues: Vec<mpsc::Sender<Delivery>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     next: usize,
 }
@@ -183,25 +246,30 @@ struct Pool {
 impl Pool {
     fn spawn_workers(&mut self, count: usize) {
         for _ in 0..count {
-            let (tx, rx) = mpsc::channel::<OwnedMessage>(self.buffer);
+            let (tx, rx) = mpsc::channel::<Delivery>(self.buffer);
             let (handlers, progress) = (self.handlers.clone(), self.progress.clone());
-            let shutdown = self.shutdown.clone();
             self.tasks
-                .push(self.runtime.spawn(worker_task::run(rx, move |message| {
+                .push(self.runtime.spawn(worker_task::run(rx, move |delivery| {
                     let (handlers, progress) = (handlers.clone(), progress.clone());
-                    let shutdown = shutdown.clone();
                     async move {
-                        let done = handlers::process(&handlers, &message, &shutdown)
-                            .await
-                            .is_done();
-                        // An abandoned message (shutdown while the database was
-                        // down) is never marked: its offset is not committed, so
-                        // it is delivered again.
-                        if done {
-                            progress
-                                .lock()
-                                .finished(message.partition(), message.offset());
-                        }
+                        let Delivery {
+                            message,
+                            generation,
+                            cancel,
+                        } = delivery;
+                        let (partition, offset) = (message.partition(), message.offset());
+                        // Revoked before it started: the next owner of its
+                        // partition handles it. An abandoned message
+                        // (shutdown or revocation while the database was
+                        // down) is not handled either: its offset is not
+                        // committed, so it is delivered again.
+                        let handled = progress.lock().owns(partition, generation)
+                            && handlers::process(&handlers, &message, &cancel)
+                                .await
+                                .is_done();
+                        progress
+                            .lock()
+                            .settled(partition, generation, offset, handled);
                         progress.finished.notify_all();
                     }
                 })));
@@ -236,9 +304,9 @@ impl Pool {
     }
 
     /// Blocks while the chosen worker's queue is full: back-pressure.
-    fn dispatch(&mut self, message: OwnedMessage) -> bool {
-        let i = self.choose(&message);
-        self.queues[i].blocking_send(message).is_ok()
+    fn dispatch(&mut self, delivery: Delivery) -> bool {
+        let i = self.choose(&delivery.message);
+        self.queues[i].blocking_send(delivery).is_ok()
     }
 
     /// Closes the queues and waits until every worker finished its queue.
@@ -265,10 +333,21 @@ pub fn start(
     settings: EngineSettings,
     handlers: Arc<HandlerContext>,
     shutdown: Shutdown,
-) -> Result<std::thread::JoinHandle<()>, KafkaSetupError> {
+) -> Result<std::thread::JoinHandle<Result<(), KafkaSetupError>>, KafkaSetupError> {
     let progress = Arc::new(Progress::default());
+    let owners = Arc::new(Owners::default());
+    // Shutdown ends every handler's retry wait at once, whether or not the
+    // poll thread (maybe blocked on a full queue) is there to see it.
+    {
+        let (owners, mut shutdown) = (owners.clone(), shutdown.clone());
+        Handle::current().spawn(async move {
+            shutdown.wait().await;
+            owners.stop_all();
+        });
+    }
     let context = EngineContext {
         progress: progress.clone(),
+        owners: owners.clone(),
         topic: settings.topic.clone(),
         paused: settings.paused.clone(),
         broker_lag: Mutex::default(),
@@ -288,14 +367,10 @@ pub fn start(
             config.set(key, value.to_string());
         }
     }
-    let consumer: BaseConsumer<EngineContext> = config
+    config
         .set("group.id", &settings.group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set(
-            "session.timeout.ms",
-            settings.session_timeout.as_millis().to_string(),
-        )
         .set(
             "statistics.interval.ms",
             settings.worker.balance_interval.as_millis().to_string(),
@@ -303,19 +378,36 @@ pub fn start(
         .set(
             "fetch.wait.max.ms",
             settings.worker.fetch_wait_max.as_millis().to_string(),
-        )
-        .set(
-            "heartbeat.interval.ms",
-            (settings.session_timeout.as_millis() / 3)
-                .max(100)
-                .to_string(),
-        )
-        .create_with_context(context)?;
+        );
+    match settings.worker.group_protocol {
+        GroupProtocol::Classic(assignor) => {
+            config
+                .set("partition.assignment.strategy", assignor.as_str())
+                .set(
+                    "session.timeout.ms",
+                    settings.session_timeout.as_millis().to_string(),
+                )
+                .set(
+                    "heartbeat.interval.ms",
+                    (settings.session_timeout.as_millis() / 3)
+                        .max(100)
+                        .to_string(),
+                );
+        }
+        // The session timeout and heartbeat are the broker's
+        // (group.consumer.session.timeout.ms); librdkafka refuses them here.
+        GroupProtocol::Consumer => {
+            config.set("group.protocol", "consumer");
+        }
+    }
+    if let Some(id) = &settings.worker.instance_id {
+        config.set("group.instance.id", id);
+    }
+    let consumer: BaseConsumer<EngineContext> = config.create_with_context(context)?;
     consumer.subscribe(&[&settings.topic])?;
     let pool = Pool {
         runtime: Handle::current(),
         handlers,
-        shutdown: shutdown.clone(),
         progress: progress.clone(),
         buffer: settings.worker.buffer_size,
         distribution: settings.worker.distribution,
@@ -325,7 +417,7 @@ pub fn start(
     };
     std::thread::Builder::new()
         .name("kafka-consumer".into())
-        .spawn(move || run(consumer, pool, progress, settings, shutdown))
+        .spawn(move || run(consumer, pool, progress, owners, settings, shutdown))
         .map_err(|e| KafkaSetupError::Embedded(e.to_string()))
 }
 
@@ -374,9 +466,10 @@ fn run(
     consumer: BaseConsumer<EngineContext>,
     mut pool: Pool,
     progress: Arc<Progress>,
+    owners: Arc<Owners>,
     settings: EngineSettings,
     shutdown: Shutdown,
-) {
+) -> Result<(), KafkaSetupError> {
     let w = &settings.worker;
     pool.spawn_workers(w.min_workers);
     tracing::info!(
@@ -386,6 +479,7 @@ fn run(
     let mut last_commit = Instant::now();
     let mut last_balance = Instant::now();
     let mut paused = false;
+    let mut fatal = None;
     while !shutdown.is_triggered() {
         let want_paused = settings.paused.load(Ordering::SeqCst);
         if want_paused != paused {
@@ -427,22 +521,37 @@ fn run(
         }
         match consumer.poll(POLL) {
             None => {}
-            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            Some(Err(e)) => {
+                // A fatal error (the broker refused the group protocol, a
+                // static member fenced by another with its instance id)
+                // ends the consumer for good: stop the role and say why.
+                if let Some((_, reason)) = consumer.client().fatal_error() {
+                    fatal = Some(reason);
+                    break;
+                }
+                tracing::warn!(error = %e, "consumer error");
+            }
             Some(Ok(message)) => {
                 let message = message.detach();
-                progress
-                    .lock()
-                    .dispatched(message.partition(), message.offset());
-                if !pool.dispatch(message) {
+                let partition = message.partition();
+                let generation = progress.lock().dispatched(partition, message.offset());
+                let delivery = Delivery {
+                    message,
+                    generation,
+                    cancel: owners.of(partition),
+                };
+                if !pool.dispatch(delivery) {
                     tracing::error!("worker queue closed unexpectedly");
                 }
             }
         }
     }
     tracing::info!("consumer stopping: finishing in-flight messages");
+    owners.stop_all();
     pool.close();
     commit(&consumer, &progress, &settings.topic, CommitMode::Sync);
     consumer.unsubscribe();
     drop(consumer); // closes the consumer: leaves the group
     tracing::info!("consumer stopped");
+    fatal.map_or(Ok(()), |reason| Err(KafkaSetupError::GroupFailed(reason)))
 }

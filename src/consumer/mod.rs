@@ -89,9 +89,10 @@ impl Consumer {
             shutdown.clone(),
         )?;
         let thread = engine::start(&self.brokers, self.settings, self.handlers, shutdown)?;
-        let _ = tokio::task::spawn_blocking(move || {
-            let _ = thread.join();
+        let consumed = tokio::task::spawn_blocking(move || {
+            let consumed = thread.join();
             let _ = control.join();
+            consumed
         })
         .await;
         let s = &handlers.stats;
@@ -104,6 +105,13 @@ impl Consumer {
             unknown = s.unknown.load(Relaxed),
             "worker stopped"
         );
-        Ok(())
+        match consumed {
+            Ok(Ok(consumed)) => consumed,
+            // The poll thread panicked: its messages are uncommitted and
+            // delivered again; the role stops.
+            _ => Err(KafkaSetupError::GroupFailed(
+                "the consumer thread panicked".into(),
+            )),
+        }
     }
 }

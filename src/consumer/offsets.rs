@@ -8,9 +8,16 @@ use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Default)]
 struct Partition {
-    /// Dispatched offsets → finished?
+    /// Which ownership of the partition this is: a message dispatched
+    /// under an earlier one (revoked since) settles nothing here.
+    generation: u64,
+    /// Dispatched offsets → handled?
     pending: BTreeMap<i64, bool>,
-    /// Next offset to commit (one past the last contiguous finished one).
+    /// Dispatched messages not yet settled (queued or running).
+    unsettled: usize,
+    /// Being revoked: messages not yet started are left to the next owner.
+    revoking: bool,
+    /// Next offset to commit (one past the last contiguous handled one).
     committable: Option<i64>,
     /// The position last handed to `commit`, to skip no-op commits.
     committed: Option<i64>,
@@ -19,23 +26,42 @@ struct Partition {
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
     partitions: HashMap<i32, Partition>,
+    generations: u64,
 }
 
 impl OffsetTracker {
-    pub fn dispatched(&mut self, partition: i32, offset: i64) {
-        self.partitions
-            .entry(partition)
-            .or_default()
-            .pending
-            .insert(offset, false);
+    /// Records a message handed to a worker; returns the partition's
+    /// generation, to settle it with.
+    pub fn dispatched(&mut self, partition: i32, offset: i64) -> u64 {
+        let generations = &mut self.generations;
+        let p = self.partitions.entry(partition).or_insert_with(|| {
+            *generations += 1;
+            Partition {
+                generation: *generations,
+                ..Partition::default()
+            }
+        });
+        p.pending.insert(offset, false);
+        p.unsettled += 1;
+        p.generation
     }
 
-    /// Marks `offset` finished (handled, skipped or dead-lettered). Unknown
-    /// partitions (revoked meanwhile) are ignored: their new owner decides.
-    pub fn finished(&mut self, partition: i32, offset: i64) {
+    /// The worker is done with `offset`: `handled` (handled, skipped or
+    /// dead-lettered: its offset may be committed) or not (abandoned at
+    /// shutdown or revocation: it is delivered again, and the position
+    /// stays below it). A message of an earlier generation (its partition
+    /// was revoked meanwhile) is ignored: its new owner decides.
+    pub fn settled(&mut self, partition: i32, generation: u64, offset: i64, handled: bool) {
         let Some(p) = self.partitions.get_mut(&partition) else {
             return;
         };
+        if p.generation != generation {
+            return;
+        }
+        p.unsettled = p.unsettled.saturating_sub(1);
+        if !handled {
+            return;
+        }
         if let Some(done) = p.pending.get_mut(&offset) {
             *done = true;
         }
@@ -48,14 +74,28 @@ impl OffsetTracker {
         }
     }
 
-    pub fn in_flight(&self, partition: i32) -> usize {
+    /// Whether a message dispatched under `generation` should still be
+    /// handled: its partition is neither revoked nor being revoked.
+    pub fn owns(&self, partition: i32, generation: u64) -> bool {
         self.partitions
             .get(&partition)
-            .map_or(0, |p| p.pending.len())
+            .is_some_and(|p| p.generation == generation && !p.revoking)
+    }
+
+    /// The partition is being revoked: see [`Self::owns`].
+    pub fn revoking(&mut self, partition: i32) {
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.revoking = true;
+        }
+    }
+
+    /// Messages of the partition queued or running.
+    pub fn in_flight(&self, partition: i32) -> usize {
+        self.partitions.get(&partition).map_or(0, |p| p.unsettled)
     }
 
     pub fn total_in_flight(&self) -> usize {
-        self.partitions.values().map(|p| p.pending.len()).sum()
+        self.partitions.values().map(|p| p.unsettled).sum()
     }
 
     /// Positions that moved since the last call, to commit now.
@@ -71,6 +111,16 @@ impl OffsetTracker {
         }
         out.sort_unstable();
         out
+    }
+
+    /// Offers every position again at the next [`Self::take_commits`]:
+    /// after a rebalance, whose commits in flight the group refuses (its
+    /// generation changed), positions that do not move again would
+    /// otherwise stay uncommitted.
+    pub fn recommit_all(&mut self) {
+        for p in self.partitions.values_mut() {
+            p.committed = None;
+        }
     }
 
     /// The committable position of a partition, whether or not committed.
@@ -90,18 +140,19 @@ mod tests {
     #[test]
     fn commits_only_the_contiguous_prefix() {
         let mut t = OffsetTracker::default();
+        let mut g = 0;
         for o in 10..15 {
-            t.dispatched(0, o);
+            g = t.dispatched(0, o);
         }
-        t.finished(0, 12);
-        t.finished(0, 14);
+        t.settled(0, g, 12, true);
+        t.settled(0, g, 14, true);
         assert_eq!(t.position(0), None, "10 is still running");
-        t.finished(0, 10);
+        t.settled(0, g, 10, true);
         assert_eq!(t.position(0), Some(11));
-        t.finished(0, 11);
+        t.settled(0, g, 11, true);
         assert_eq!(t.position(0), Some(13), "12 was done, 13 is not");
-        assert_eq!(t.in_flight(0), 2);
-        t.finished(0, 13);
+        assert_eq!(t.in_flight(0), 1);
+        t.settled(0, g, 13, true);
         assert_eq!(t.position(0), Some(15));
         assert_eq!(t.in_flight(0), 0);
     }
@@ -109,23 +160,68 @@ mod tests {
     #[test]
     fn partitions_are_independent_and_commits_are_not_repeated() {
         let mut t = OffsetTracker::default();
-        t.dispatched(0, 0);
-        t.dispatched(1, 7);
-        t.finished(1, 7);
+        let g0 = t.dispatched(0, 0);
+        let g1 = t.dispatched(1, 7);
+        t.settled(1, g1, 7, true);
         assert_eq!(t.take_commits(), vec![(1, 8)]);
         assert_eq!(t.take_commits(), vec![]);
-        t.finished(0, 0);
+        t.settled(0, g0, 0, true);
         assert_eq!(t.take_commits(), vec![(0, 1)]);
         assert_eq!(t.total_in_flight(), 0);
     }
 
     #[test]
-    fn revoked_partitions_ignore_late_completions() {
+    fn revoked_partitions_ignore_late_completions_even_once_assigned_again() {
         let mut t = OffsetTracker::default();
-        t.dispatched(3, 5);
+        let old = t.dispatched(3, 5);
         t.forget(3);
-        t.finished(3, 5);
+        t.settled(3, old, 5, true);
         assert_eq!(t.position(3), None);
         assert_eq!(t.take_commits(), vec![]);
+        // Assigned again: the new owner's dispatch of 5 is not settled by
+        // the old one's late completion.
+        let old = t.dispatched(3, 4);
+        t.forget(3);
+        let new = t.dispatched(3, 4);
+        t.settled(3, old, 4, true);
+        assert_eq!((t.position(3), t.in_flight(3)), (None, 1));
+        t.settled(3, new, 4, true);
+        assert_eq!((t.position(3), t.in_flight(3)), (Some(5), 0));
+    }
+
+    #[test]
+    fn an_abandoned_message_holds_the_position_but_is_no_longer_in_flight() {
+        let mut t = OffsetTracker::default();
+        let g = t.dispatched(0, 1);
+        t.dispatched(0, 2);
+        t.settled(0, g, 1, false);
+        t.settled(0, g, 2, true);
+        assert_eq!(
+            t.position(0),
+            None,
+            "1 is delivered again, so nothing past it commits"
+        );
+        assert_eq!(t.in_flight(0), 0);
+    }
+
+    #[test]
+    fn after_a_rebalance_every_position_is_offered_again() {
+        let mut t = OffsetTracker::default();
+        let g = t.dispatched(0, 3);
+        t.settled(0, g, 3, true);
+        assert_eq!(t.take_commits(), vec![(0, 4)]);
+        assert_eq!(t.take_commits(), vec![]);
+        t.recommit_all();
+        assert_eq!(t.take_commits(), vec![(0, 4)], "again");
+    }
+
+    #[test]
+    fn a_partition_being_revoked_is_no_longer_owned() {
+        let mut t = OffsetTracker::default();
+        let g = t.dispatched(2, 0);
+        assert!(t.owns(2, g));
+        assert!(!t.owns(2, g + 1), "another generation");
+        t.revoking(2);
+        assert!(!t.owns(2, g));
     }
 }

@@ -16,19 +16,38 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
+use crate::shutdown::Shutdown;
+
 pub const IN_FLIGHT_PER_WORKER: usize = 8;
+
+/// A message handed to a worker.
+pub struct Delivery {
+    pub message: OwnedMessage,
+    /// The generation of its partition's ownership it was dispatched under.
+    pub generation: u64,
+    /// Fires when its partition is revoked or the role shuts down: a
+    /// message not started is left to the partition's next owner, one
+    /// waiting to retry gives up.
+    pub cancel: Shutdown,
+}
+
+impl Delivery {
+    fn key(&self) -> Option<Vec<u8>> {
+        self.message.key().map(<[u8]>::to_vec)
+    }
+}
 
 /// Handles the queue's messages with `handle` until the queue is closed
 /// and empty and every message is finished.
-pub async fn run<F, Fut>(mut queue: mpsc::Receiver<OwnedMessage>, handle: F)
+pub async fn run<F, Fut>(mut queue: mpsc::Receiver<Delivery>, handle: F)
 where
-    F: Fn(OwnedMessage) -> Fut,
+    F: Fn(Delivery) -> Fut,
     Fut: Future<Output = ()>,
 {
     let mut running = FuturesUnordered::new();
     let mut busy: HashSet<Option<Vec<u8>>> = HashSet::new();
     // The next message, waiting for its key to be free.
-    let mut held: Option<OwnedMessage> = None;
+    let mut held: Option<Delivery> = None;
     let mut open = true;
     loop {
         while running.len() < IN_FLIGHT_PER_WORKER {
@@ -44,7 +63,7 @@ where
                 },
                 None => break,
             };
-            let key = next.key().map(<[u8]>::to_vec);
+            let key = next.key();
             if !busy.insert(key.clone()) {
                 held = Some(next);
                 break;
@@ -82,16 +101,20 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    fn message(key: &str, offset: i64) -> OwnedMessage {
-        OwnedMessage::new(
-            None,
-            Some(key.as_bytes().to_vec()),
-            "orders".into(),
-            rdkafka::Timestamp::NotAvailable,
-            0,
-            offset,
-            None,
-        )
+    fn message(key: &str, offset: i64) -> Delivery {
+        Delivery {
+            message: OwnedMessage::new(
+                None,
+                Some(key.as_bytes().to_vec()),
+                "orders".into(),
+                rdkafka::Timestamp::NotAvailable,
+                0,
+                offset,
+                None,
+            ),
+            generation: 1,
+            cancel: crate::shutdown::channel().1,
+        }
     }
 
     /// Messages of different keys overlap; one key's messages never do, and
@@ -108,9 +131,10 @@ mod tests {
         let log = Arc::new(Mutex::new(Vec::new()));
         let running = Arc::new(Mutex::new((0usize, 0usize)));
         let (log_in, running_in) = (log.clone(), running.clone());
-        run(rx, move |m: OwnedMessage| {
+        run(rx, move |d: Delivery| {
             let (log, running) = (log_in.clone(), running_in.clone());
             async move {
+                let m = d.message;
                 let key =
                     String::from_utf8(m.key().unwrap_or_default().to_vec()).unwrap_or_default();
                 {

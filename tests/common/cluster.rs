@@ -332,6 +332,19 @@ impl Cluster {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// A proxy of the test's own to the cluster's database, and the URL
+    /// through it: give it to one process (`set_env` before `spawn`) to cut
+    /// that process off alone.
+    #[allow(dead_code, reason = "the integration tests' rebalance cases")]
+    pub fn db_proxy(&self) -> (TcpProxy, String) {
+        let proxy = TcpProxy::start(upstream_of(&self.db.url));
+        let url = self
+            .db
+            .url
+            .replacen(host_of(&self.db.url), &proxy.addr.to_string(), 1);
+        (proxy, url)
+    }
+
     /// The store on the cluster's database, straight (not through the
     /// proxy), as an operator's tool would reach it.
     pub async fn store(&self) -> orderflow::store::SharedStore {

@@ -225,6 +225,12 @@ transaction.state.log.min.isr={min_isr}
 share.coordinator.state.topic.replication.factor={replication}
 share.coordinator.state.topic.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
+# KIP-848 groups get the session the tests give classic ones
+# (Worker.SessionTimeoutMs = 6000): the broker sets it for them.
+group.consumer.min.session.timeout.ms=1000
+group.consumer.session.timeout.ms=6000
+group.consumer.min.heartbeat.interval.ms=500
+group.consumer.heartbeat.interval.ms=2000
 num.network.threads=2
 num.io.threads=4
 ",

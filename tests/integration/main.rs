@@ -28,6 +28,7 @@ mod kafka_security;
 mod openapi;
 mod otlp;
 mod postgres_tls;
+mod rebalance;
 mod reconcile;
 mod relay;
 mod secret_hygiene;
