@@ -363,26 +363,32 @@ def check_labels(docs: list[dict], label: str) -> None:
         where = f"{label}: {doc['kind']}/{doc['metadata']['name']}"
         missing = [k for k in STANDARD_LABELS if k not in labels]
         C.ok(not missing, f"{where} lacks labels {missing}")
-        if doc["kind"] in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Job",
-                           "Ingress", "ScaledObject", "ServiceMonitor"):
+        if doc["kind"] in ("Deployment", "StatefulSet", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+                           "Job", "Ingress", "ScaledObject", "ServiceMonitor"):
             C.ok(component(doc) in ("api", "worker", "migrate"), f"{where} has a role component label, got {component(doc)!r}")
-        if doc["kind"] in ("Deployment", "Job"):
+        if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
             pod_labels = doc["spec"]["template"]["metadata"].get("labels", {})
             C.ok(all(k in pod_labels for k in STANDARD_LABELS) and pod_labels.get("app.kubernetes.io/component") == component(doc),
                  f"{where}: pod template carries the standard labels and the component")
 
 
+def workload_kind(values: dict, role: str) -> str:
+    """The worker runs as a StatefulSet with static membership."""
+    return "StatefulSet" if role == "worker" and values["worker"].get("staticMembership") else "Deployment"
+
+
 def check_role(docs: list[dict], values: dict, role: str, label: str) -> dict | None:
-    """Checks of one role's Deployment; returns it."""
+    """Checks of one role's Deployment (or StatefulSet); returns it."""
     other = {"api": "worker", "worker": "api"}[role]
     subcommand = {"api": "serve-api", "worker": "run-worker"}[role]
     forbidden = {"api": {"run-worker", "worker", "consumer", "all"},
                  "worker": {"serve-api", "api", "producer", "all"}}[role]
     port_name, port_key = {"api": ("http", ("Api", "Listen")), "worker": ("admin", ("Worker", "AdminListen"))}[role]
-    dep = one(docs, "Deployment", role, label)
+    kind = workload_kind(values, role)
+    dep = one(docs, kind, role, label)
     if dep is None:
         return None
-    where = f"{label}: Deployment/{dep['metadata']['name']}"
+    where = f"{label}: {kind}/{dep['metadata']['name']}"
     rv = values[role]
     C.equal(dep["spec"].get("replicas"), rv["replicaCount"], f"{where} replicas = {role}.replicaCount")
     C.ok(selects(dep["spec"]["selector"]["matchLabels"], dep["spec"]["template"]["metadata"]["labels"]),
@@ -418,7 +424,16 @@ def check_role(docs: list[dict], values: dict, role: str, label: str) -> dict | 
 
     # PDB and HPA of this role select this role's pods only.
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
-    other_dep = [d for d in by_kind(docs, "Deployment") if component(d) == other]
+    other_dep = [d for d in by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet") if component(d) == other]
+    if kind == "StatefulSet":
+        instance = env_map(container).get("Worker__InstanceId", {})
+        C.equal(instance.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath"), "metadata.name",
+                f"{where}: Worker__InstanceId is the pod's name (static membership)")
+        C.equal(dep["spec"].get("podManagementPolicy"), "Parallel", f"{where}: pods scale in parallel")
+        C.ok(not by_kind(docs, "Deployment") or all(component(d) != role for d in by_kind(docs, "Deployment")),
+             f"{label}: no worker Deployment besides the StatefulSet")
+    else:
+        C.ok("Worker__InstanceId" not in env_map(container), f"{where}: no instance id without static membership")
     if rv["podDisruptionBudget"]["enabled"]:
         pdb = one(docs, "PodDisruptionBudget", role, label)
         if pdb:
@@ -430,7 +445,7 @@ def check_role(docs: list[dict], values: dict, role: str, label: str) -> dict | 
     if rv["autoscaling"]["enabled"]:
         if C.equal(len(hpas), 1, f"{label}: one HPA for {role} with {role}.autoscaling.enabled"):
             hpa = hpas[0]["spec"]
-            C.equal(hpa["scaleTargetRef"], {"apiVersion": "apps/v1", "kind": "Deployment", "name": dep["metadata"]["name"]},
+            C.equal(hpa["scaleTargetRef"], {"apiVersion": "apps/v1", "kind": kind, "name": dep["metadata"]["name"]},
                     f"{label}: HPA target")
             C.equal(hpa.get("minReplicas"), rv["autoscaling"].get("minReplicas", rv["replicaCount"]),
                     f"{label}: HPA minReplicas (defaults to {role}.replicaCount)")
@@ -798,6 +813,7 @@ def check_crds(docs: list[dict], values: dict, worker: dict, label: str) -> int:
         where = f"{label}: {doc['kind']}/{doc['metadata']['name']}"
         if doc["kind"] == "ScaledObject":
             C.equal(spec.get("scaleTargetRef", {}).get("name"), worker["metadata"]["name"], f"{where} targets the worker")
+            C.equal(spec.get("scaleTargetRef", {}).get("kind"), worker["kind"], f"{where} targets the worker's kind")
             trig = spec.get("triggers", [{}])[0]
             meta = trig.get("metadata", {})
             orders = values["config"]["KafkaConfiguration"]["Orders"]
@@ -897,6 +913,8 @@ def check_chart() -> None:
     renders = (
         ("default values", None, "shop"),
         (SCALED_VALUES.relative_to(ROOT).as_posix(), scaled, "orderflow"),
+        ("scaled values with static membership (the workers a StatefulSet)",
+         deep_merge(scaled, {"worker": {"staticMembership": True}}), "orderflow"),
         ("all optional templates on (KEDA, ServiceMonitor, chart Secret with SASL, TLS files, a given token)",
          everything, "orderflow"),
     )

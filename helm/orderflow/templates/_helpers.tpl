@@ -372,3 +372,8 @@ checksum/secret: {{ include "orderflow.secretData" .root | sha256sum }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/* The worker's workload kind: a StatefulSet with static membership. */}}
+{{- define "orderflow.workerKind" -}}
+{{- if .Values.worker.staticMembership -}}StatefulSet{{- else -}}Deployment{{- end -}}
+{{- end }}
