@@ -216,6 +216,7 @@ impl Application {
             topics_ready: false,
             destinations: outbox::kafka_destinations(config),
             timeout: config.kafka.message_timeout,
+            format: config.events.clone(),
         };
         let relays = relays(config, role, &store, kafka_sink);
         // With the workers: they send the notifications it retries.

@@ -56,6 +56,7 @@ pub struct Config {
     pub fulfilment: FulfilmentSettings,
     pub admin: AdminSettings,
     pub reconcile: ReconcileSettings,
+    pub events: EventFormat,
     /// The merged raw values, kept for `orderflow config`.
     pub raw: RawConfig,
 }

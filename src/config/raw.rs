@@ -28,6 +28,7 @@ pub struct RawConfig {
     pub fulfilment: RawFulfilment,
     pub admin: RawAdmin,
     pub reconcile: RawReconcile,
+    pub events: RawEvents,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -240,6 +241,42 @@ impl Default for RawNotifier {
             url: String::new(),
             max_attempts: 8,
             first_retry_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+pub struct RawEvents {
+    /// "cloudevents" (camelCase payloads, `ce_*` headers) or "kafkaflow"
+    /// (what a .NET KafkaFlow consumer reads: PascalCase payloads and a
+    /// `Message-Type` header, the `ce_*` headers alongside).
+    pub format: String,
+    pub kafka_flow: RawKafkaFlow,
+}
+
+impl Default for RawEvents {
+    fn default() -> Self {
+        Self {
+            format: "cloudevents".into(),
+            kafka_flow: RawKafkaFlow::default(),
+        }
+    }
+}
+
+/// `Message-Type: {Namespace}.{Event}, {Assembly}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+pub struct RawKafkaFlow {
+    pub namespace: String,
+    pub assembly: String,
+}
+
+impl Default for RawKafkaFlow {
+    fn default() -> Self {
+        Self {
+            namespace: "Orders.Contracts".into(),
+            assembly: "Orders.Contracts".into(),
         }
     }
 }

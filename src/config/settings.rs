@@ -169,6 +169,16 @@ impl fmt::Debug for NotifierSettings {
     }
 }
 
+/// How events are written on Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventFormat {
+    /// camelCase payloads, CloudEvents `ce_*` headers.
+    CloudEvents,
+    /// What .NET KafkaFlow consumers read (`events::kafkaflow`), with the
+    /// `ce_*` headers alongside.
+    KafkaFlow { namespace: String, assembly: String },
+}
+
 /// How a notification whose send failed is retried.
 #[derive(Debug, Clone)]
 pub struct NotificationRetrySettings {

@@ -9,11 +9,11 @@ use std::time::Duration;
 use figment::{Figment, Metadata};
 
 use super::raw::{
-    RawApi, RawConfig, RawDatabase, RawFulfilment, RawKafka, RawNotifier, RawOutbox, RawReconcile,
-    RawRetry, RawTopic, RawWorker,
+    RawApi, RawConfig, RawDatabase, RawEvents, RawFulfilment, RawKafka, RawNotifier, RawOutbox,
+    RawReconcile, RawRetry, RawTopic, RawWorker,
 };
 use super::settings::{
-    AdminSettings, ApiSettings, Assignor, DatabaseSettings, DatabaseUrl, Distribution,
+    AdminSettings, ApiSettings, Assignor, DatabaseSettings, DatabaseUrl, Distribution, EventFormat,
     FulfilmentSettings, FulfilmentSink, GroupProtocol, KafkaServers, KafkaSettings,
     NotificationRetrySettings, NotifierSettings, OutboxSettings, ReconcileSettings, RetrySettings,
     TopicSettings, UnknownTypes, WorkerSettings,
@@ -129,6 +129,7 @@ pub(super) fn config(check: &Check, raw: RawConfig) -> Result<Config, ConfigErro
     };
     let embedded = kafka.servers == KafkaServers::Embedded;
     let reconcile = reconcile(check, &raw.reconcile, embedded)?;
+    let events = events(check, &raw.events)?;
     Ok(Config {
         kafka,
         database,
@@ -138,6 +139,7 @@ pub(super) fn config(check: &Check, raw: RawConfig) -> Result<Config, ConfigErro
         fulfilment,
         admin,
         reconcile,
+        events,
         raw,
     })
 }
@@ -386,6 +388,37 @@ fn fulfilment(check: &Check, raw: &RawFulfilment) -> Result<FulfilmentSettings, 
         }
     };
     Ok(FulfilmentSettings { sink })
+}
+
+fn events(check: &Check, raw: &RawEvents) -> Result<EventFormat, ConfigError> {
+    match raw.format.trim().to_ascii_lowercase().as_str() {
+        "cloudevents" => Ok(EventFormat::CloudEvents),
+        "kafkaflow" => {
+            // A .NET type name: dotted identifiers; the assembly name may
+            // not hold the separator of Message-Type's parts.
+            let name = |key: &str, value: &str| {
+                let value = check.non_empty(key, value)?;
+                if value.split('.').all(|part| {
+                    !part.is_empty() && part.chars().all(|c| c.is_alphanumeric() || c == '_')
+                }) {
+                    Ok(value)
+                } else {
+                    Err(check.error(
+                        key,
+                        format!("{value:?} is not a dotted .NET name such as Orders.Contracts"),
+                    ))
+                }
+            };
+            Ok(EventFormat::KafkaFlow {
+                namespace: name("Events.KafkaFlow.Namespace", &raw.kafka_flow.namespace)?,
+                assembly: name("Events.KafkaFlow.Assembly", &raw.kafka_flow.assembly)?,
+            })
+        }
+        other => Err(check.error(
+            "Events.Format",
+            format!("{other:?} is neither \"cloudevents\" nor \"kafkaflow\""),
+        )),
+    }
 }
 
 /// Stuck orders are looked for sooner on the embedded broker: a restart

@@ -8,7 +8,7 @@ use super::Command;
 use crate::events::{self, EventType};
 
 /// KafkaFlow's type header: an assembly-qualified .NET type name.
-pub const MESSAGE_TYPE: &str = "Message-Type";
+pub use crate::events::MESSAGE_TYPE;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decoded {

@@ -3,6 +3,7 @@
 //! messages of a partition. The topics it publishes to are created before
 //! its first delivery.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -13,7 +14,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{Delivered, Sink};
 use crate::brokers::{Brokers, TopicSpec};
-use crate::events;
+use crate::config::EventFormat;
+use crate::events::{self, kafkaflow, EventType};
 use crate::store::OutboxRecord;
 
 pub struct KafkaSink {
@@ -30,6 +32,7 @@ pub struct KafkaSink {
     /// and the relay never reads them).
     pub destinations: HashMap<&'static str, Option<String>>,
     pub timeout: Duration,
+    pub format: EventFormat,
 }
 
 impl KafkaSink {
@@ -83,10 +86,18 @@ impl Sink for KafkaSink {
                     break;
                 }
             };
+            let (payload, message_type) = on_the_wire(&self.format, record);
+            let mut headers = headers(record);
+            if let Some(message_type) = &message_type {
+                headers = headers.insert(Header {
+                    key: events::MESSAGE_TYPE,
+                    value: Some(message_type),
+                });
+            }
             let kafka_record = FutureRecord::to(topic)
                 .key(record.key.as_bytes())
-                .payload(record.payload.as_bytes())
-                .headers(headers(record));
+                .payload(payload.as_bytes())
+                .headers(headers);
             match self.producer.send_result(kafka_record) {
                 Ok(delivery) => pending.push((record.id, delivery)),
                 Err((e, _)) => {
@@ -116,6 +127,36 @@ impl Sink for KafkaSink {
 
     async fn close(&mut self) {
         let _ = self.producer.flush(self.timeout);
+    }
+}
+
+/// The payload as published, and KafkaFlow's `Message-Type` if the format
+/// has one. A stored payload that cannot be converted (not one of
+/// orderflow's own events) goes out as stored, without the header.
+fn on_the_wire<'a>(
+    format: &EventFormat,
+    record: &'a OutboxRecord,
+) -> (Cow<'a, str>, Option<String>) {
+    let EventFormat::KafkaFlow {
+        namespace,
+        assembly,
+    } = format
+    else {
+        return (Cow::Borrowed(&record.payload), None);
+    };
+    let converted = record
+        .event_type
+        .parse::<EventType>()
+        .and_then(|t| Ok((t, kafkaflow::payload(t, record.payload.as_bytes())?)));
+    match converted {
+        Ok((t, payload)) => (
+            Cow::Owned(payload),
+            Some(kafkaflow::message_type(namespace, assembly, t)),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, event_id = %record.event_id, "published as stored: not convertible to the kafkaflow format");
+            (Cow::Borrowed(&record.payload), None)
+        }
     }
 }
 

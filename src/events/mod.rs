@@ -16,6 +16,8 @@ use uuid::Uuid;
 
 use crate::domain::{NewOrder, OrderId, OrderStatus};
 
+pub mod kafkaflow;
+
 pub const CE_SPECVERSION: &str = "ce_specversion";
 pub const CE_ID: &str = "ce_id";
 pub const CE_TYPE: &str = "ce_type";
@@ -26,6 +28,8 @@ pub const TRACEPARENT: &str = "traceparent";
 pub const SPEC_VERSION: &str = "1.0";
 pub const JSON: &str = "application/json";
 pub const SOURCE: &str = "/orderflow";
+/// KafkaFlow's type header: `{Namespace}.{Event}, {Assembly}`.
+pub const MESSAGE_TYPE: &str = "Message-Type";
 
 /// Where an outbox row goes: the orders topic, or the fulfilment sink that
 /// downstream systems (shipping, invoicing) read.
