@@ -33,7 +33,7 @@ pub use orders::{
     wait_for_status, LIFECYCLE,
 };
 pub use process::{binary, Process};
-pub use topics::{kcat_produce, read_topic_async, Received};
+pub use topics::{kcat_produce, read_topic_async, read_topic_raw_async, Received};
 pub use wait::eventually;
 pub use webhook::Webhook;
 

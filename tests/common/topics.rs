@@ -37,6 +37,21 @@ pub fn read_topic(
     expected: usize,
     within: Duration,
 ) -> Vec<Received> {
+    read_topic_raw(bootstrap, topic, expected, within)
+        .into_iter()
+        .map(|(message, _)| message)
+        .collect()
+}
+
+/// As [`read_topic`], each message with its value as the bytes on the wire
+/// (as text): what a parsed [`Received::payload`] loses, such as a number's
+/// digits (`12.10`) or the order of its properties.
+pub fn read_topic_raw(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    within: Duration,
+) -> Vec<(Received, String)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
@@ -72,16 +87,19 @@ pub fn read_topic(
                 headers.insert(h.key.to_string(), value.unwrap_or_default());
             }
         }
-        out.push(Received {
-            partition: message.partition(),
-            offset: message.offset(),
-            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
-            headers,
-            payload: serde_json::from_slice(message.payload().unwrap_or_default())
-                .unwrap_or(Value::Null),
-        });
+        let value = message.payload().unwrap_or_default();
+        out.push((
+            Received {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+                headers,
+                payload: serde_json::from_slice(value).unwrap_or(Value::Null),
+            },
+            String::from_utf8_lossy(value).into_owned(),
+        ));
     }
-    out.sort_by_key(|r| (r.partition, r.offset));
+    out.sort_by_key(|(r, _)| (r.partition, r.offset));
     out
 }
 
@@ -94,6 +112,19 @@ pub async fn read_topic_async(
 ) -> Vec<Received> {
     let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || read_topic(&bootstrap, &topic, expected, within))
+        .await
+        .expect("reader")
+}
+
+/// [`read_topic_raw`] on a blocking thread, for async tests.
+pub async fn read_topic_raw_async(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    within: Duration,
+) -> Vec<(Received, String)> {
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || read_topic_raw(&bootstrap, &topic, expected, within))
         .await
         .expect("reader")
 }

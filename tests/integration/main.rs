@@ -24,6 +24,7 @@ mod deployment;
 mod e2e_embedded;
 mod e2e_kafka;
 mod harness;
+mod interop;
 mod kafka_security;
 mod openapi;
 mod otlp;
