@@ -163,7 +163,11 @@ fn relays(config: &Config, role: Role, store: &SharedStore, kafka: KafkaSink) ->
     {
         relays.push(Relay {
             store: store.clone(),
-            sink: Box::new(ServiceBusSink::new(connection.clone(), queue.clone())),
+            sink: Box::new(ServiceBusSink::new(
+                connection.clone(),
+                queue.clone(),
+                config.events.clone(),
+            )),
             filter: OutboxFilter {
                 only: Some(crate::events::DESTINATION_FULFILMENT),
                 ..OutboxFilter::default()

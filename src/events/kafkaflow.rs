@@ -89,7 +89,7 @@ struct Item {
 struct Paid {
     order_id: OrderId,
     payment_id: String,
-    paid_at: Option<String>,
+    paid_at: String,
 }
 
 #[derive(Serialize)]
@@ -97,7 +97,7 @@ struct Paid {
 struct Shipped {
     order_id: OrderId,
     tracking_number: Option<String>,
-    shipped_at: Option<String>,
+    shipped_at: String,
 }
 
 #[derive(Serialize)]
@@ -117,8 +117,15 @@ struct Fulfilled {
     fulfilled_at: String,
 }
 
-/// The `kafkaflow` payload of a stored (camelCase) payload of `event`.
-pub fn payload(event: EventType, stored: &[u8]) -> Result<String, String> {
+/// The `kafkaflow` payload of a stored (camelCase) payload of `event`;
+/// `occurred_at` stands in for a time the stored payload lacks (another
+/// producer's OrderPaid without `paidAt`): a record's `DateTime` cannot be
+/// null.
+pub fn payload(
+    event: EventType,
+    stored: &[u8],
+    occurred_at: &DateTime<Utc>,
+) -> Result<String, String> {
     let json = match event {
         EventType::OrderCreated => {
             let e: OrderCreated = read_payload(stored)?;
@@ -147,7 +154,7 @@ pub fn payload(event: EventType, stored: &[u8]) -> Result<String, String> {
             serde_json::to_string(&Paid {
                 order_id: e.order_id,
                 payment_id: e.payment_id,
-                paid_at: e.paid_at.as_ref().map(dotnet_time),
+                paid_at: dotnet_time(e.paid_at.as_ref().unwrap_or(occurred_at)),
             })
         }
         EventType::OrderShipped => {
@@ -155,7 +162,7 @@ pub fn payload(event: EventType, stored: &[u8]) -> Result<String, String> {
             serde_json::to_string(&Shipped {
                 order_id: e.order_id,
                 tracking_number: e.tracking_number,
-                shipped_at: e.shipped_at.as_ref().map(dotnet_time),
+                shipped_at: dotnet_time(e.shipped_at.as_ref().unwrap_or(occurred_at)),
             })
         }
         EventType::OrderRejected => {

@@ -3,7 +3,6 @@
 //! messages of a partition. The topics it publishes to are created before
 //! its first delivery.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -12,10 +11,11 @@ use futures::future::join_all;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
+use super::on_the_wire;
 use super::{Delivered, Sink};
 use crate::brokers::{Brokers, TopicSpec};
 use crate::config::EventFormat;
-use crate::events::{self, kafkaflow, EventType};
+use crate::events;
 use crate::store::OutboxRecord;
 
 pub struct KafkaSink {
@@ -127,36 +127,6 @@ impl Sink for KafkaSink {
 
     async fn close(&mut self) {
         let _ = self.producer.flush(self.timeout);
-    }
-}
-
-/// The payload as published, and KafkaFlow's `Message-Type` if the format
-/// has one. A stored payload that cannot be converted (not one of
-/// orderflow's own events) goes out as stored, without the header.
-fn on_the_wire<'a>(
-    format: &EventFormat,
-    record: &'a OutboxRecord,
-) -> (Cow<'a, str>, Option<String>) {
-    let EventFormat::KafkaFlow {
-        namespace,
-        assembly,
-    } = format
-    else {
-        return (Cow::Borrowed(&record.payload), None);
-    };
-    let converted = record
-        .event_type
-        .parse::<EventType>()
-        .and_then(|t| Ok((t, kafkaflow::payload(t, record.payload.as_bytes())?)));
-    match converted {
-        Ok((t, payload)) => (
-            Cow::Owned(payload),
-            Some(kafkaflow::message_type(namespace, assembly, t)),
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, event_id = %record.event_id, "published as stored: not convertible to the kafkaflow format");
-            (Cow::Borrowed(&record.payload), None)
-        }
     }
 }
 

@@ -16,8 +16,9 @@ use fe2o3_amqp::types::messaging::{ApplicationProperties, Message, Outcome, Prop
 use fe2o3_amqp::types::primitives::Binary;
 use fe2o3_amqp::{Connection, Sender, Session};
 
+use super::on_the_wire;
 use super::{Delivered, Sink};
-use crate::config::ServiceBusConnection;
+use crate::config::{EventFormat, ServiceBusConnection};
 use crate::events;
 use crate::store::OutboxRecord;
 
@@ -35,14 +36,16 @@ struct Link {
 pub struct ServiceBusSink {
     connection: ServiceBusConnection,
     queue: String,
+    format: EventFormat,
     link: Option<Link>,
 }
 
 impl ServiceBusSink {
-    pub fn new(connection: ServiceBusConnection, queue: String) -> Self {
+    pub fn new(connection: ServiceBusConnection, queue: String, format: EventFormat) -> Self {
         Self {
             connection,
             queue,
+            format,
             link: None,
         }
     }
@@ -97,8 +100,15 @@ async fn close_link(mut link: Link) {
 /// deduplicate on it), subject = event type, content type JSON; and the
 /// trace context as the application property `traceparent` (and
 /// `Diagnostic-Id`, where Azure SDKs look for it).
-fn message(record: &OutboxRecord) -> Message<fe2o3_amqp::types::messaging::Data> {
+fn message(
+    record: &OutboxRecord,
+    format: &EventFormat,
+) -> Message<fe2o3_amqp::types::messaging::Data> {
+    let (payload, message_type) = on_the_wire(format, record);
     let mut application = ApplicationProperties::builder();
+    if let Some(message_type) = message_type {
+        application = application.insert(events::MESSAGE_TYPE, message_type);
+    }
     if let Some(traceparent) = &record.traceparent {
         application = application
             .insert("traceparent", traceparent.clone())
@@ -113,7 +123,7 @@ fn message(record: &OutboxRecord) -> Message<fe2o3_amqp::types::messaging::Data>
                 .content_type(events::JSON)
                 .build(),
         )
-        .data(Binary::from(record.payload.as_bytes().to_vec()))
+        .data(Binary::from(payload.as_bytes().to_vec()))
         .build()
 }
 
@@ -139,7 +149,11 @@ impl Sink for ServiceBusSink {
         };
         let mut broken = false;
         for record in batch {
-            let sent = tokio::time::timeout(SEND_TIMEOUT, link.sender.send(message(record))).await;
+            let sent = tokio::time::timeout(
+                SEND_TIMEOUT,
+                link.sender.send(message(record, &self.format)),
+            )
+            .await;
             match sent {
                 Ok(Ok(Outcome::Accepted(_))) => out.acked.push(record.id),
                 Ok(Ok(other)) => {

@@ -943,8 +943,9 @@ async fn a_mixed_format_order_moves_once_per_event_in_order() {
             ("ce_source", "/orderflow"),
             ("content-type", "application/json"),
         ];
-        let payload = kafkaflow::payload(ce_type, cloudevents_payload.as_bytes())
-            .expect("the kafkaflow form");
+        let payload =
+            kafkaflow::payload(ce_type, cloudevents_payload.as_bytes(), &chrono::Utc::now())
+                .expect("the kafkaflow form");
         produce(&cluster, id, &headers, &payload);
     };
 

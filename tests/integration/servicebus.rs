@@ -31,6 +31,8 @@ struct Received {
     message_id: String,
     subject: String,
     content_type: String,
+    /// The `Message-Type` application property, if any.
+    message_type: Option<String>,
     body: Value,
 }
 
@@ -73,8 +75,17 @@ async fn receive(queue: &str, expected: usize, within: Duration) -> Vec<Received
             Body::Data(batch) => batch.iter().flat_map(|d| d.0.to_vec()).collect(),
             _ => Vec::new(),
         };
+        let message_type = message
+            .application_properties
+            .as_ref()
+            .and_then(|a| a.0.get("Message-Type"))
+            .and_then(|v| match v {
+                fe2o3_amqp::types::primitives::SimpleValue::String(s) => Some(s.clone()),
+                _ => None,
+            });
         out.push(Received {
             message_id,
+            message_type,
             subject: properties.subject.unwrap_or_default(),
             content_type: properties
                 .content_type
@@ -96,7 +107,12 @@ async fn receive(queue: &str, expected: usize, within: Duration) -> Vec<Received
 
 /// `orderflow all` on SQLite and the embedded broker, fulfilment to a
 /// fresh queue through `endpoint`.
-fn start_all(endpoint: &str, queue: &str, dir: &std::path::Path) -> (Process, String) {
+fn start_all(
+    endpoint: &str,
+    queue: &str,
+    dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> (Process, String) {
     let env: Vec<(String, String)> = [
         ("Database__Url", "sqlite://orderflow.db"),
         ("KafkaConfiguration__ServerUrl", "embedded"),
@@ -113,6 +129,7 @@ fn start_all(endpoint: &str, queue: &str, dir: &std::path::Path) -> (Process, St
         ),
     ]
     .into_iter()
+    .chain(extra.iter().copied())
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let mut process = Process::spawn(&["all"], &env, dir);
@@ -124,12 +141,46 @@ fn fresh_queue() -> String {
     format!("/queue/orderflow-test-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// With `Events.Format = kafkaflow` the queue gets what a .NET consumer
+/// reads too: the `Message-Type` application property and the PascalCase
+/// record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_kafkaflow_format_reaches_the_queue_too() {
+    rabbitmq_available().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let queue = fresh_queue();
+    let (process, base) = start_all(
+        RABBITMQ,
+        &queue,
+        dir.path(),
+        &[("Events__Format", "kafkaflow")],
+    );
+    let http = reqwest::Client::new();
+    let id = run_order_to_fulfilment(&http, &base, "Customer K").await;
+    let received = receive(&queue, 1, Duration::from_secs(30)).await;
+    assert_eq!(received.len(), 1, "{received:?}\n{}", process.log_text());
+    let r = &received[0];
+    assert_eq!(
+        r.message_type.as_deref(),
+        Some("Orders.Contracts.OrderFulfilled, Orders.Contracts"),
+        "{r:?}"
+    );
+    assert_eq!(r.body["OrderId"], id.as_str(), "{r:?}");
+    assert!(
+        r.body["FulfilledAt"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{r:?}"
+    );
+    assert!(r.body.get("orderId").is_none(), "PascalCase only: {r:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_fulfilled_order_puts_one_message_on_the_queue() {
     rabbitmq_available().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let queue = fresh_queue();
-    let (process, base) = start_all(RABBITMQ, &queue, dir.path());
+    let (process, base) = start_all(RABBITMQ, &queue, dir.path(), &[]);
     let http = reqwest::Client::new();
     let mut ids = HashSet::new();
     for i in 0..5 {
@@ -167,7 +218,7 @@ async fn a_broker_outage_loses_and_duplicates_nothing() {
     let proxy = TcpProxy::start(RABBITMQ.parse().expect("RabbitMQ address"));
     let dir = tempfile::tempdir().expect("temp dir");
     let queue = fresh_queue();
-    let (process, base) = start_all(&proxy.addr.to_string(), &queue, dir.path());
+    let (process, base) = start_all(&proxy.addr.to_string(), &queue, dir.path(), &[]);
     let http = reqwest::Client::new();
     let mut ids = HashSet::new();
     for i in 0..3 {
