@@ -46,6 +46,21 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// The fleet admin, through a running API (`Admin.Enabled`).
+    Admin {
+        /// The API's base URL.
+        #[arg(
+            long,
+            env = "ORDERFLOW_ADMIN_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        url: String,
+        /// A bearer token with the `admin` scope.
+        #[arg(long, env = "ORDERFLOW_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// List the orders stuck waiting for an event that was lost, and
     /// publish that event again (with its original id) through the outbox.
     Reconcile {
@@ -59,6 +74,16 @@ enum Command {
         /// Reconcile.StuckAfterSeconds).
         #[arg(long, value_name = "SECONDS")]
         stuck_after_seconds: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Every worker instance: its partitions, workers, lag, last activity.
+    Instances {
+        /// The API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -105,6 +130,10 @@ fn run_command(cli: Cli) -> ExitCode {
     // Token values are the API role's business: a worker or the migrate
     // Job starts without them.
     let serves_api = matches!(cli.command, Command::ServeApi | Command::All);
+    // The admin client talks to a running API: it needs no configuration.
+    if let Command::Admin { url, token, action } = cli.command {
+        return block_on_runtime(admin(&url, token.as_deref(), action));
+    }
     let loaded = Config::load(&source)
         .and_then(|c| c.api.auth.ready().filter(|_| serves_api).map_or(Ok(c), Err));
     let config = match loaded {
@@ -152,6 +181,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Config => return Ok(()),
         Command::Dlq { action } => return dlq(action, &config).await,
+        Command::Admin { url, token, action } => {
+            return admin(&url, token.as_deref(), action).await
+        }
         Command::Reconcile {
             dry_run,
             json,
@@ -260,5 +292,60 @@ async fn reconcile(
             ""
         }
     );
+    Ok(())
+}
+
+/// Runs `future` on a runtime of its own; the exit code says how it ended.
+fn block_on_runtime(future: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let outcome = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(future));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orderflow: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn admin(url: &str, token: Option<&str>, action: AdminAction) -> anyhow::Result<()> {
+    let AdminAction::Instances { json } = action;
+    let mut request = reqwest::Client::new()
+        .get(format!("{}/admin/api/instances", url.trim_end_matches('/')))
+        .timeout(std::time::Duration::from_secs(30));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await?;
+    if !status.is_success() {
+        anyhow::bail!(
+            "{status}: {}",
+            body["detail"]
+                .as_str()
+                .or(body["title"].as_str())
+                .unwrap_or("")
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    let instances = body.as_array().cloned().unwrap_or_default();
+    for i in &instances {
+        println!(
+            "{}\t{}\tpartitions={}\tworkers={}\tpaused={}\thandled={}\tlast seen {}",
+            i["instance"].as_str().unwrap_or("?"),
+            i["state"].as_str().unwrap_or("?"),
+            i["partitions"],
+            i["workers"],
+            i["paused"],
+            i["handled"],
+            i["lastSeen"].as_str().unwrap_or("?"),
+        );
+    }
+    eprintln!("{} instance(s)", instances.len());
     Ok(())
 }

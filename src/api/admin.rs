@@ -23,6 +23,7 @@ use super::{json, ApiError};
 use crate::brokers::Brokers;
 use crate::consumption_state::{self, ConsumptionState};
 use crate::dlq::{self, DeadLetter};
+use crate::fleet::{self, Instance};
 use crate::store::SharedStore;
 
 pub struct AdminState {
@@ -33,6 +34,8 @@ pub struct AdminState {
     pub group: String,
     pub dead_letter_topic: String,
     pub control_topic: String,
+    pub telemetry_topic: String,
+    pub telemetry_interval: Duration,
     pub timeout: Duration,
     pub max_body_bytes: usize,
 }
@@ -41,6 +44,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/admin", get(page))
         .route("/admin/api/overview", get(overview))
+        .route("/admin/api/instances", get(instances))
         .route("/admin/api/pause", post(pause))
         .route("/admin/api/resume", post(resume))
         .route("/admin/api/dlq/replay", post(replay))
@@ -58,6 +62,7 @@ pub fn disabled_router() -> Router {
     Router::new()
         .route("/admin", get(disabled))
         .route("/admin/api/overview", get(disabled))
+        .route("/admin/api/instances", get(disabled))
         .route("/admin/api/pause", post(disabled))
         .route("/admin/api/resume", post(disabled))
         .route("/admin/api/dlq/replay", post(disabled))
@@ -209,6 +214,25 @@ pub async fn overview(State(admin): State<Arc<AdminState>>) -> Result<Json<Overv
         paused,
         dead_letters,
     }))
+}
+
+#[utoipa::path(get, path = "/admin/api/instances", operation_id = "adminInstances", tag = "admin",
+    responses(
+        (status = 200, description = "Every worker instance with its partitions, from the telemetry topic", body = [Instance]),
+        (status = 404, description = "Admin.Enabled is false", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka unreachable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn instances(
+    State(admin): State<Arc<AdminState>>,
+) -> Result<Json<Vec<Instance>>, ApiError> {
+    fleet::instances(
+        &admin.brokers,
+        &admin.telemetry_topic,
+        admin.telemetry_interval,
+    )
+    .await
+    .map(Json)
+    .map_err(|e| kafka_error(format!("telemetry topic: {e}")))
 }
 
 async fn switch(admin: &AdminState, paused: bool) -> Result<Json<ConsumptionState>, ApiError> {

@@ -16,7 +16,7 @@
 //! revokes only the partitions that move; with an eager assignor, all.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -61,6 +61,8 @@ pub struct EngineSettings {
     /// Set by the control topic: stop fetching (the group membership and
     /// the assignment stay; in-flight messages finish).
     pub paused: Arc<AtomicBool>,
+    /// Refreshed every balance interval.
+    pub status: Arc<Mutex<EngineStatus>>,
 }
 
 /// The tracker and the signal workers give when they finish a message.
@@ -440,10 +442,22 @@ fn commit(
     }
 }
 
-/// Messages not yet handled: on the broker beyond what was handed out (as
-/// of librdkafka's last statistics), plus those handed out and still
-/// queued or running. Published per partition as a gauge.
-fn total_lag(consumer: &BaseConsumer<EngineContext>, progress: &Progress) -> i64 {
+/// What the poll thread last saw, for the fleet telemetry.
+#[derive(Debug, Clone, Default)]
+pub struct EngineStatus {
+    pub partitions: Vec<i32>,
+    pub workers: usize,
+    pub paused: bool,
+    pub lag: BTreeMap<i32, i64>,
+}
+
+/// Messages not yet handled, per partition: on the broker beyond what was
+/// handed out (as of librdkafka's last statistics), plus those handed out
+/// and still queued or running. Published per partition as a gauge.
+fn partition_lag(
+    consumer: &BaseConsumer<EngineContext>,
+    progress: &Progress,
+) -> BTreeMap<i32, i64> {
     let broker_lag = consumer
         .context()
         .broker_lag
@@ -457,9 +471,9 @@ fn total_lag(consumer: &BaseConsumer<EngineContext>, progress: &Progress) -> i64
             let lag = lag + tracker.in_flight(partition) as i64;
             metrics::gauge!(crate::metrics::CONSUMER_LAG, "partition" => partition.to_string())
                 .set(lag as f64);
-            lag
+            (partition, lag)
         })
-        .sum()
+        .collect()
 }
 
 fn run(
@@ -509,7 +523,8 @@ fn run(
         }
         if last_balance.elapsed() >= w.balance_interval {
             last_balance = Instant::now();
-            let lag = total_lag(&consumer, &progress);
+            let lags = partition_lag(&consumer, &progress);
+            let lag = lags.values().sum();
             let wanted = desired_workers(lag, w.lag_threshold, w.min_workers, w.max_workers);
             if wanted != pool.len() {
                 // Changing the count re-maps keys to workers: let every
@@ -518,6 +533,17 @@ fn run(
                 pool.resize(wanted);
                 tracing::info!(workers = wanted, lag, "worker count changed");
             }
+            let mut partitions: Vec<i32> = consumer
+                .assignment()
+                .map(|a| a.elements().iter().map(|e| e.partition()).collect())
+                .unwrap_or_default();
+            partitions.sort_unstable();
+            *settings.status.lock().unwrap_or_else(|e| e.into_inner()) = EngineStatus {
+                partitions,
+                workers: pool.len(),
+                paused,
+                lag: lags,
+            };
         }
         match consumer.poll(POLL) {
             None => {}

@@ -25,6 +25,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/docs"),
     ("get", "/admin"),
     ("get", "/admin/api/overview"),
+    ("get", "/admin/api/instances"),
     ("post", "/admin/api/pause"),
     ("post", "/admin/api/resume"),
     ("post", "/admin/api/dlq/replay"),
