@@ -138,6 +138,7 @@ async fn http_server(
             control_topic: config.admin.control_topic.clone(),
             telemetry_topic: config.admin.telemetry_topic.clone(),
             telemetry_interval: config.admin.telemetry_interval,
+            worker_bounds: (config.worker.min_workers, config.worker.max_workers),
             timeout: config.kafka.message_timeout,
             max_body_bytes: config.api.max_body_bytes,
         })

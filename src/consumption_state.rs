@@ -1,9 +1,11 @@
-//! The pause switch that reaches every worker pod, as KafkaFlow's admin
-//! does it: a compacted control topic holding the latest consumption state
-//! under one key. The dashboard writes it; every worker follows it from the
-//! beginning, so a worker started later still learns the current state.
+//! The switches that reach every worker pod, as KafkaFlow's admin does it:
+//! a compacted control topic holding the latest value of each under its
+//! key (`consumption`: paused or not; `workers`: a worker count that
+//! overrides the lag balancer). The admin API writes it; every worker
+//! follows it from the beginning, so a worker started later still learns
+//! the current state.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +20,54 @@ use crate::brokers::{Brokers, KafkaSetupError};
 use crate::shutdown::Shutdown;
 
 const CONSUMPTION_KEY: &str = "consumption";
+const WORKERS_KEY: &str = "workers";
+
+/// What the control topic says, as every worker holds it.
+#[derive(Debug, Default)]
+pub struct Controls {
+    pub paused: AtomicBool,
+    /// The worker count set by an operator; 0: the lag balancer decides.
+    pub workers: AtomicUsize,
+}
+
+/// An operator's worker count for every instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerCount {
+    /// `null`: the lag balancer decides again.
+    pub count: Option<usize>,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// Sets (or with `None` clears) the worker count of every instance.
+pub async fn publish_workers(
+    producer: &FutureProducer,
+    topic: &str,
+    count: Option<usize>,
+    timeout: Duration,
+) -> Result<WorkerCount, KafkaSetupError> {
+    let state = WorkerCount {
+        count,
+        changed_at: Utc::now(),
+    };
+    send(producer, topic, WORKERS_KEY, &state, timeout).await?;
+    Ok(state)
+}
+
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    value: &impl Serialize,
+    timeout: Duration,
+) -> Result<(), KafkaSetupError> {
+    let payload = serde_json::to_vec(value).unwrap_or_default();
+    producer
+        .send(FutureRecord::to(topic).key(key).payload(&payload), timeout)
+        .await
+        .map_err(|(e, _)| KafkaSetupError::Client(e))?;
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -36,16 +86,7 @@ pub async fn publish(
         paused,
         changed_at: Utc::now(),
     };
-    let payload = serde_json::to_vec(&state).unwrap_or_default();
-    producer
-        .send(
-            FutureRecord::to(topic)
-                .key(CONSUMPTION_KEY)
-                .payload(&payload),
-            timeout,
-        )
-        .await
-        .map_err(|(e, _)| KafkaSetupError::Client(e))?;
+    send(producer, topic, CONSUMPTION_KEY, &state, timeout).await?;
     Ok(state)
 }
 
@@ -68,12 +109,18 @@ fn parse(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<ConsumptionS
         .flatten()
 }
 
-/// Follows the control topic on a thread of its own and keeps `paused` up
-/// to date until shutdown.
+fn parse_workers(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<WorkerCount> {
+    (message.key() == Some(WORKERS_KEY.as_bytes()))
+        .then(|| serde_json::from_slice(message.payload()?).ok())
+        .flatten()
+}
+
+/// Follows the control topic on a thread of its own and keeps `controls`
+/// up to date until shutdown.
 pub fn follow(
     brokers: &Brokers,
     topic: &str,
-    paused: Arc<AtomicBool>,
+    controls: Arc<Controls>,
     shutdown: Shutdown,
 ) -> Result<std::thread::JoinHandle<()>, KafkaSetupError> {
     let consumer = reader(brokers, topic, Offset::Beginning)?;
@@ -84,7 +131,15 @@ pub fn follow(
                 let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
                     continue;
                 };
+                if let Some(count) = parse_workers(&message) {
+                    let wanted = count.count.unwrap_or(0);
+                    if controls.workers.swap(wanted, Ordering::SeqCst) != wanted {
+                        tracing::warn!(count = ?count.count, changed_at = %count.changed_at,
+                            "worker count set by the control topic");
+                    }
+                }
                 if let Some(state) = parse(&message) {
+                    let paused = &controls.paused;
                     if paused.swap(state.paused, Ordering::SeqCst) != state.paused {
                         tracing::warn!(paused = state.paused, changed_at = %state.changed_at,
                             "consumption {} by the control topic",

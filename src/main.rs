@@ -85,6 +85,12 @@ enum AdminAction {
         #[arg(long)]
         json: bool,
     },
+    /// Set every instance's worker count, or `auto` to give it back to the
+    /// lag balancer.
+    Workers {
+        /// A count within Worker.MinWorkers..=MaxWorkers, or `auto`.
+        count: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -309,26 +315,72 @@ fn block_on_runtime(future: impl std::future::Future<Output = anyhow::Result<()>
     }
 }
 
-async fn admin(url: &str, token: Option<&str>, action: AdminAction) -> anyhow::Result<()> {
-    let AdminAction::Instances { json } = action;
+/// One call of the admin API: its JSON answer, or the problem's detail.
+async fn admin_call(
+    url: &str,
+    token: Option<&str>,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
     let mut request = reqwest::Client::new()
-        .get(format!("{}/admin/api/instances", url.trim_end_matches('/')))
+        .request(method, format!("{}{path}", url.trim_end_matches('/')))
         .timeout(std::time::Duration::from_secs(30));
     if let Some(token) = token {
         request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
     }
     let response = request.send().await?;
     let status = response.status();
     let body: serde_json::Value = response.json().await?;
     if !status.is_success() {
         anyhow::bail!(
-            "{status}: {}",
+            "{status}: {} {}",
             body["detail"]
                 .as_str()
                 .or(body["title"].as_str())
-                .unwrap_or("")
+                .unwrap_or(""),
+            body.get("errors")
+                .map(|e| e.to_string())
+                .unwrap_or_default()
         );
     }
+    Ok(body)
+}
+
+async fn admin(url: &str, token: Option<&str>, action: AdminAction) -> anyhow::Result<()> {
+    let json = match action {
+        AdminAction::Instances { json } => json,
+        AdminAction::Workers { count } => {
+            let count =
+                match count.trim() {
+                    "auto" => None,
+                    n => Some(n.parse::<usize>().map_err(|_| {
+                        anyhow::anyhow!("{n:?} is neither a worker count nor `auto`")
+                    })?),
+                };
+            let set = admin_call(
+                url,
+                token,
+                reqwest::Method::POST,
+                "/admin/api/workers",
+                Some(serde_json::json!({ "count": count })),
+            )
+            .await?;
+            println!("{set}");
+            return Ok(());
+        }
+    };
+    let body = admin_call(
+        url,
+        token,
+        reqwest::Method::GET,
+        "/admin/api/instances",
+        None,
+    )
+    .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());

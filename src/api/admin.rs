@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Html;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::error::Problem;
 use super::{json, ApiError};
+use crate::auth::Principal;
 use crate::brokers::Brokers;
-use crate::consumption_state::{self, ConsumptionState};
+use crate::consumption_state::{self, ConsumptionState, WorkerCount};
 use crate::dlq::{self, DeadLetter};
 use crate::fleet::{self, Instance};
 use crate::store::SharedStore;
@@ -36,6 +37,9 @@ pub struct AdminState {
     pub control_topic: String,
     pub telemetry_topic: String,
     pub telemetry_interval: Duration,
+    /// `Worker.MinWorkers` and `Worker.MaxWorkers`: the bounds of a count
+    /// set here.
+    pub worker_bounds: (usize, usize),
     pub timeout: Duration,
     pub max_body_bytes: usize,
 }
@@ -45,6 +49,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin", get(page))
         .route("/admin/api/overview", get(overview))
         .route("/admin/api/instances", get(instances))
+        .route("/admin/api/workers", post(workers))
         .route("/admin/api/pause", post(pause))
         .route("/admin/api/resume", post(resume))
         .route("/admin/api/dlq/replay", post(replay))
@@ -63,6 +68,7 @@ pub fn disabled_router() -> Router {
         .route("/admin", get(disabled))
         .route("/admin/api/overview", get(disabled))
         .route("/admin/api/instances", get(disabled))
+        .route("/admin/api/workers", post(disabled))
         .route("/admin/api/pause", post(disabled))
         .route("/admin/api/resume", post(disabled))
         .route("/admin/api/dlq/replay", post(disabled))
@@ -233,6 +239,56 @@ pub async fn instances(
     .await
     .map(Json)
     .map_err(|e| kafka_error(format!("telemetry topic: {e}")))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkersRequest {
+    /// Worker tasks per instance, within Worker.MinWorkers..=MaxWorkers;
+    /// `null` gives the count back to the lag balancer.
+    count: Option<usize>,
+}
+
+#[utoipa::path(post, path = "/admin/api/workers", operation_id = "adminWorkers", tag = "admin",
+    request_body = WorkersRequest,
+    responses(
+        (status = 200, description = "Every instance runs this many workers from its next balance tick", body = WorkerCount),
+        (status = 400, description = "Invalid body, or a count outside the configured bounds", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Admin.Enabled is false", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka unreachable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn workers(
+    State(admin): State<Arc<AdminState>>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<WorkerCount>, ApiError> {
+    let request: WorkersRequest = json::parse(&headers, body, admin.max_body_bytes)?;
+    let (min, max) = admin.worker_bounds;
+    if let Some(n) = request.count {
+        if n < min || n > max {
+            return Err(ApiError::field(
+                "count",
+                format!("is {n}, must be {min}..={max} (Worker.MinWorkers..=Worker.MaxWorkers)"),
+            ));
+        }
+    }
+    let state = consumption_state::publish_workers(
+        &admin.producer,
+        &admin.control_topic,
+        request.count,
+        admin.timeout,
+    )
+    .await
+    .map_err(kafka_error)?;
+    tracing::warn!(
+        by = principal.as_ref().map_or("anonymous", |p| p.name.as_str()),
+        count = ?request.count,
+        "admin: worker count set for every instance"
+    );
+    Ok(Json(state))
 }
 
 async fn switch(admin: &AdminState, paused: bool) -> Result<Json<ConsumptionState>, ApiError> {

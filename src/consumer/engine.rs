@@ -34,6 +34,7 @@ use super::offsets::OffsetTracker;
 use super::worker_task::{self, Delivery};
 use crate::brokers::{Brokers, KafkaSetupError};
 use crate::config::{Distribution, GroupProtocol, WorkerSettings};
+use crate::consumption_state::Controls;
 use crate::handlers::{self, HandlerContext};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 
@@ -60,7 +61,7 @@ pub struct EngineSettings {
     pub session_timeout: Duration,
     /// Set by the control topic: stop fetching (the group membership and
     /// the assignment stay; in-flight messages finish).
-    pub paused: Arc<AtomicBool>,
+    pub controls: Arc<Controls>,
     /// Refreshed every balance interval.
     pub status: Arc<Mutex<EngineStatus>>,
 }
@@ -140,7 +141,7 @@ struct EngineContext {
     progress: Arc<Progress>,
     owners: Arc<Owners>,
     topic: String,
-    paused: Arc<AtomicBool>,
+    controls: Arc<Controls>,
     /// Per assigned partition: messages on the broker not yet handed to
     /// the application, from librdkafka's statistics.
     broker_lag: Mutex<HashMap<i32, i64>>,
@@ -222,7 +223,7 @@ impl ConsumerContext for EngineContext {
                 self.owners.of(e.partition());
             }
             // Partitions gained while paused stay paused.
-            if self.paused.load(Ordering::SeqCst) {
+            if self.controls.paused.load(Ordering::SeqCst) {
                 if let Err(e) = consumer.pause(assigned) {
                     tracing::warn!(error = %e, "cannot pause newly assigned partitions");
                 }
@@ -351,7 +352,7 @@ pub fn start(
         progress: progress.clone(),
         owners: owners.clone(),
         topic: settings.topic.clone(),
-        paused: settings.paused.clone(),
+        controls: settings.controls.clone(),
         broker_lag: Mutex::default(),
     };
     let mut config = brokers.consumer_config(&settings.client_id);
@@ -495,7 +496,7 @@ fn run(
     let mut paused = false;
     let mut fatal = None;
     while !shutdown.is_triggered() {
-        let want_paused = settings.paused.load(Ordering::SeqCst);
+        let want_paused = settings.controls.paused.load(Ordering::SeqCst);
         if want_paused != paused {
             if let Ok(assignment) = consumer.assignment() {
                 let switched = if want_paused {
@@ -525,7 +526,11 @@ fn run(
             last_balance = Instant::now();
             let lags = partition_lag(&consumer, &progress);
             let lag = lags.values().sum();
-            let wanted = desired_workers(lag, w.lag_threshold, w.min_workers, w.max_workers);
+            // An operator's count (the control topic) overrides the lag.
+            let wanted = match settings.controls.workers.load(Ordering::SeqCst) {
+                0 => desired_workers(lag, w.lag_threshold, w.min_workers, w.max_workers),
+                set => set.clamp(w.min_workers, w.max_workers),
+            };
             if wanted != pool.len() {
                 // Changing the count re-maps keys to workers: let every
                 // queued message finish first so no key is handled by two

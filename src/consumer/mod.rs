@@ -9,7 +9,6 @@ pub use engine::EngineStatus;
 pub mod offsets;
 mod worker_task;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::brokers::{Brokers, KafkaSetupError, TopicSpec};
@@ -66,7 +65,7 @@ impl Consumer {
                 client_id: orders.consumer_name.clone(),
                 worker: config.worker.clone(),
                 session_timeout: config.worker.session_timeout,
-                paused: Arc::new(AtomicBool::new(false)),
+                controls: Arc::default(),
                 status: Arc::default(),
             },
             handlers,
@@ -94,7 +93,7 @@ impl Consumer {
         let control = crate::consumption_state::follow(
             &self.brokers,
             &self.control_topic,
-            self.settings.paused.clone(),
+            self.settings.controls.clone(),
             shutdown.clone(),
         )?;
         let (topic, interval, instance) = self.telemetry;

@@ -91,6 +91,36 @@ async fn instances_lists_every_worker_with_its_partitions_and_drops_one_that_sto
     };
     assert_eq!(names(&listed), names(&both));
 
+    // A worker count set for the fleet reaches both instances' telemetry;
+    // `auto` gives it back to the lag balancer (1 without lag).
+    let set = cluster.orderflow(&["admin", "--url", &base, "workers", "3"]);
+    assert!(set.contains("\"count\":3"), "{set}");
+    for wanted in [3, 1] {
+        let reached = eventually(Duration::from_secs(20), || async {
+            let list = instances(&cluster).await;
+            (list.len() == 2 && list.iter().all(|i| i["workers"] == wanted)).then_some(())
+        })
+        .await;
+        assert!(
+            reached.is_some(),
+            "{wanted} workers on both: {:?}",
+            instances(&cluster).await
+        );
+        if wanted == 3 {
+            cluster.orderflow(&["admin", "--url", &base, "workers", "auto"]);
+        }
+    }
+    let refused = cluster
+        .http
+        .post(format!("{base}/admin/api/workers"))
+        .json(&serde_json::json!({"count": 99}))
+        .send()
+        .await
+        .expect("POST workers");
+    assert_eq!(refused.status(), 400);
+    let problem: Value = refused.json().await.expect("problem");
+    assert_eq!(problem["errors"][0]["field"], "count", "{problem}");
+
     // A worker that stops cleanly leaves a tombstone: one instance, which
     // now holds every partition.
     let first = cluster.live(Role::Worker)[0];

@@ -26,6 +26,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/admin"),
     ("get", "/admin/api/overview"),
     ("get", "/admin/api/instances"),
+    ("post", "/admin/api/workers"),
     ("post", "/admin/api/pause"),
     ("post", "/admin/api/resume"),
     ("post", "/admin/api/dlq/replay"),
