@@ -21,6 +21,7 @@ use crate::shutdown::Shutdown;
 
 const CONSUMPTION_KEY: &str = "consumption";
 const WORKERS_KEY: &str = "workers";
+const RESTART_KEY: &str = "restart";
 
 /// What the control topic says, as every worker holds it.
 #[derive(Debug, Default)]
@@ -28,6 +29,32 @@ pub struct Controls {
     pub paused: AtomicBool,
     /// The worker count set by an operator; 0: the lag balancer decides.
     pub workers: AtomicUsize,
+    /// An operator asked this instance to leave the group and rejoin.
+    pub restart: AtomicBool,
+}
+
+/// A request to restart consumption (leave the group, rejoin), on every
+/// instance or the one named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Restart {
+    /// `null`: every instance.
+    pub instance: Option<String>,
+    pub requested_at: DateTime<Utc>,
+}
+
+pub async fn publish_restart(
+    producer: &FutureProducer,
+    topic: &str,
+    instance: Option<String>,
+    timeout: Duration,
+) -> Result<Restart, KafkaSetupError> {
+    let request = Restart {
+        instance,
+        requested_at: Utc::now(),
+    };
+    send(producer, topic, RESTART_KEY, &request, timeout).await?;
+    Ok(request)
 }
 
 /// An operator's worker count for every instance.
@@ -104,13 +131,14 @@ fn reader(brokers: &Brokers, topic: &str, offset: Offset) -> Result<BaseConsumer
 }
 
 fn parse(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<ConsumptionState> {
-    (message.key() == Some(CONSUMPTION_KEY.as_bytes()))
-        .then(|| serde_json::from_slice(message.payload()?).ok())
-        .flatten()
+    parse_keyed(message, CONSUMPTION_KEY)
 }
 
-fn parse_workers(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<WorkerCount> {
-    (message.key() == Some(WORKERS_KEY.as_bytes()))
+fn parse_keyed<T: serde::de::DeserializeOwned>(
+    message: &rdkafka::message::BorrowedMessage<'_>,
+    key: &str,
+) -> Option<T> {
+    (message.key() == Some(key.as_bytes()))
         .then(|| serde_json::from_slice(message.payload()?).ok())
         .flatten()
 }
@@ -120,9 +148,12 @@ fn parse_workers(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<Work
 pub fn follow(
     brokers: &Brokers,
     topic: &str,
+    instance: String,
     controls: Arc<Controls>,
     shutdown: Shutdown,
 ) -> Result<std::thread::JoinHandle<()>, KafkaSetupError> {
+    // Requests from before this process started were for its predecessors.
+    let started = Utc::now();
     let consumer = reader(brokers, topic, Offset::Beginning)?;
     std::thread::Builder::new()
         .name("kafka-control".into())
@@ -131,7 +162,15 @@ pub fn follow(
                 let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
                     continue;
                 };
-                if let Some(count) = parse_workers(&message) {
+                if let Some(restart) = parse_keyed::<Restart>(&message, RESTART_KEY) {
+                    let mine = restart.instance.as_deref().is_none_or(|i| i == instance);
+                    if mine && restart.requested_at > started {
+                        tracing::warn!(requested_at = %restart.requested_at,
+                            "consumption restart requested by the control topic");
+                        controls.restart.store(true, Ordering::SeqCst);
+                    }
+                }
+                if let Some(count) = parse_keyed::<WorkerCount>(&message, WORKERS_KEY) {
                     let wanted = count.count.unwrap_or(0);
                     if controls.workers.swap(wanted, Ordering::SeqCst) != wanted {
                         tracing::warn!(count = ?count.count, changed_at = %count.changed_at,

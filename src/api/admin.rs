@@ -22,7 +22,7 @@ use super::error::Problem;
 use super::{json, ApiError};
 use crate::auth::Principal;
 use crate::brokers::Brokers;
-use crate::consumption_state::{self, ConsumptionState, WorkerCount};
+use crate::consumption_state::{self, ConsumptionState, Restart, WorkerCount};
 use crate::dlq::{self, DeadLetter};
 use crate::fleet::{self, Instance};
 use crate::store::SharedStore;
@@ -50,6 +50,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/api/overview", get(overview))
         .route("/admin/api/instances", get(instances))
         .route("/admin/api/workers", post(workers))
+        .route("/admin/api/restart", post(restart))
         .route("/admin/api/pause", post(pause))
         .route("/admin/api/resume", post(resume))
         .route("/admin/api/dlq/replay", post(replay))
@@ -69,6 +70,7 @@ pub fn disabled_router() -> Router {
         .route("/admin/api/overview", get(disabled))
         .route("/admin/api/instances", get(disabled))
         .route("/admin/api/workers", post(disabled))
+        .route("/admin/api/restart", post(disabled))
         .route("/admin/api/pause", post(disabled))
         .route("/admin/api/resume", post(disabled))
         .route("/admin/api/dlq/replay", post(disabled))
@@ -289,6 +291,50 @@ pub async fn workers(
         "admin: worker count set for every instance"
     );
     Ok(Json(state))
+}
+
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestartRequest {
+    /// One instance (as `GET /admin/api/instances` names it); absent: all.
+    #[serde(default)]
+    instance: Option<String>,
+}
+
+#[utoipa::path(post, path = "/admin/api/restart", operation_id = "adminRestart", tag = "admin",
+    request_body = RestartRequest,
+    responses(
+        (status = 200, description = "The instance (or every one) leaves the group and rejoins", body = Restart),
+        (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Admin.Enabled is false", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka unreachable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn restart(
+    State(admin): State<Arc<AdminState>>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Restart>, ApiError> {
+    let request: RestartRequest = match &body {
+        Ok(bytes) if bytes.is_empty() => RestartRequest::default(),
+        _ => json::parse(&headers, body, admin.max_body_bytes)?,
+    };
+    let sent = consumption_state::publish_restart(
+        &admin.producer,
+        &admin.control_topic,
+        request.instance,
+        admin.timeout,
+    )
+    .await
+    .map_err(kafka_error)?;
+    tracing::warn!(
+        by = principal.as_ref().map_or("anonymous", |p| p.name.as_str()),
+        instance = sent.instance.as_deref().unwrap_or("all"),
+        "admin: consumption restart requested"
+    );
+    Ok(Json(sent))
 }
 
 async fn switch(admin: &AdminState, paused: bool) -> Result<Json<ConsumptionState>, ApiError> {

@@ -443,6 +443,18 @@ fn commit(
     }
 }
 
+/// Leaves the group and joins it again, as an operator asked: the
+/// revocation drains and commits as in any rebalance; the partitions come
+/// back (here or elsewhere) from their committed offsets.
+fn restart(consumer: &BaseConsumer<EngineContext>, progress: &Progress, topic: &str) {
+    commit(consumer, progress, topic, CommitMode::Sync);
+    consumer.unsubscribe();
+    match consumer.subscribe(&[topic]) {
+        Ok(()) => tracing::warn!("consumption restarted: left the group, rejoining"),
+        Err(e) => tracing::error!(error = %e, "cannot rejoin the group after a restart"),
+    }
+}
+
 /// What the poll thread last saw, for the fleet telemetry.
 #[derive(Debug, Clone, Default)]
 pub struct EngineStatus {
@@ -517,6 +529,9 @@ fn run(
                     Err(e) => tracing::warn!(error = %e, "cannot switch consumption"),
                 }
             }
+        }
+        if settings.controls.restart.swap(false, Ordering::SeqCst) {
+            restart(&consumer, &progress, &settings.topic);
         }
         if last_commit.elapsed() >= w.commit_interval {
             commit(&consumer, &progress, &settings.topic, CommitMode::Async);

@@ -93,6 +93,7 @@ impl Consumer {
         let control = crate::consumption_state::follow(
             &self.brokers,
             &self.control_topic,
+            self.telemetry.2.clone(),
             self.settings.controls.clone(),
             shutdown.clone(),
         )?;

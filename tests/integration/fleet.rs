@@ -121,6 +121,45 @@ async fn instances_lists_every_worker_with_its_partitions_and_drops_one_that_sto
     let problem: Value = refused.json().await.expect("problem");
     assert_eq!(problem["errors"][0]["field"], "count", "{problem}");
 
+    // A restart of one instance: it leaves the group and rejoins (its log
+    // says so, the other's does not), and the two share the partitions again.
+    let target = both[0]["instance"].as_str().expect("instance").to_string();
+    let restarted = cluster
+        .http
+        .post(format!("{base}/admin/api/restart"))
+        .json(&serde_json::json!({ "instance": target }))
+        .send()
+        .await
+        .expect("POST restart");
+    assert_eq!(restarted.status(), 200);
+    let logged = eventually(Duration::from_secs(20), || async {
+        let logs: Vec<String> = cluster
+            .live(Role::Worker)
+            .into_iter()
+            .map(|i| cluster.members[i].process.log_text())
+            .collect();
+        (logs
+            .iter()
+            .filter(|l| l.contains("consumption restarted"))
+            .count()
+            == 1)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        logged.is_some(),
+        "exactly one instance restarted: {}",
+        cluster.logs(Role::Worker)
+    );
+    let again = eventually(Duration::from_secs(30), || async {
+        settled(&instances(&cluster).await, 2)
+    })
+    .await;
+    assert!(
+        again.is_some(),
+        "both share the partitions after the restart"
+    );
+
     // A worker that stops cleanly leaves a tombstone: one instance, which
     // now holds every partition.
     let first = cluster.live(Role::Worker)[0];
