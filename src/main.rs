@@ -91,6 +91,16 @@ enum AdminAction {
         /// A count within Worker.MinWorkers..=MaxWorkers, or `auto`.
         count: String,
     },
+    /// Make one instance (or every one) leave the group and rejoin.
+    Restart {
+        /// The instance, as `instances` names it; every one without it.
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// Stop every worker fetching (the group and assignments stay).
+    Pause,
+    /// Let every worker fetch again.
+    Resume,
 }
 
 #[derive(Subcommand)]
@@ -351,8 +361,8 @@ async fn admin_call(
 }
 
 async fn admin(url: &str, token: Option<&str>, action: AdminAction) -> anyhow::Result<()> {
-    let json = match action {
-        AdminAction::Instances { json } => json,
+    let (path, body) = match action {
+        AdminAction::Instances { json } => return list_instances(url, token, json).await,
         AdminAction::Workers { count } => {
             let count =
                 match count.trim() {
@@ -361,18 +371,21 @@ async fn admin(url: &str, token: Option<&str>, action: AdminAction) -> anyhow::R
                         anyhow::anyhow!("{n:?} is neither a worker count nor `auto`")
                     })?),
                 };
-            let set = admin_call(
-                url,
-                token,
-                reqwest::Method::POST,
-                "/admin/api/workers",
-                Some(serde_json::json!({ "count": count })),
-            )
-            .await?;
-            println!("{set}");
-            return Ok(());
+            ("/admin/api/workers", serde_json::json!({ "count": count }))
         }
+        AdminAction::Restart { instance } => (
+            "/admin/api/restart",
+            serde_json::json!({ "instance": instance }),
+        ),
+        AdminAction::Pause => ("/admin/api/pause", serde_json::json!({})),
+        AdminAction::Resume => ("/admin/api/resume", serde_json::json!({})),
     };
+    let answer = admin_call(url, token, reqwest::Method::POST, path, Some(body)).await?;
+    println!("{answer}");
+    Ok(())
+}
+
+async fn list_instances(url: &str, token: Option<&str>, json: bool) -> anyhow::Result<()> {
     let body = admin_call(
         url,
         token,

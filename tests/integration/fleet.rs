@@ -124,14 +124,8 @@ async fn instances_lists_every_worker_with_its_partitions_and_drops_one_that_sto
     // A restart of one instance: it leaves the group and rejoins (its log
     // says so, the other's does not), and the two share the partitions again.
     let target = both[0]["instance"].as_str().expect("instance").to_string();
-    let restarted = cluster
-        .http
-        .post(format!("{base}/admin/api/restart"))
-        .json(&serde_json::json!({ "instance": target }))
-        .send()
-        .await
-        .expect("POST restart");
-    assert_eq!(restarted.status(), 200);
+    let restarted = cluster.orderflow(&["admin", "--url", &base, "restart", "--instance", &target]);
+    assert!(restarted.contains(&target), "{restarted}");
     let logged = eventually(Duration::from_secs(20), || async {
         let logs: Vec<String> = cluster
             .live(Role::Worker)
@@ -159,6 +153,17 @@ async fn instances_lists_every_worker_with_its_partitions_and_drops_one_that_sto
         again.is_some(),
         "both share the partitions after the restart"
     );
+
+    // Pause and resume from the CLI reach both instances' telemetry.
+    for (action, paused) in [("pause", true), ("resume", false)] {
+        cluster.orderflow(&["admin", "--url", &base, action]);
+        let seen = eventually(Duration::from_secs(20), || async {
+            let list = instances(&cluster).await;
+            (list.len() == 2 && list.iter().all(|i| i["paused"] == paused)).then_some(())
+        })
+        .await;
+        assert!(seen.is_some(), "{action}: {:?}", instances(&cluster).await);
+    }
 
     // A worker that stops cleanly leaves a tombstone: one instance, which
     // now holds every partition.
