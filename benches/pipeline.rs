@@ -216,15 +216,7 @@ struct System {
 impl System {
     async fn new() -> Self {
         let db = TestDb::new(Backend::Postgres).await;
-        let broker = common::start_broker_partitioned(
-            &[
-                common::TOPIC,
-                common::FULFILMENT_TOPIC,
-                common::DLQ_TOPIC,
-                common::CONTROL_TOPIC,
-            ],
-            PARTITIONS,
-        );
+        let broker = common::start_broker_partitioned(&common::TOPICS, PARTITIONS);
         let mut env = common::env_for(&db, &broker);
         let (partitions, workers) = (PARTITIONS.to_string(), HANDLER_CLIENTS.to_string());
         env.extend(

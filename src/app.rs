@@ -136,6 +136,9 @@ async fn http_server(
             group: config.kafka.orders.consumer_group.clone(),
             dead_letter_topic: config.worker.dead_letter_topic.clone(),
             control_topic: config.admin.control_topic.clone(),
+            telemetry_topic: config.admin.telemetry_topic.clone(),
+            telemetry_interval: config.admin.telemetry_interval,
+            worker_bounds: (config.worker.min_workers, config.worker.max_workers),
             timeout: config.kafka.message_timeout,
             max_body_bytes: config.api.max_body_bytes,
         })

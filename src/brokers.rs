@@ -63,6 +63,14 @@ impl Topics {
                 replication: orders.replication_factor,
                 compacted: true,
             },
+            // One partition, one key per worker instance: the latest state
+            // of each, read whole by the admin API.
+            TopicSpec {
+                name: config.admin.telemetry_topic.clone(),
+                partitions: 1,
+                replication: orders.replication_factor,
+                compacted: true,
+            },
         ];
         Self {
             published,

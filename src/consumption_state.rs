@@ -1,9 +1,11 @@
-//! The pause switch that reaches every worker pod, as KafkaFlow's admin
-//! does it: a compacted control topic holding the latest consumption state
-//! under one key. The dashboard writes it; every worker follows it from the
-//! beginning, so a worker started later still learns the current state.
+//! The switches that reach every worker pod, as KafkaFlow's admin does it:
+//! a compacted control topic holding the latest value of each under its
+//! key (`consumption`: paused or not; `workers`: a worker count that
+//! overrides the lag balancer). The admin API writes it; every worker
+//! follows it from the beginning, so a worker started later still learns
+//! the current state.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +20,81 @@ use crate::brokers::{Brokers, KafkaSetupError};
 use crate::shutdown::Shutdown;
 
 const CONSUMPTION_KEY: &str = "consumption";
+const WORKERS_KEY: &str = "workers";
+const RESTART_KEY: &str = "restart";
+
+/// What the control topic says, as every worker holds it.
+#[derive(Debug, Default)]
+pub struct Controls {
+    pub paused: AtomicBool,
+    /// The worker count set by an operator; 0: the lag balancer decides.
+    pub workers: AtomicUsize,
+    /// An operator asked this instance to leave the group and rejoin.
+    pub restart: AtomicBool,
+}
+
+/// A request to restart consumption (leave the group, rejoin), on every
+/// instance or the one named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Restart {
+    /// `null`: every instance.
+    pub instance: Option<String>,
+    pub requested_at: DateTime<Utc>,
+}
+
+pub async fn publish_restart(
+    producer: &FutureProducer,
+    topic: &str,
+    instance: Option<String>,
+    timeout: Duration,
+) -> Result<Restart, KafkaSetupError> {
+    let request = Restart {
+        instance,
+        requested_at: Utc::now(),
+    };
+    send(producer, topic, RESTART_KEY, &request, timeout).await?;
+    Ok(request)
+}
+
+/// An operator's worker count for every instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerCount {
+    /// `null`: the lag balancer decides again.
+    pub count: Option<usize>,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// Sets (or with `None` clears) the worker count of every instance.
+pub async fn publish_workers(
+    producer: &FutureProducer,
+    topic: &str,
+    count: Option<usize>,
+    timeout: Duration,
+) -> Result<WorkerCount, KafkaSetupError> {
+    let state = WorkerCount {
+        count,
+        changed_at: Utc::now(),
+    };
+    send(producer, topic, WORKERS_KEY, &state, timeout).await?;
+    Ok(state)
+}
+
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    value: &impl Serialize,
+    timeout: Duration,
+) -> Result<(), KafkaSetupError> {
+    let payload = serde_json::to_vec(value).unwrap_or_default();
+    producer
+        .send(FutureRecord::to(topic).key(key).payload(&payload), timeout)
+        .await
+        .map_err(|(e, _)| KafkaSetupError::Client(e))?;
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -36,16 +113,7 @@ pub async fn publish(
         paused,
         changed_at: Utc::now(),
     };
-    let payload = serde_json::to_vec(&state).unwrap_or_default();
-    producer
-        .send(
-            FutureRecord::to(topic)
-                .key(CONSUMPTION_KEY)
-                .payload(&payload),
-            timeout,
-        )
-        .await
-        .map_err(|(e, _)| KafkaSetupError::Client(e))?;
+    send(producer, topic, CONSUMPTION_KEY, &state, timeout).await?;
     Ok(state)
 }
 
@@ -63,19 +131,29 @@ fn reader(brokers: &Brokers, topic: &str, offset: Offset) -> Result<BaseConsumer
 }
 
 fn parse(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<ConsumptionState> {
-    (message.key() == Some(CONSUMPTION_KEY.as_bytes()))
+    parse_keyed(message, CONSUMPTION_KEY)
+}
+
+fn parse_keyed<T: serde::de::DeserializeOwned>(
+    message: &rdkafka::message::BorrowedMessage<'_>,
+    key: &str,
+) -> Option<T> {
+    (message.key() == Some(key.as_bytes()))
         .then(|| serde_json::from_slice(message.payload()?).ok())
         .flatten()
 }
 
-/// Follows the control topic on a thread of its own and keeps `paused` up
-/// to date until shutdown.
+/// Follows the control topic on a thread of its own and keeps `controls`
+/// up to date until shutdown.
 pub fn follow(
     brokers: &Brokers,
     topic: &str,
-    paused: Arc<AtomicBool>,
+    instance: String,
+    controls: Arc<Controls>,
     shutdown: Shutdown,
 ) -> Result<std::thread::JoinHandle<()>, KafkaSetupError> {
+    // Requests from before this process started were for its predecessors.
+    let started = Utc::now();
     let consumer = reader(brokers, topic, Offset::Beginning)?;
     std::thread::Builder::new()
         .name("kafka-control".into())
@@ -84,7 +162,23 @@ pub fn follow(
                 let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
                     continue;
                 };
+                if let Some(restart) = parse_keyed::<Restart>(&message, RESTART_KEY) {
+                    let mine = restart.instance.as_deref().is_none_or(|i| i == instance);
+                    if mine && restart.requested_at > started {
+                        tracing::warn!(requested_at = %restart.requested_at,
+                            "consumption restart requested by the control topic");
+                        controls.restart.store(true, Ordering::SeqCst);
+                    }
+                }
+                if let Some(count) = parse_keyed::<WorkerCount>(&message, WORKERS_KEY) {
+                    let wanted = count.count.unwrap_or(0);
+                    if controls.workers.swap(wanted, Ordering::SeqCst) != wanted {
+                        tracing::warn!(count = ?count.count, changed_at = %count.changed_at,
+                            "worker count set by the control topic");
+                    }
+                }
                 if let Some(state) = parse(&message) {
+                    let paused = &controls.paused;
                     if paused.swap(state.paused, Ordering::SeqCst) != state.paused {
                         tracing::warn!(paused = state.paused, changed_at = %state.changed_at,
                             "consumption {} by the control topic",

@@ -11,7 +11,8 @@
 //!   notifications.
 //! - `consumer`: the worker role's Kafka consumer and its worker tasks.
 //! - `handlers`: one module per event's decision; `dlq`: dead letters.
-//! - `brokers`: Kafka clients and topics; `consumption_state`: pause/resume.
+//! - `brokers`: Kafka clients and topics; `consumption_state`: pause/resume;
+//!   `fleet`: each worker's state on the telemetry topic.
 //! - `backoff`, `shutdown`, `secret`, `metrics`, `telemetry`, `notifier`:
 //!   shared plumbing.
 
@@ -26,6 +27,7 @@ pub mod consumption_state;
 pub mod dlq;
 pub mod domain;
 pub mod events;
+pub mod fleet;
 pub mod handlers;
 pub mod metrics;
 pub mod notifier;

@@ -46,6 +46,21 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// The fleet admin, through a running API (`Admin.Enabled`).
+    Admin {
+        /// The API's base URL.
+        #[arg(
+            long,
+            env = "ORDERFLOW_ADMIN_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        url: String,
+        /// A bearer token with the `admin` scope.
+        #[arg(long, env = "ORDERFLOW_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// List the orders stuck waiting for an event that was lost, and
     /// publish that event again (with its original id) through the outbox.
     Reconcile {
@@ -60,6 +75,32 @@ enum Command {
         #[arg(long, value_name = "SECONDS")]
         stuck_after_seconds: Option<u64>,
     },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Every worker instance: its partitions, workers, lag, last activity.
+    Instances {
+        /// The API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set every instance's worker count, or `auto` to give it back to the
+    /// lag balancer.
+    Workers {
+        /// A count within Worker.MinWorkers..=MaxWorkers, or `auto`.
+        count: String,
+    },
+    /// Make one instance (or every one) leave the group and rejoin.
+    Restart {
+        /// The instance, as `instances` names it; every one without it.
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// Stop every worker fetching (the group and assignments stay).
+    Pause,
+    /// Let every worker fetch again.
+    Resume,
 }
 
 #[derive(Subcommand)]
@@ -105,6 +146,10 @@ fn run_command(cli: Cli) -> ExitCode {
     // Token values are the API role's business: a worker or the migrate
     // Job starts without them.
     let serves_api = matches!(cli.command, Command::ServeApi | Command::All);
+    // The admin client talks to a running API: it needs no configuration.
+    if let Command::Admin { url, token, action } = cli.command {
+        return block_on_runtime(admin(&url, token.as_deref(), action));
+    }
     let loaded = Config::load(&source)
         .and_then(|c| c.api.auth.ready().filter(|_| serves_api).map_or(Ok(c), Err));
     let config = match loaded {
@@ -152,6 +197,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Config => return Ok(()),
         Command::Dlq { action } => return dlq(action, &config).await,
+        Command::Admin { url, token, action } => {
+            return admin(&url, token.as_deref(), action).await
+        }
         Command::Reconcile {
             dry_run,
             json,
@@ -260,5 +308,109 @@ async fn reconcile(
             ""
         }
     );
+    Ok(())
+}
+
+/// Runs `future` on a runtime of its own; the exit code says how it ended.
+fn block_on_runtime(future: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let outcome = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(future));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orderflow: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One call of the admin API: its JSON answer, or the problem's detail.
+async fn admin_call(
+    url: &str,
+    token: Option<&str>,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut request = reqwest::Client::new()
+        .request(method, format!("{}{path}", url.trim_end_matches('/')))
+        .timeout(std::time::Duration::from_secs(30));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await?;
+    if !status.is_success() {
+        anyhow::bail!(
+            "{status}: {} {}",
+            body["detail"]
+                .as_str()
+                .or(body["title"].as_str())
+                .unwrap_or(""),
+            body.get("errors")
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        );
+    }
+    Ok(body)
+}
+
+async fn admin(url: &str, token: Option<&str>, action: AdminAction) -> anyhow::Result<()> {
+    let (path, body) = match action {
+        AdminAction::Instances { json } => return list_instances(url, token, json).await,
+        AdminAction::Workers { count } => {
+            let count =
+                match count.trim() {
+                    "auto" => None,
+                    n => Some(n.parse::<usize>().map_err(|_| {
+                        anyhow::anyhow!("{n:?} is neither a worker count nor `auto`")
+                    })?),
+                };
+            ("/admin/api/workers", serde_json::json!({ "count": count }))
+        }
+        AdminAction::Restart { instance } => (
+            "/admin/api/restart",
+            serde_json::json!({ "instance": instance }),
+        ),
+        AdminAction::Pause => ("/admin/api/pause", serde_json::json!({})),
+        AdminAction::Resume => ("/admin/api/resume", serde_json::json!({})),
+    };
+    let answer = admin_call(url, token, reqwest::Method::POST, path, Some(body)).await?;
+    println!("{answer}");
+    Ok(())
+}
+
+async fn list_instances(url: &str, token: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let body = admin_call(
+        url,
+        token,
+        reqwest::Method::GET,
+        "/admin/api/instances",
+        None,
+    )
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    let instances = body.as_array().cloned().unwrap_or_default();
+    for i in &instances {
+        println!(
+            "{}\t{}\tpartitions={}\tworkers={}\tpaused={}\thandled={}\tlast seen {}",
+            i["instance"].as_str().unwrap_or("?"),
+            i["state"].as_str().unwrap_or("?"),
+            i["partitions"],
+            i["workers"],
+            i["paused"],
+            i["handled"],
+            i["lastSeen"].as_str().unwrap_or("?"),
+        );
+    }
+    eprintln!("{} instance(s)", instances.len());
     Ok(())
 }

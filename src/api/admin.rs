@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Html;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
@@ -20,9 +20,11 @@ use serde::{Deserialize, Serialize};
 
 use super::error::Problem;
 use super::{json, ApiError};
+use crate::auth::Principal;
 use crate::brokers::Brokers;
-use crate::consumption_state::{self, ConsumptionState};
+use crate::consumption_state::{self, ConsumptionState, Restart, WorkerCount};
 use crate::dlq::{self, DeadLetter};
+use crate::fleet::{self, Instance};
 use crate::store::SharedStore;
 
 pub struct AdminState {
@@ -33,6 +35,11 @@ pub struct AdminState {
     pub group: String,
     pub dead_letter_topic: String,
     pub control_topic: String,
+    pub telemetry_topic: String,
+    pub telemetry_interval: Duration,
+    /// `Worker.MinWorkers` and `Worker.MaxWorkers`: the bounds of a count
+    /// set here.
+    pub worker_bounds: (usize, usize),
     pub timeout: Duration,
     pub max_body_bytes: usize,
 }
@@ -41,6 +48,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/admin", get(page))
         .route("/admin/api/overview", get(overview))
+        .route("/admin/api/instances", get(instances))
+        .route("/admin/api/workers", post(workers))
+        .route("/admin/api/restart", post(restart))
         .route("/admin/api/pause", post(pause))
         .route("/admin/api/resume", post(resume))
         .route("/admin/api/dlq/replay", post(replay))
@@ -58,6 +68,9 @@ pub fn disabled_router() -> Router {
     Router::new()
         .route("/admin", get(disabled))
         .route("/admin/api/overview", get(disabled))
+        .route("/admin/api/instances", get(disabled))
+        .route("/admin/api/workers", post(disabled))
+        .route("/admin/api/restart", post(disabled))
         .route("/admin/api/pause", post(disabled))
         .route("/admin/api/resume", post(disabled))
         .route("/admin/api/dlq/replay", post(disabled))
@@ -209,6 +222,119 @@ pub async fn overview(State(admin): State<Arc<AdminState>>) -> Result<Json<Overv
         paused,
         dead_letters,
     }))
+}
+
+#[utoipa::path(get, path = "/admin/api/instances", operation_id = "adminInstances", tag = "admin",
+    responses(
+        (status = 200, description = "Every worker instance with its partitions, from the telemetry topic", body = [Instance]),
+        (status = 404, description = "Admin.Enabled is false", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka unreachable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn instances(
+    State(admin): State<Arc<AdminState>>,
+) -> Result<Json<Vec<Instance>>, ApiError> {
+    fleet::instances(
+        &admin.brokers,
+        &admin.telemetry_topic,
+        admin.telemetry_interval,
+    )
+    .await
+    .map(Json)
+    .map_err(|e| kafka_error(format!("telemetry topic: {e}")))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkersRequest {
+    /// Worker tasks per instance, within Worker.MinWorkers..=MaxWorkers;
+    /// `null` gives the count back to the lag balancer.
+    count: Option<usize>,
+}
+
+#[utoipa::path(post, path = "/admin/api/workers", operation_id = "adminWorkers", tag = "admin",
+    request_body = WorkersRequest,
+    responses(
+        (status = 200, description = "Every instance runs this many workers from its next balance tick", body = WorkerCount),
+        (status = 400, description = "Invalid body, or a count outside the configured bounds", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Admin.Enabled is false", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka unreachable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn workers(
+    State(admin): State<Arc<AdminState>>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<WorkerCount>, ApiError> {
+    let request: WorkersRequest = json::parse(&headers, body, admin.max_body_bytes)?;
+    let (min, max) = admin.worker_bounds;
+    if let Some(n) = request.count {
+        if n < min || n > max {
+            return Err(ApiError::field(
+                "count",
+                format!("is {n}, must be {min}..={max} (Worker.MinWorkers..=Worker.MaxWorkers)"),
+            ));
+        }
+    }
+    let state = consumption_state::publish_workers(
+        &admin.producer,
+        &admin.control_topic,
+        request.count,
+        admin.timeout,
+    )
+    .await
+    .map_err(kafka_error)?;
+    tracing::warn!(
+        by = principal.as_ref().map_or("anonymous", |p| p.name.as_str()),
+        count = ?request.count,
+        "admin: worker count set for every instance"
+    );
+    Ok(Json(state))
+}
+
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestartRequest {
+    /// One instance (as `GET /admin/api/instances` names it); absent: all.
+    #[serde(default)]
+    instance: Option<String>,
+}
+
+#[utoipa::path(post, path = "/admin/api/restart", operation_id = "adminRestart", tag = "admin",
+    request_body = RestartRequest,
+    responses(
+        (status = 200, description = "The instance (or every one) leaves the group and rejoins", body = Restart),
+        (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Admin.Enabled is false", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka unreachable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn restart(
+    State(admin): State<Arc<AdminState>>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Restart>, ApiError> {
+    let request: RestartRequest = match &body {
+        Ok(bytes) if bytes.is_empty() => RestartRequest::default(),
+        _ => json::parse(&headers, body, admin.max_body_bytes)?,
+    };
+    let sent = consumption_state::publish_restart(
+        &admin.producer,
+        &admin.control_topic,
+        request.instance,
+        admin.timeout,
+    )
+    .await
+    .map_err(kafka_error)?;
+    tracing::warn!(
+        by = principal.as_ref().map_or("anonymous", |p| p.name.as_str()),
+        instance = sent.instance.as_deref().unwrap_or("all"),
+        "admin: consumption restart requested"
+    );
+    Ok(Json(sent))
 }
 
 async fn switch(admin: &AdminState, paused: bool) -> Result<Json<ConsumptionState>, ApiError> {

@@ -31,7 +31,7 @@ use crate::domain::{
         inventory::put, inventory::get,
         operations::healthz, operations::readyz, operations::metrics_page,
         document, docs_page,
-        admin::page, admin::overview, admin::pause, admin::resume, admin::replay,
+        admin::page, admin::overview, admin::instances, admin::workers, admin::restart, admin::pause, admin::resume, admin::replay,
     ),
     components(schemas(
         CreateOrderRequest, CreateItemRequest, Order, OrderItem, TimelineEntry, OrderSummary,
@@ -39,12 +39,15 @@ use crate::domain::{
         orders::Page, orders::PaymentRequest, orders::ShipmentRequest, inventory::PutInventory,
         admin::Overview, admin::StatusCount, admin::PartitionView, admin::DeadLetterView,
         admin::ReplayRequest, admin::Replayed, crate::consumption_state::ConsumptionState,
+        crate::fleet::Instance, crate::fleet::InstanceReport, admin::WorkersRequest,
+        crate::consumption_state::WorkerCount, admin::RestartRequest,
+        crate::consumption_state::Restart,
     )),
     tags(
         (name = "orders", description = "Create, read and advance orders"),
         (name = "inventory", description = "Stock levels the worker reserves from"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
-        (name = "admin", description = "Dashboard, pause/resume, dead letters (only with Admin.Enabled)"),
+        (name = "admin", description = "Dashboard, worker instances, pause/resume, dead letters (only with Admin.Enabled)"),
     )
 )]
 pub struct ApiDoc;

@@ -317,6 +317,10 @@ pub struct RawAdmin {
     pub enabled: bool,
     /// The compacted topic workers follow for pause/resume.
     pub control_topic: String,
+    /// The compacted topic each worker publishes its state to, under its
+    /// instance id.
+    pub telemetry_topic: String,
+    pub telemetry_interval_ms: u64,
 }
 
 impl Default for RawAdmin {
@@ -324,6 +328,8 @@ impl Default for RawAdmin {
         Self {
             enabled: false,
             control_topic: "orderflow.control".into(),
+            telemetry_topic: "orderflow.telemetry".into(),
+            telemetry_interval_ms: 5_000,
         }
     }
 }

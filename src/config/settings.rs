@@ -235,6 +235,8 @@ pub enum FulfilmentSink {
 pub struct AdminSettings {
     pub enabled: bool,
     pub control_topic: String,
+    pub telemetry_topic: String,
+    pub telemetry_interval: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -126,6 +126,12 @@ pub(super) fn config(check: &Check, raw: RawConfig) -> Result<Config, ConfigErro
     let admin = AdminSettings {
         enabled: raw.admin.enabled,
         control_topic: check.non_empty("Admin.ControlTopic", &raw.admin.control_topic)?,
+        telemetry_topic: check.non_empty("Admin.TelemetryTopic", &raw.admin.telemetry_topic)?,
+        telemetry_interval: check.millis(
+            "Admin.TelemetryIntervalMs",
+            raw.admin.telemetry_interval_ms,
+            100,
+        )?,
     };
     let embedded = kafka.servers == KafkaServers::Embedded;
     let reconcile = reconcile(check, &raw.reconcile, embedded)?;

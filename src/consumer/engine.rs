@@ -16,7 +16,7 @@
 //! revokes only the partitions that move; with an eager assignor, all.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -34,6 +34,7 @@ use super::offsets::OffsetTracker;
 use super::worker_task::{self, Delivery};
 use crate::brokers::{Brokers, KafkaSetupError};
 use crate::config::{Distribution, GroupProtocol, WorkerSettings};
+use crate::consumption_state::Controls;
 use crate::handlers::{self, HandlerContext};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 
@@ -60,7 +61,9 @@ pub struct EngineSettings {
     pub session_timeout: Duration,
     /// Set by the control topic: stop fetching (the group membership and
     /// the assignment stay; in-flight messages finish).
-    pub paused: Arc<AtomicBool>,
+    pub controls: Arc<Controls>,
+    /// Refreshed every balance interval.
+    pub status: Arc<Mutex<EngineStatus>>,
 }
 
 /// The tracker and the signal workers give when they finish a message.
@@ -138,7 +141,7 @@ struct EngineContext {
     progress: Arc<Progress>,
     owners: Arc<Owners>,
     topic: String,
-    paused: Arc<AtomicBool>,
+    controls: Arc<Controls>,
     /// Per assigned partition: messages on the broker not yet handed to
     /// the application, from librdkafka's statistics.
     broker_lag: Mutex<HashMap<i32, i64>>,
@@ -220,7 +223,7 @@ impl ConsumerContext for EngineContext {
                 self.owners.of(e.partition());
             }
             // Partitions gained while paused stay paused.
-            if self.paused.load(Ordering::SeqCst) {
+            if self.controls.paused.load(Ordering::SeqCst) {
                 if let Err(e) = consumer.pause(assigned) {
                     tracing::warn!(error = %e, "cannot pause newly assigned partitions");
                 }
@@ -349,7 +352,7 @@ pub fn start(
         progress: progress.clone(),
         owners: owners.clone(),
         topic: settings.topic.clone(),
-        paused: settings.paused.clone(),
+        controls: settings.controls.clone(),
         broker_lag: Mutex::default(),
     };
     let mut config = brokers.consumer_config(&settings.client_id);
@@ -440,10 +443,34 @@ fn commit(
     }
 }
 
-/// Messages not yet handled: on the broker beyond what was handed out (as
-/// of librdkafka's last statistics), plus those handed out and still
-/// queued or running. Published per partition as a gauge.
-fn total_lag(consumer: &BaseConsumer<EngineContext>, progress: &Progress) -> i64 {
+/// Leaves the group and joins it again, as an operator asked: the
+/// revocation drains and commits as in any rebalance; the partitions come
+/// back (here or elsewhere) from their committed offsets.
+fn restart(consumer: &BaseConsumer<EngineContext>, progress: &Progress, topic: &str) {
+    commit(consumer, progress, topic, CommitMode::Sync);
+    consumer.unsubscribe();
+    match consumer.subscribe(&[topic]) {
+        Ok(()) => tracing::warn!("consumption restarted: left the group, rejoining"),
+        Err(e) => tracing::error!(error = %e, "cannot rejoin the group after a restart"),
+    }
+}
+
+/// What the poll thread last saw, for the fleet telemetry.
+#[derive(Debug, Clone, Default)]
+pub struct EngineStatus {
+    pub partitions: Vec<i32>,
+    pub workers: usize,
+    pub paused: bool,
+    pub lag: BTreeMap<i32, i64>,
+}
+
+/// Messages not yet handled, per partition: on the broker beyond what was
+/// handed out (as of librdkafka's last statistics), plus those handed out
+/// and still queued or running. Published per partition as a gauge.
+fn partition_lag(
+    consumer: &BaseConsumer<EngineContext>,
+    progress: &Progress,
+) -> BTreeMap<i32, i64> {
     let broker_lag = consumer
         .context()
         .broker_lag
@@ -457,9 +484,9 @@ fn total_lag(consumer: &BaseConsumer<EngineContext>, progress: &Progress) -> i64
             let lag = lag + tracker.in_flight(partition) as i64;
             metrics::gauge!(crate::metrics::CONSUMER_LAG, "partition" => partition.to_string())
                 .set(lag as f64);
-            lag
+            (partition, lag)
         })
-        .sum()
+        .collect()
 }
 
 fn run(
@@ -481,7 +508,7 @@ fn run(
     let mut paused = false;
     let mut fatal = None;
     while !shutdown.is_triggered() {
-        let want_paused = settings.paused.load(Ordering::SeqCst);
+        let want_paused = settings.controls.paused.load(Ordering::SeqCst);
         if want_paused != paused {
             if let Ok(assignment) = consumer.assignment() {
                 let switched = if want_paused {
@@ -503,14 +530,22 @@ fn run(
                 }
             }
         }
+        if settings.controls.restart.swap(false, Ordering::SeqCst) {
+            restart(&consumer, &progress, &settings.topic);
+        }
         if last_commit.elapsed() >= w.commit_interval {
             commit(&consumer, &progress, &settings.topic, CommitMode::Async);
             last_commit = Instant::now();
         }
         if last_balance.elapsed() >= w.balance_interval {
             last_balance = Instant::now();
-            let lag = total_lag(&consumer, &progress);
-            let wanted = desired_workers(lag, w.lag_threshold, w.min_workers, w.max_workers);
+            let lags = partition_lag(&consumer, &progress);
+            let lag = lags.values().sum();
+            // An operator's count (the control topic) overrides the lag.
+            let wanted = match settings.controls.workers.load(Ordering::SeqCst) {
+                0 => desired_workers(lag, w.lag_threshold, w.min_workers, w.max_workers),
+                set => set.clamp(w.min_workers, w.max_workers),
+            };
             if wanted != pool.len() {
                 // Changing the count re-maps keys to workers: let every
                 // queued message finish first so no key is handled by two
@@ -518,6 +553,17 @@ fn run(
                 pool.resize(wanted);
                 tracing::info!(workers = wanted, lag, "worker count changed");
             }
+            let mut partitions: Vec<i32> = consumer
+                .assignment()
+                .map(|a| a.elements().iter().map(|e| e.partition()).collect())
+                .unwrap_or_default();
+            partitions.sort_unstable();
+            *settings.status.lock().unwrap_or_else(|e| e.into_inner()) = EngineStatus {
+                partitions,
+                workers: pool.len(),
+                paused,
+                lag: lags,
+            };
         }
         match consumer.poll(POLL) {
             None => {}

@@ -5,10 +5,10 @@
 
 pub mod balancer;
 mod engine;
+pub use engine::EngineStatus;
 pub mod offsets;
 mod worker_task;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::brokers::{Brokers, KafkaSetupError, TopicSpec};
@@ -28,6 +28,8 @@ pub struct Consumer {
     kafka_timeout: std::time::Duration,
     settings: engine::EngineSettings,
     handlers: Arc<HandlerContext>,
+    /// The fleet telemetry: topic, interval, this instance's id.
+    telemetry: (String, std::time::Duration, String),
 }
 
 impl Consumer {
@@ -63,9 +65,15 @@ impl Consumer {
                 client_id: orders.consumer_name.clone(),
                 worker: config.worker.clone(),
                 session_timeout: config.worker.session_timeout,
-                paused: Arc::new(AtomicBool::new(false)),
+                controls: Arc::default(),
+                status: Arc::default(),
             },
             handlers,
+            telemetry: (
+                config.admin.telemetry_topic.clone(),
+                config.admin.telemetry_interval,
+                crate::fleet::instance_id(config.worker.instance_id.as_deref()),
+            ),
         })
     }
 
@@ -85,9 +93,25 @@ impl Consumer {
         let control = crate::consumption_state::follow(
             &self.brokers,
             &self.control_topic,
-            self.settings.paused.clone(),
+            self.telemetry.2.clone(),
+            self.settings.controls.clone(),
             shutdown.clone(),
         )?;
+        let (topic, interval, instance) = self.telemetry;
+        let telemetry = tokio::spawn(crate::fleet::publish(
+            self.brokers
+                .producer("orderflow-telemetry", self.kafka_timeout)?,
+            topic,
+            interval,
+            crate::fleet::Source {
+                instance,
+                started_at: chrono::Utc::now(),
+                status: self.settings.status.clone(),
+                handlers: self.handlers.clone(),
+            },
+            shutdown.clone(),
+        ));
+        let stopping = shutdown.clone();
         let thread = engine::start(&self.brokers, self.settings, self.handlers, shutdown)?;
         let consumed = tokio::task::spawn_blocking(move || {
             let consumed = thread.join();
@@ -105,6 +129,14 @@ impl Consumer {
             unknown = s.unknown.load(Relaxed),
             "worker stopped"
         );
+        // After a shutdown it ends with a tombstone; after a failure of the
+        // consumer (no shutdown yet) it stops here, and the instance shows
+        // as gone.
+        if stopping.is_triggered() {
+            let _ = telemetry.await;
+        } else {
+            telemetry.abort();
+        }
         match consumed {
             Ok(Ok(consumed)) => consumed,
             // The poll thread panicked: its messages are uncommitted and

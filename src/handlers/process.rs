@@ -1,7 +1,7 @@
 //! Running one message to its outcome: decode, apply with retries, and
 //! dead-letter what can never be handled.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use rdkafka::message::{Message, OwnedMessage};
 
@@ -24,6 +24,8 @@ pub struct HandlerStats {
     pub retried: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub unknown: AtomicU64,
+    /// When the last event was handled (Unix milliseconds; 0: never).
+    pub last_handled_ms: AtomicI64,
 }
 
 pub struct HandlerContext {
@@ -148,6 +150,9 @@ async fn handle(
     match apply_with_retries(ctx, &command, &inbox, type_label, shutdown).await {
         Ok(Some(Applied::Done { status })) => {
             ctx.stats.handled.fetch_add(1, Ordering::Relaxed);
+            ctx.stats
+                .last_handled_ms
+                .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
             tracing::info!(event_id = %inbox.event_id, %event_type, %status, "event handled");
             Outcome::Handled
         }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use orderflow::brokers::EmbeddedKafka;
 
 use super::kafka_cluster::{self, KafkaCluster};
-use super::{CONTROL_TOPIC, DLQ_TOPIC, FULFILMENT_TOPIC, PARTITIONS, TOPIC};
+use super::{
+    CONTROL_TOPIC, DLQ_TOPIC, FULFILMENT_TOPIC, PARTITIONS, TELEMETRY_TOPIC, TOPIC, TOPICS,
+};
 
 /// The names one test's pipeline uses on its broker.
 #[derive(Debug, Clone)]
@@ -16,6 +18,7 @@ pub struct Names {
     pub fulfilment: String,
     pub dead_letters: String,
     pub control: String,
+    pub telemetry: String,
     pub group: String,
 }
 
@@ -27,6 +30,7 @@ impl Names {
             fulfilment: FULFILMENT_TOPIC.into(),
             dead_letters: DLQ_TOPIC.into(),
             control: CONTROL_TOPIC.into(),
+            telemetry: TELEMETRY_TOPIC.into(),
             group: "order-processing".into(),
         }
     }
@@ -39,6 +43,7 @@ impl Names {
             fulfilment: format!("order-fulfilments-{id}"),
             dead_letters: format!("orders-{id}.dlq"),
             control: format!("orderflow.control-{id}"),
+            telemetry: format!("orderflow.telemetry-{id}"),
             group: format!("order-processing-{id}"),
         }
     }
@@ -168,7 +173,7 @@ pub fn tokio_aware<T>(f: impl FnOnce() -> T) -> T {
 
 /// A mock cluster hosted by the test, with the topics orderflow uses.
 pub fn start_broker() -> TestBroker {
-    start_broker_with(&[TOPIC, FULFILMENT_TOPIC, DLQ_TOPIC, CONTROL_TOPIC])
+    start_broker_with(&TOPICS)
 }
 
 /// A mock cluster hosted by the test with only `topics` (the control topic
@@ -183,7 +188,7 @@ pub fn start_broker_with(topics: &[&str]) -> TestBroker {
 pub fn start_broker_partitioned(topics: &[&str], partitions: i32) -> TestBroker {
     let broker = EmbeddedKafka::start().expect("mock cluster");
     for topic in topics {
-        let partitions = if *topic == CONTROL_TOPIC {
+        let partitions = if *topic == CONTROL_TOPIC || *topic == TELEMETRY_TOPIC {
             1
         } else {
             partitions

@@ -41,6 +41,16 @@ pub const TOPIC: &str = "orders";
 pub const FULFILMENT_TOPIC: &str = "order-fulfilments";
 pub const DLQ_TOPIC: &str = "orders.dlq";
 pub const CONTROL_TOPIC: &str = "orderflow.control";
+pub const TELEMETRY_TOPIC: &str = "orderflow.telemetry";
+/// Every topic a pipeline uses: what a mock cluster (which creates none on
+/// request) must have before the roles start.
+pub const TOPICS: [&str; 5] = [
+    TOPIC,
+    FULFILMENT_TOPIC,
+    DLQ_TOPIC,
+    CONTROL_TOPIC,
+    TELEMETRY_TOPIC,
+];
 pub const PARTITIONS: i32 = 4;
 
 /// Runs an async test body once per backend: `both_backends!(name, body)`
@@ -73,6 +83,7 @@ pub fn env_for(db: &TestDb, broker: &TestBroker) -> Vec<(String, String)> {
         ("Fulfilment__Topic", &names.fulfilment),
         ("Worker__DeadLetterTopic", &names.dead_letters),
         ("Admin__ControlTopic", &names.control),
+        ("Admin__TelemetryTopic", &names.telemetry),
         (
             "KafkaConfiguration__Orders__Partitions",
             &PARTITIONS.to_string(),

@@ -23,6 +23,7 @@ mod cli_config;
 mod deployment;
 mod e2e_embedded;
 mod e2e_kafka;
+mod fleet;
 mod harness;
 mod interop;
 mod kafka_security;

@@ -1,0 +1,182 @@
+//! The fleet admin: every `run-worker` instance publishes its state to the
+//! telemetry topic and `GET /admin/api/instances` (and `orderflow admin
+//! instances`) lists them with their partitions; a worker that stops
+//! leaves the list.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::wait::eventually;
+use crate::common::{Cluster, Role, TestBroker, PARTITIONS};
+
+async fn instances(cluster: &Cluster) -> Vec<Value> {
+    let response = cluster
+        .http
+        .get(format!("{}/admin/api/instances", cluster.base()))
+        .send()
+        .await
+        .expect("GET instances");
+    assert_eq!(response.status(), 200);
+    response.json::<Vec<Value>>().await.expect("instances")
+}
+
+fn partitions(instance: &Value) -> BTreeSet<i64> {
+    instance["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_i64)
+        .collect()
+}
+
+/// The instances `up`, when there are `n` of them and between them they
+/// hold every partition, each once.
+fn settled(list: &[Value], n: usize) -> Option<Vec<Value>> {
+    let up: Vec<Value> = list
+        .iter()
+        .filter(|i| i["state"] == "up")
+        .cloned()
+        .collect();
+    let held: Vec<i64> = up.iter().flat_map(partitions).collect();
+    let all: BTreeSet<i64> = (0..i64::from(PARTITIONS)).collect();
+    (up.len() == n
+        && held.len() == all.len()
+        && held.iter().copied().collect::<BTreeSet<_>>() == all)
+        .then_some(up)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_lists_every_worker_with_its_partitions_and_drops_one_that_stops() {
+    let mut cluster = Cluster::builder(TestBroker::apache())
+        .env("Admin__Enabled", "true")
+        .env("Admin__TelemetryIntervalMs", "500")
+        .env("Worker__BalanceIntervalMs", "500")
+        .apis(1)
+        .workers(2)
+        .start()
+        .await;
+    cluster.wait_until_assigned();
+
+    let both = eventually(Duration::from_secs(30), || async {
+        settled(&instances(&cluster).await, 2)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "two instances sharing the partitions: {:?}",
+            cluster.logs(Role::Worker)
+        )
+    });
+    for i in &both {
+        assert!(i["instance"].as_str().is_some_and(|s| !s.is_empty()), "{i}");
+        assert!(i["workers"].as_u64().is_some_and(|w| w >= 1), "{i}");
+        assert_eq!(i["paused"], false, "{i}");
+        assert!(
+            i["version"].is_string() && i["startedAt"].is_string() && i["lastSeen"].is_string(),
+            "{i}"
+        );
+    }
+    assert_ne!(both[0]["instance"], both[1]["instance"]);
+
+    // The CLI, through the API, sees the same two.
+    let base = cluster.base();
+    let printed = cluster.orderflow(&["admin", "--url", &base, "instances", "--json"]);
+    let listed: Vec<Value> = serde_json::from_str(&printed).expect("JSON array");
+    let names = |l: &[Value]| -> BTreeSet<String> {
+        l.iter()
+            .filter_map(|i| i["instance"].as_str().map(String::from))
+            .collect()
+    };
+    assert_eq!(names(&listed), names(&both));
+
+    // A worker count set for the fleet reaches both instances' telemetry;
+    // `auto` gives it back to the lag balancer (1 without lag).
+    let set = cluster.orderflow(&["admin", "--url", &base, "workers", "3"]);
+    assert!(set.contains("\"count\":3"), "{set}");
+    for wanted in [3, 1] {
+        let reached = eventually(Duration::from_secs(20), || async {
+            let list = instances(&cluster).await;
+            (list.len() == 2 && list.iter().all(|i| i["workers"] == wanted)).then_some(())
+        })
+        .await;
+        assert!(
+            reached.is_some(),
+            "{wanted} workers on both: {:?}",
+            instances(&cluster).await
+        );
+        if wanted == 3 {
+            cluster.orderflow(&["admin", "--url", &base, "workers", "auto"]);
+        }
+    }
+    let refused = cluster
+        .http
+        .post(format!("{base}/admin/api/workers"))
+        .json(&serde_json::json!({"count": 99}))
+        .send()
+        .await
+        .expect("POST workers");
+    assert_eq!(refused.status(), 400);
+    let problem: Value = refused.json().await.expect("problem");
+    assert_eq!(problem["errors"][0]["field"], "count", "{problem}");
+
+    // A restart of one instance: it leaves the group and rejoins (its log
+    // says so, the other's does not), and the two share the partitions again.
+    let target = both[0]["instance"].as_str().expect("instance").to_string();
+    let restarted = cluster.orderflow(&["admin", "--url", &base, "restart", "--instance", &target]);
+    assert!(restarted.contains(&target), "{restarted}");
+    let logged = eventually(Duration::from_secs(20), || async {
+        let logs: Vec<String> = cluster
+            .live(Role::Worker)
+            .into_iter()
+            .map(|i| cluster.members[i].process.log_text())
+            .collect();
+        (logs
+            .iter()
+            .filter(|l| l.contains("consumption restarted"))
+            .count()
+            == 1)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        logged.is_some(),
+        "exactly one instance restarted: {}",
+        cluster.logs(Role::Worker)
+    );
+    let again = eventually(Duration::from_secs(30), || async {
+        settled(&instances(&cluster).await, 2)
+    })
+    .await;
+    assert!(
+        again.is_some(),
+        "both share the partitions after the restart"
+    );
+
+    // Pause and resume from the CLI reach both instances' telemetry.
+    for (action, paused) in [("pause", true), ("resume", false)] {
+        cluster.orderflow(&["admin", "--url", &base, action]);
+        let seen = eventually(Duration::from_secs(20), || async {
+            let list = instances(&cluster).await;
+            (list.len() == 2 && list.iter().all(|i| i["paused"] == paused)).then_some(())
+        })
+        .await;
+        assert!(seen.is_some(), "{action}: {:?}", instances(&cluster).await);
+    }
+
+    // A worker that stops cleanly leaves a tombstone: one instance, which
+    // now holds every partition.
+    let first = cluster.live(Role::Worker)[0];
+    cluster.stop(first);
+    let one = eventually(Duration::from_secs(30), || async {
+        let list = instances(&cluster).await;
+        (list.len() == 1).then_some(()).and(settled(&list, 1))
+    })
+    .await;
+    assert!(
+        one.is_some(),
+        "the stopped worker left the list: {:?}",
+        instances(&cluster).await
+    );
+}
