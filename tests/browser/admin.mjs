@@ -1,5 +1,6 @@
 // Drives /admin in headless Chromium: sees the lag and dead-letter tables,
-// clicks Pause, checks that both workers stop consuming (their counters stay
+// sees both worker instances, sets their worker count from the page and
+// sees it in both instances' telemetry (then gives it back), clicks Pause, checks that both workers stop consuming (their counters stay
 // put while new orders wait), clicks Resume, checks they drain, and saves a
 // screenshot. Usage: node admin.mjs <api base> <worker A admin> <worker B admin> <screenshot.png>
 import { chromium } from 'playwright-core';
@@ -48,6 +49,18 @@ try {
   const dlqRows = await page.locator('#dlq tbody tr').count();
   await until(async () => (await page.textContent('#state')) === 'running', 'state running');
 
+  await until(async () => (await page.locator('#instances tbody tr.up').count()) === 2, 'both worker instances on the page');
+  const instances = async () => (await fetch(`${base}/admin/api/instances`)).json();
+  page.on('dialog', dialog => dialog.accept());
+  for (const [set, wanted] of [['3', 3], [null, 1]]) {
+    if (set) { await page.fill('#count', set); await page.click('#workers button[type=submit], #workers button:not([type])'); }
+    else await page.click('#auto');
+    await until(async () => (await instances()).every(i => i.workers === wanted) && (await instances()).length === 2,
+      `${wanted} workers in both instances' telemetry`);
+    await until(async () => (await page.locator('#instances tbody tr td:nth-child(4)').allTextContents()).every(t => t === String(wanted)),
+      `${wanted} workers on the page`);
+  }
+
   await page.click('#pause');
   await until(async () => (await page.textContent('#state')) === 'paused', 'the page to show paused');
   await until(async () => (await Promise.all(workers.map(w => sample(w, 'orderflow_consumption_paused')))).every(v => v === 1),
@@ -64,7 +77,7 @@ try {
   const after = await consumed();
   await page.waitForTimeout(2500); // one refresh with the drained lag
   await page.screenshot({ path: screenshot, fullPage: true });
-  console.log(`browser summary: lag rows=${lagRows} dead letters=${dlqRows} consumed before pause=${before} while paused=${during} after resume=${after} screenshot=${screenshot}`);
+  console.log(`browser summary: instances=2 worker count set to 3 and back from the page, lag rows=${lagRows} dead letters=${dlqRows} consumed before pause=${before} while paused=${during} after resume=${after} screenshot=${screenshot}`);
 } finally {
   await browser.close();
 }
