@@ -22,6 +22,7 @@ use crate::shutdown::Shutdown;
 const CONSUMPTION_KEY: &str = "consumption";
 const WORKERS_KEY: &str = "workers";
 const RESTART_KEY: &str = "restart";
+const OFFSETS_KEY: &str = "offsets";
 
 /// What the control topic says, as every worker holds it.
 #[derive(Debug, Default)]
@@ -31,6 +32,56 @@ pub struct Controls {
     pub workers: AtomicUsize,
     /// An operator asked this instance to leave the group and rejoin.
     pub restart: AtomicBool,
+    /// An operator asked to move the group's offsets.
+    pub offsets: std::sync::Mutex<Option<MoveOffsets>>,
+}
+
+impl Controls {
+    /// The offsets move asked for, if any, once.
+    pub fn take_offsets(&self) -> Option<MoveOffsets> {
+        self.offsets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
+/// Where to move the group's committed offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", tag = "kind", content = "at")]
+pub enum OffsetTarget {
+    /// The start of each partition (what retention kept).
+    Earliest,
+    /// The end: every event not yet handled is skipped.
+    Latest,
+    /// The first event at or after this time.
+    Time(DateTime<Utc>),
+}
+
+/// A request to move the committed offsets of some partitions (all when
+/// `partitions` is `None`); each instance moves those it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MoveOffsets {
+    pub to: OffsetTarget,
+    pub partitions: Option<Vec<i32>>,
+    pub requested_at: DateTime<Utc>,
+}
+
+pub async fn publish_offsets(
+    producer: &FutureProducer,
+    topic: &str,
+    to: OffsetTarget,
+    partitions: Option<Vec<i32>>,
+    timeout: Duration,
+) -> Result<MoveOffsets, KafkaSetupError> {
+    let request = MoveOffsets {
+        to,
+        partitions,
+        requested_at: Utc::now(),
+    };
+    send(producer, topic, OFFSETS_KEY, &request, timeout).await?;
+    Ok(request)
 }
 
 /// A request to restart consumption (leave the group, rejoin), on every
@@ -168,6 +219,13 @@ pub fn follow(
                         tracing::warn!(requested_at = %restart.requested_at,
                             "consumption restart requested by the control topic");
                         controls.restart.store(true, Ordering::SeqCst);
+                    }
+                }
+                if let Some(request) = parse_keyed::<MoveOffsets>(&message, OFFSETS_KEY) {
+                    if request.requested_at > started {
+                        tracing::warn!(to = ?request.to, partitions = ?request.partitions,
+                            "offsets move requested by the control topic");
+                        *controls.offsets.lock().unwrap_or_else(|e| e.into_inner()) = Some(request);
                     }
                 }
                 if let Some(count) = parse_keyed::<WorkerCount>(&message, WORKERS_KEY) {

@@ -97,6 +97,19 @@ enum AdminAction {
         #[arg(long)]
         instance: Option<String>,
     },
+    /// Move the group's committed offsets (each instance moves the
+    /// partitions it holds).
+    Offsets {
+        /// `earliest`, `latest` or an RFC 3339 time.
+        #[arg(long)]
+        to: String,
+        /// Partitions (repeatable); all without.
+        #[arg(long = "partition")]
+        partitions: Vec<i32>,
+        /// Needed with `latest`: every event not yet handled is skipped.
+        #[arg(long)]
+        confirm: bool,
+    },
     /// Stop every worker fetching (the group and assignments stay).
     Pause,
     /// Let every worker fetch again.
@@ -376,6 +389,18 @@ async fn admin(url: &str, token: Option<&str>, action: AdminAction) -> anyhow::R
         AdminAction::Restart { instance } => (
             "/admin/api/restart",
             serde_json::json!({ "instance": instance }),
+        ),
+        AdminAction::Offsets {
+            to,
+            partitions,
+            confirm,
+        } => (
+            "/admin/api/offsets",
+            serde_json::json!({
+                "to": to,
+                "partitions": (!partitions.is_empty()).then_some(partitions),
+                "confirm": confirm,
+            }),
         ),
         AdminAction::Pause => ("/admin/api/pause", serde_json::json!({})),
         AdminAction::Resume => ("/admin/api/resume", serde_json::json!({})),

@@ -22,7 +22,9 @@ use super::error::Problem;
 use super::{json, ApiError};
 use crate::auth::Principal;
 use crate::brokers::Brokers;
-use crate::consumption_state::{self, ConsumptionState, Restart, WorkerCount};
+use crate::consumption_state::{
+    self, ConsumptionState, MoveOffsets, OffsetTarget, Restart, WorkerCount,
+};
 use crate::dlq::{self, DeadLetter};
 use crate::fleet::{self, Instance};
 use crate::store::SharedStore;
@@ -51,6 +53,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/api/instances", get(instances))
         .route("/admin/api/workers", post(workers))
         .route("/admin/api/restart", post(restart))
+        .route("/admin/api/offsets", post(offsets))
         .route("/admin/api/pause", post(pause))
         .route("/admin/api/resume", post(resume))
         .route("/admin/api/dlq/replay", post(replay))
@@ -71,6 +74,7 @@ pub fn disabled_router() -> Router {
         .route("/admin/api/instances", get(disabled))
         .route("/admin/api/workers", post(disabled))
         .route("/admin/api/restart", post(disabled))
+        .route("/admin/api/offsets", post(disabled))
         .route("/admin/api/pause", post(disabled))
         .route("/admin/api/resume", post(disabled))
         .route("/admin/api/dlq/replay", post(disabled))
@@ -333,6 +337,76 @@ pub async fn restart(
         by = principal.as_ref().map_or("anonymous", |p| p.name.as_str()),
         instance = sent.instance.as_deref().unwrap_or("all"),
         "admin: consumption restart requested"
+    );
+    Ok(Json(sent))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OffsetsRequest {
+    /// `earliest`, `latest` or an RFC 3339 time (not in the future).
+    to: String,
+    /// Partitions of the orders topic; absent: all.
+    #[serde(default)]
+    partitions: Option<Vec<i32>>,
+    /// Required with `latest`, which skips every event not yet handled.
+    #[serde(default)]
+    confirm: bool,
+}
+
+impl OffsetsRequest {
+    fn target(&self) -> Result<OffsetTarget, ApiError> {
+        match self.to.trim() {
+            "earliest" => Ok(OffsetTarget::Earliest),
+            "latest" if self.confirm => Ok(OffsetTarget::Latest),
+            "latest" => Err(ApiError::field(
+                "confirm",
+                "must be true with \"latest\": every event not yet handled is skipped for good",
+            )),
+            time => match chrono::DateTime::parse_from_rfc3339(time) {
+                Ok(at) if at <= chrono::Utc::now() => Ok(OffsetTarget::Time(at.to_utc())),
+                Ok(_) => Err(ApiError::field("to", "is in the future")),
+                Err(_) => Err(ApiError::field(
+                    "to",
+                    "is neither \"earliest\", \"latest\" nor an RFC 3339 time",
+                )),
+            },
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/admin/api/offsets", operation_id = "adminOffsets", tag = "admin",
+    request_body = OffsetsRequest,
+    responses(
+        (status = 200, description = "Each instance moves the offsets of the partitions it holds", body = MoveOffsets),
+        (status = 400, description = "Invalid body, an unknown target, or latest without confirm", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Admin.Enabled is false", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka unreachable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn offsets(
+    State(admin): State<Arc<AdminState>>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<MoveOffsets>, ApiError> {
+    let request: OffsetsRequest = json::parse(&headers, body, admin.max_body_bytes)?;
+    let to = request.target()?;
+    let sent = consumption_state::publish_offsets(
+        &admin.producer,
+        &admin.control_topic,
+        to,
+        request.partitions,
+        admin.timeout,
+    )
+    .await
+    .map_err(kafka_error)?;
+    tracing::warn!(
+        by = principal.as_ref().map_or("anonymous", |p| p.name.as_str()),
+        to = ?sent.to,
+        partitions = ?sent.partitions,
+        "admin: consumer group offsets move requested"
     );
     Ok(Json(sent))
 }

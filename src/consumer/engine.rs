@@ -34,7 +34,7 @@ use super::offsets::OffsetTracker;
 use super::worker_task::{self, Delivery};
 use crate::brokers::{Brokers, KafkaSetupError};
 use crate::config::{Distribution, GroupProtocol, WorkerSettings};
-use crate::consumption_state::Controls;
+use crate::consumption_state::{Controls, MoveOffsets, OffsetTarget};
 use crate::handlers::{self, HandlerContext};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 
@@ -173,16 +173,16 @@ impl ClientContext for EngineContext {
     }
 }
 
-impl ConsumerContext for EngineContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(revoked) = rebalance else {
-            return;
-        };
-        let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
-        self.owners.release(&partitions);
+impl EngineContext {
+    /// Lets the partitions go, as a revocation does: their owner signal
+    /// fires (retry waits end, messages not started are left), the few
+    /// running finish (bounded), their positions are committed and their
+    /// tracking forgotten; the other partitions keep flowing.
+    fn release(&self, consumer: &BaseConsumer<Self>, partitions: &[i32]) {
+        self.owners.release(partitions);
         {
             let mut tracker = self.progress.lock();
-            for p in &partitions {
+            for p in partitions {
                 tracker.revoking(*p);
             }
         }
@@ -198,7 +198,7 @@ impl ConsumerContext for EngineContext {
         let mut commits = TopicPartitionList::new();
         {
             let mut tracker = self.progress.lock();
-            for p in &partitions {
+            for p in partitions {
                 if let Some(position) = tracker.position(*p) {
                     let _ = commits.add_partition_offset(&self.topic, *p, Offset::Offset(position));
                 }
@@ -210,6 +210,16 @@ impl ConsumerContext for EngineContext {
                 tracing::warn!(error = %e, "commit on revocation failed");
             }
         }
+    }
+}
+
+impl ConsumerContext for EngineContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
+        self.release(consumer, &partitions);
         tracing::info!(?partitions, "partitions revoked");
     }
 
@@ -455,6 +465,82 @@ fn restart(consumer: &BaseConsumer<EngineContext>, progress: &Progress, topic: &
     }
 }
 
+/// Moves the committed offsets of the partitions this instance holds (of
+/// those asked for): they are let go as in a revocation (the messages in
+/// hand finish or are left, their positions committed), then the consumer
+/// seeks to the target and commits it; fetching goes on from there.
+fn move_offsets(consumer: &BaseConsumer<EngineContext>, request: &MoveOffsets, topic: &str) {
+    let held: Vec<i32> = consumer
+        .assignment()
+        .map(|a| a.elements().iter().map(|e| e.partition()).collect())
+        .unwrap_or_default();
+    let partitions: Vec<i32> = held
+        .into_iter()
+        .filter(|p| {
+            request
+                .partitions
+                .as_ref()
+                .is_none_or(|asked| asked.contains(p))
+        })
+        .collect();
+    if partitions.is_empty() {
+        return;
+    }
+    consumer.context().release(consumer, &partitions);
+    let targets = match offset_targets(consumer, topic, &partitions, request.to) {
+        Ok(targets) => targets,
+        Err(e) => {
+            tracing::error!(error = %e, ?partitions, "offsets not moved: cannot find the targets");
+            return;
+        }
+    };
+    let moved = consumer
+        .seek_partitions(targets.clone(), Duration::from_secs(10))
+        .and_then(|_| consumer.commit(&targets, CommitMode::Sync));
+    match moved {
+        Ok(()) => {
+            let at: Vec<(i32, i64)> = targets
+                .elements()
+                .iter()
+                .filter_map(|e| e.offset().to_raw().map(|o| (e.partition(), o)))
+                .collect();
+            tracing::warn!(to = ?request.to, offsets = ?at, "offsets moved");
+        }
+        Err(e) => tracing::error!(error = %e, ?partitions, "offsets not moved"),
+    }
+}
+
+/// The offset of each partition that `to` names.
+fn offset_targets(
+    consumer: &BaseConsumer<EngineContext>,
+    topic: &str,
+    partitions: &[i32],
+    to: OffsetTarget,
+) -> Result<TopicPartitionList, rdkafka::error::KafkaError> {
+    let timeout = Duration::from_secs(10);
+    let mut targets = TopicPartitionList::new();
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, *p, timeout)?;
+        let offset = match to {
+            OffsetTarget::Earliest => low,
+            OffsetTarget::Latest => high,
+            OffsetTarget::Time(at) => {
+                let mut asked = TopicPartitionList::new();
+                asked.add_partition_offset(topic, *p, Offset::Offset(at.timestamp_millis()))?;
+                let found = consumer.offsets_for_times(asked, timeout)?;
+                // No event at or after the time: the end.
+                found
+                    .find_partition(topic, *p)
+                    .and_then(|e| e.offset().to_raw())
+                    .filter(|o| *o >= 0)
+                    .unwrap_or(high)
+            }
+        };
+        targets.add_partition_offset(topic, *p, Offset::Offset(offset))?;
+    }
+    Ok(targets)
+}
+
 /// What the poll thread last saw, for the fleet telemetry.
 #[derive(Debug, Clone, Default)]
 pub struct EngineStatus {
@@ -532,6 +618,9 @@ fn run(
         }
         if settings.controls.restart.swap(false, Ordering::SeqCst) {
             restart(&consumer, &progress, &settings.topic);
+        }
+        if let Some(request) = settings.controls.take_offsets() {
+            move_offsets(&consumer, &request, &settings.topic);
         }
         if last_commit.elapsed() >= w.commit_interval {
             commit(&consumer, &progress, &settings.topic, CommitMode::Async);

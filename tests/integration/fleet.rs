@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use sqlx::PgPool;
+
 use crate::common::wait::eventually;
-use crate::common::{Cluster, Role, TestBroker, PARTITIONS};
+use crate::common::{order_body, Cluster, Metrics, Role, TestBroker, PARTITIONS};
 
 async fn instances(cluster: &Cluster) -> Vec<Value> {
     let response = cluster
@@ -179,4 +181,99 @@ async fn instances_lists_every_worker_with_its_partitions_and_drops_one_that_sto
         "the stopped worker left the list: {:?}",
         instances(&cluster).await
     );
+}
+
+/// `orderflow_events_handled_total{type="OrderCreated",outcome}` over the
+/// running workers.
+async fn created_handled(cluster: &Cluster, outcome: &str) -> f64 {
+    let mut sum = 0.0;
+    for admin in cluster.worker_admins() {
+        sum += Metrics::scrape(&cluster.http, &admin)
+            .await
+            .sample(
+                "orderflow_events_handled_total",
+                &[("type", "OrderCreated"), ("outcome", outcome)],
+            )
+            .unwrap_or(0.0);
+    }
+    sum
+}
+
+/// A rewind to a time before the last 100 orders: every one of their
+/// events is delivered again and found handled (the inbox), nothing
+/// changes; skipping to `latest` needs a confirmation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewind_before_the_last_100_orders_redelivers_them_and_changes_nothing() {
+    let mut cluster = Cluster::builder(TestBroker::apache())
+        .env("Admin__Enabled", "true")
+        .env("Worker__CommitIntervalMs", "200")
+        .apis(1)
+        .workers(2)
+        .start()
+        .await;
+    cluster.wait_until_assigned();
+    let pool = PgPool::connect(&cluster.db.url).await.expect("db");
+    let since = chrono::Utc::now() - chrono::Duration::seconds(1);
+    for i in 0..100 {
+        cluster
+            .create_order(&order_body(&format!("Rewind {i}"), "untracked", 1))
+            .await;
+    }
+    let reserved = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM orders WHERE status = 'Reserved'")
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+    };
+    let all = eventually(Duration::from_secs(60), || async {
+        (reserved().await == 100).then_some(())
+    })
+    .await;
+    assert!(all.is_some(), "100 orders Reserved");
+    let handled = created_handled(&cluster, "ok").await;
+    assert_eq!(handled, 100.0);
+    let duplicates = created_handled(&cluster, "duplicate").await;
+
+    let base = cluster.base();
+    let refused = cluster
+        .http
+        .post(format!("{base}/admin/api/offsets"))
+        .json(&serde_json::json!({"to": "latest"}))
+        .send()
+        .await
+        .expect("POST offsets");
+    assert_eq!(refused.status(), 400);
+    let problem: Value = refused.json().await.expect("problem");
+    assert_eq!(problem["errors"][0]["field"], "confirm", "{problem}");
+
+    let moved = cluster.orderflow(&[
+        "admin",
+        "--url",
+        &base,
+        "offsets",
+        "--to",
+        &since.to_rfc3339(),
+    ]);
+    assert!(moved.contains("\"time\""), "{moved}");
+    let redelivered = eventually(Duration::from_secs(60), || async {
+        (created_handled(&cluster, "duplicate").await - duplicates >= 100.0).then_some(())
+    })
+    .await;
+    assert!(
+        redelivered.is_some(),
+        "the 100 OrderCreated delivered again: {} duplicates\n{}",
+        created_handled(&cluster, "duplicate").await - duplicates,
+        cluster.logs(Role::Worker)
+    );
+    assert_eq!(
+        created_handled(&cluster, "ok").await,
+        handled,
+        "nothing handled twice"
+    );
+    assert_eq!(reserved().await, 100);
+    let entries: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM order_timeline")
+        .fetch_one(&pool)
+        .await
+        .expect("timeline");
+    assert_eq!(entries, 200, "Pending and Reserved once each");
 }

@@ -28,6 +28,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/admin/api/instances"),
     ("post", "/admin/api/workers"),
     ("post", "/admin/api/restart"),
+    ("post", "/admin/api/offsets"),
     ("post", "/admin/api/pause"),
     ("post", "/admin/api/resume"),
     ("post", "/admin/api/dlq/replay"),
