@@ -139,6 +139,7 @@ async fn http_server(
             telemetry_topic: config.admin.telemetry_topic.clone(),
             telemetry_interval: config.admin.telemetry_interval,
             worker_bounds: (config.worker.min_workers, config.worker.max_workers),
+            reconcile: (config.reconcile.stuck_after, config.reconcile.batch_size),
             timeout: config.kafka.message_timeout,
             max_body_bytes: config.api.max_body_bytes,
         })

@@ -36,13 +36,14 @@ const MAX_REDRIVE_GAP: Duration = Duration::from_secs(6 * 3600);
 
 /// A stuck order and what the pass did about it; `orderflow reconcile
 /// --json` prints these.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Finding {
     pub order_id: OrderId,
     pub status: OrderStatus,
     /// When the order entered its status.
     pub since: DateTime<Utc>,
+    #[schema(value_type = String, format = Uuid)]
     pub event_id: Uuid,
     pub event_type: EventType,
     /// Re-drives of this event before this pass.
@@ -63,6 +64,8 @@ pub enum Redrive {
     /// Every one, now (an operator's command, or a broker that forgot
     /// everything).
     All,
+    /// This order only, now (the dashboard's button).
+    Only(OrderId),
 }
 
 impl Redrive {
@@ -70,6 +73,7 @@ impl Redrive {
         match self {
             Self::Nothing => false,
             Self::All => true,
+            Self::Only(id) => order.order_id == id,
             Self::Due { stuck_after, max } => {
                 if order.redrives >= max {
                     return false;

@@ -26,7 +26,9 @@ use crate::consumption_state::{
     self, ConsumptionState, MoveOffsets, OffsetTarget, Restart, WorkerCount,
 };
 use crate::dlq::{self, DeadLetter};
+use crate::domain::OrderId;
 use crate::fleet::{self, Instance};
+use crate::reconciler::{self, Finding, Redrive};
 use crate::store::SharedStore;
 
 pub struct AdminState {
@@ -42,6 +44,8 @@ pub struct AdminState {
     /// `Worker.MinWorkers` and `Worker.MaxWorkers`: the bounds of a count
     /// set here.
     pub worker_bounds: (usize, usize),
+    /// `Reconcile.StuckAfterSeconds` and `BatchSize`, for the stuck orders.
+    pub reconcile: (Duration, usize),
     pub timeout: Duration,
     pub max_body_bytes: usize,
 }
@@ -54,6 +58,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/api/workers", post(workers))
         .route("/admin/api/restart", post(restart))
         .route("/admin/api/offsets", post(offsets))
+        .route("/admin/api/stuck", get(stuck))
+        .route("/admin/api/stuck/redrive", post(redrive))
         .route("/admin/api/pause", post(pause))
         .route("/admin/api/resume", post(resume))
         .route("/admin/api/dlq/replay", post(replay))
@@ -75,6 +81,8 @@ pub fn disabled_router() -> Router {
         .route("/admin/api/workers", post(disabled))
         .route("/admin/api/restart", post(disabled))
         .route("/admin/api/offsets", post(disabled))
+        .route("/admin/api/stuck", get(disabled))
+        .route("/admin/api/stuck/redrive", post(disabled))
         .route("/admin/api/pause", post(disabled))
         .route("/admin/api/resume", post(disabled))
         .route("/admin/api/dlq/replay", post(disabled))
@@ -409,6 +417,64 @@ pub async fn offsets(
         "admin: consumer group offsets move requested"
     );
     Ok(Json(sent))
+}
+
+async fn stuck_pass(admin: &AdminState, redrive: Redrive) -> Result<Vec<Finding>, ApiError> {
+    let (stuck_after, page) = admin.reconcile;
+    Ok(reconciler::pass(
+        &admin.store,
+        &admin.group,
+        reconciler::unchanged_since(stuck_after),
+        page,
+        redrive,
+    )
+    .await?)
+}
+
+#[utoipa::path(get, path = "/admin/api/stuck", operation_id = "adminStuck", tag = "admin",
+    responses(
+        (status = 200, description = "Orders waiting longer than Reconcile.StuckAfterSeconds for an event that is neither handled nor queued", body = [Finding]),
+        (status = 404, description = "Admin.Enabled is false", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unreachable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn stuck(State(admin): State<Arc<AdminState>>) -> Result<Json<Vec<Finding>>, ApiError> {
+    stuck_pass(&admin, Redrive::Nothing).await.map(Json)
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedriveRequest {
+    /// One stuck order; absent: every stuck order.
+    #[serde(default)]
+    order_id: Option<OrderId>,
+}
+
+#[utoipa::path(post, path = "/admin/api/stuck/redrive", operation_id = "adminRedrive", tag = "admin",
+    request_body = RedriveRequest,
+    responses(
+        (status = 200, description = "The stuck orders, those re-driven now marked", body = [Finding]),
+        (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Admin.Enabled is false", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unreachable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn redrive(
+    State(admin): State<Arc<AdminState>>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Vec<Finding>>, ApiError> {
+    let request: RedriveRequest = json::parse(&headers, body, admin.max_body_bytes)?;
+    let redrive = request.order_id.map_or(Redrive::All, Redrive::Only);
+    let findings = stuck_pass(&admin, redrive).await?;
+    tracing::warn!(
+        by = principal.as_ref().map_or("anonymous", |p| p.name.as_str()),
+        order_id = ?request.order_id,
+        redriven = findings.iter().filter(|f| f.redriven).count(),
+        "admin: stuck orders re-driven"
+    );
+    Ok(Json(findings))
 }
 
 async fn switch(admin: &AdminState, paused: bool) -> Result<Json<ConsumptionState>, ApiError> {

@@ -31,7 +31,7 @@ use crate::domain::{
         inventory::put, inventory::get,
         operations::healthz, operations::readyz, operations::metrics_page,
         document, docs_page,
-        admin::page, admin::overview, admin::instances, admin::workers, admin::restart, admin::offsets, admin::pause, admin::resume, admin::replay,
+        admin::page, admin::overview, admin::instances, admin::workers, admin::restart, admin::offsets, admin::stuck, admin::redrive, admin::pause, admin::resume, admin::replay,
     ),
     components(schemas(
         CreateOrderRequest, CreateItemRequest, Order, OrderItem, TimelineEntry, OrderSummary,
@@ -43,6 +43,7 @@ use crate::domain::{
         crate::consumption_state::WorkerCount, admin::RestartRequest,
         crate::consumption_state::Restart, admin::OffsetsRequest,
         crate::consumption_state::MoveOffsets, crate::consumption_state::OffsetTarget,
+        crate::reconciler::Finding, admin::RedriveRequest,
     )),
     tags(
         (name = "orders", description = "Create, read and advance orders"),

@@ -36,7 +36,7 @@ pub const MESSAGE_TYPE: &str = "Message-Type";
 pub const DESTINATION_ORDERS: &str = "orders";
 pub const DESTINATION_FULFILMENT: &str = "fulfilment";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 pub enum EventType {
     OrderCreated,
     OrderPaid,

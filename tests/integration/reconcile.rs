@@ -297,3 +297,53 @@ async fn a_notification_that_always_fails_is_recorded_on_the_timeline_after_max_
         "exactly MaxAttempts sends"
     );
 }
+
+/// The admin API lists the same stuck orders and re-drives one on request
+/// (the dashboard's button).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_lists_stuck_orders_and_redrives_one() {
+    let cluster = Cluster::builder(TestBroker::mock())
+        .env("Admin__Enabled", "true")
+        .env("Reconcile__StuckAfterSeconds", "1")
+        .apis(1)
+        .start()
+        .await;
+    let order_id = cluster
+        .create_order(&order_body("Stuck Stella", "untracked-gadget", 1))
+        .await;
+    let id = order_id.to_string();
+    assert_eq!(copies_on_topic(&cluster, &id, 1).await.len(), 1);
+    let url = |path: &str| format!("{}{path}", cluster.base());
+    let listed = common::eventually(Duration::from_secs(20), || async {
+        let list: Vec<Value> = cluster
+            .http
+            .get(url("/admin/api/stuck"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        entry_for(&list, &id)
+    })
+    .await
+    .expect("GET /admin/api/stuck lists the stranded order");
+    assert_eq!(listed["redriven"], false, "{listed}");
+    let answer: Vec<Value> = cluster
+        .http
+        .post(url("/admin/api/stuck/redrive"))
+        .json(&serde_json::json!({ "orderId": id }))
+        .send()
+        .await
+        .expect("POST redrive")
+        .json()
+        .await
+        .expect("findings");
+    let redriven = entry_for(&answer, &id).expect("the order in the answer");
+    assert_eq!(redriven["redriven"], true, "{redriven}");
+    assert_eq!(
+        copies_on_topic(&cluster, &id, 2).await.len(),
+        2,
+        "published again"
+    );
+}
