@@ -29,6 +29,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/admin/api/workers"),
     ("post", "/admin/api/restart"),
     ("post", "/admin/api/offsets"),
+    ("get", "/admin/api/stuck"),
+    ("post", "/admin/api/stuck/redrive"),
     ("post", "/admin/api/pause"),
     ("post", "/admin/api/resume"),
     ("post", "/admin/api/dlq/replay"),
