@@ -4,9 +4,12 @@
 //! poison, with the real binary as separate processes. Scenarios 1-8 and 12
 //! run on both brokers (`…::mock` on librdkafka's mock cluster, `…::apache`
 //! on the 3-node Apache Kafka cluster, replication factor 3); 9-11 take
-//! Apache Kafka nodes away and run there only. Each scenario prints a
-//! `PROOF …` line of figures and leaves them in target/proof/ (PROOF.md has
-//! the tables of the last run).
+//! Apache Kafka nodes away and run there only. The rebalancing scenarios
+//! (5 and 8) also run on Apache Kafka under each group setup (`…::apache`
+//! cooperative-sticky, `…::apache_eager`, `…::apache_kip848`), their
+//! figures side by side (issue #23). Each scenario prints a `PROOF …` line
+//! of figures and leaves them in target/proof/ (PROOF.md has the tables of
+//! the last run).
 //!
 //! `cargo test --test proof -- --nocapture --test-threads 2`
 //!
@@ -24,7 +27,7 @@ use std::time::Duration;
 
 use common::kafka_cluster::ClusterOptions;
 use common::{Role, TestBroker};
-use harness::{check, Driver, Harness, TopicHistory};
+use harness::{check, Driver, GroupSetup, Harness, TopicHistory};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -57,6 +60,35 @@ macro_rules! on_both_brokers {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn apache() {
                 super::$scenario($apache).await
+            }
+        }
+    };
+}
+
+/// A rebalancing scenario, given the workers' group setup: on Apache Kafka
+/// under cooperative-sticky (the default), the eager assignor and KIP-848;
+/// on the mock cluster under the eager assignor, as every test on it runs
+/// (its cooperative rebalances left partitions unowned for ~20 s, and once
+/// aborted librdkafka in `rd_kafka_cgrp_terminated`).
+macro_rules! under_every_group_setup {
+    ($scenario:ident) => {
+        mod $scenario {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mock() {
+                super::$scenario(TestBroker::mock(), GroupSetup::Eager).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn apache() {
+                super::$scenario(TestBroker::apache(), GroupSetup::Cooperative).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn apache_eager() {
+                super::$scenario(TestBroker::apache(), GroupSetup::Eager).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn apache_kip848() {
+                super::$scenario(TestBroker::apache(), GroupSetup::Kip848).await
             }
         }
     };
@@ -127,8 +159,8 @@ async fn s4_postgres_connections_cut_for_10_seconds(broker: TestBroker) {
     check(&h, &lifecycles, &[]).await.report_and_assert();
 }
 
-async fn s5_workers_added_and_removed_during_load(broker: TestBroker) {
-    let mut h = Harness::start("5-rebalance", broker, 1, 1).await;
+async fn s5_workers_added_and_removed_during_load(broker: TestBroker, setup: GroupSetup) {
+    let mut h = Harness::start_under("5-rebalance", broker, 1, 1, setup).await;
     let driver = Driver::new(&h, PATIENCE);
     let load = driver.run(300, 25, 64);
     let faults = async {
@@ -242,8 +274,8 @@ async fn s7_poison_messages_between_good_ones(broker: TestBroker) {
     check(&h, &lifecycles, &keys).await.report_and_assert();
 }
 
-async fn s8_rolling_restart_of_every_process(broker: TestBroker) {
-    let mut h = Harness::start("8-rolling-restart", broker, 2, 2).await;
+async fn s8_rolling_restart_of_every_process(broker: TestBroker, setup: GroupSetup) {
+    let mut h = Harness::start_under("8-rolling-restart", broker, 2, 2, setup).await;
     let driver = Driver::new(&h, PATIENCE);
     let load = driver.run(300, 20, 64);
     let faults = async {
@@ -326,10 +358,10 @@ on_both_brokers!(s1_api_killed_during_a_burst_of_creations);
 on_both_brokers!(s2_worker_killed_mid_batch_and_restarted);
 on_both_brokers!(s3_kafka_unavailable_for_30_seconds, own);
 on_both_brokers!(s4_postgres_connections_cut_for_10_seconds);
-on_both_brokers!(s5_workers_added_and_removed_during_load);
+under_every_group_setup!(s5_workers_added_and_removed_during_load);
 on_both_brokers!(s6_every_event_delivered_twice);
 on_both_brokers!(s7_poison_messages_between_good_ones);
-on_both_brokers!(s8_rolling_restart_of_every_process);
+under_every_group_setup!(s8_rolling_restart_of_every_process);
 on_both_brokers!(s12_orders_topic_messages_lost_during_load);
 
 /// Runs blocking cluster work (a node's exit or start takes seconds) off

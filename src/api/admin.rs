@@ -477,12 +477,20 @@ pub async fn redrive(
     Ok(Json(findings))
 }
 
-async fn switch(admin: &AdminState, paused: bool) -> Result<Json<ConsumptionState>, ApiError> {
+async fn switch(
+    admin: &AdminState,
+    paused: bool,
+    principal: Option<Extension<Principal>>,
+) -> Result<Json<ConsumptionState>, ApiError> {
     let state =
         consumption_state::publish(&admin.producer, &admin.control_topic, paused, admin.timeout)
             .await
             .map_err(kafka_error)?;
-    tracing::warn!(paused, "consumption switched from the admin dashboard");
+    tracing::warn!(
+        by = principal.as_ref().map_or("anonymous", |p| p.name.as_str()),
+        paused,
+        "admin: consumption switched"
+    );
     Ok(Json(state))
 }
 
@@ -494,8 +502,9 @@ async fn switch(admin: &AdminState, paused: bool) -> Result<Json<ConsumptionStat
     ))]
 pub async fn pause(
     State(admin): State<Arc<AdminState>>,
+    principal: Option<Extension<Principal>>,
 ) -> Result<Json<ConsumptionState>, ApiError> {
-    switch(&admin, true).await
+    switch(&admin, true, principal).await
 }
 
 #[utoipa::path(post, path = "/admin/api/resume", operation_id = "adminResume", tag = "admin",
@@ -506,8 +515,9 @@ pub async fn pause(
     ))]
 pub async fn resume(
     State(admin): State<Arc<AdminState>>,
+    principal: Option<Extension<Principal>>,
 ) -> Result<Json<ConsumptionState>, ApiError> {
-    switch(&admin, false).await
+    switch(&admin, false, principal).await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -160,7 +160,9 @@ pub struct RawWorker {
     pub group_protocol: String,
     /// The classic protocol's assignor: "cooperative-sticky" (incremental:
     /// only moved partitions stop) or the eager "range" / "roundrobin"
-    /// (every partition revoked at every change).
+    /// (every partition revoked at every change). Empty: cooperative-sticky,
+    /// but range on the embedded broker (librdkafka's mock cluster handles
+    /// cooperative rebalances poorly).
     pub assignor: String,
     /// Static membership (`group.instance.id`): a member that restarts
     /// within the session timeout gets its partitions back without a
@@ -191,7 +193,7 @@ impl Default for RawWorker {
             balance_interval_ms: 5_000,
             session_timeout_ms: 45_000,
             group_protocol: "classic".into(),
-            assignor: "cooperative-sticky".into(),
+            assignor: String::new(),
             instance_id: String::new(),
             fetch_wait_max_ms: 100,
             dead_letter_topic: String::new(),

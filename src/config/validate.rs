@@ -120,7 +120,8 @@ pub(super) fn config(check: &Check, raw: RawConfig) -> Result<Config, ConfigErro
     let kafka = kafka(check, &raw.kafka_configuration)?;
     let database = database(check, &raw.database)?;
     let api = api(check, &raw.api)?;
-    let worker = worker(check, &raw.worker, &kafka.orders.name)?;
+    let embedded = kafka.servers == KafkaServers::Embedded;
+    let worker = worker(check, &raw.worker, &kafka.orders.name, embedded)?;
     let fulfilment = fulfilment(check, &raw.fulfilment)?;
     let outbox = outbox(check, &raw.outbox)?;
     let admin = AdminSettings {
@@ -133,7 +134,6 @@ pub(super) fn config(check: &Check, raw: RawConfig) -> Result<Config, ConfigErro
             100,
         )?,
     };
-    let embedded = kafka.servers == KafkaServers::Embedded;
     let reconcile = reconcile(check, &raw.reconcile, embedded)?;
     let events = events(check, &raw.events)?;
     Ok(Config {
@@ -245,7 +245,12 @@ fn api(check: &Check, a: &RawApi) -> Result<ApiSettings, ConfigError> {
 }
 
 /// `orders_topic` names the default dead-letter topic.
-fn worker(check: &Check, w: &RawWorker, orders_topic: &str) -> Result<WorkerSettings, ConfigError> {
+fn worker(
+    check: &Check,
+    w: &RawWorker,
+    orders_topic: &str,
+    embedded: bool,
+) -> Result<WorkerSettings, ConfigError> {
     let min_workers = check.in_range("Worker.MinWorkers", w.min_workers, 1, 256)? as usize;
     let max_workers = check.in_range("Worker.MaxWorkers", w.max_workers, 1, 256)? as usize;
     if max_workers < min_workers {
@@ -268,7 +273,7 @@ fn worker(check: &Check, w: &RawWorker, orders_topic: &str) -> Result<WorkerSett
         commit_interval: check.millis("Worker.CommitIntervalMs", w.commit_interval_ms, 10)?,
         balance_interval: check.millis("Worker.BalanceIntervalMs", w.balance_interval_ms, 100)?,
         session_timeout: check.millis("Worker.SessionTimeoutMs", w.session_timeout_ms, 1_000)?,
-        group_protocol: group_protocol(check, &w.group_protocol, &w.assignor)?,
+        group_protocol: group_protocol(check, &w.group_protocol, &w.assignor, embedded)?,
         instance_id: Some(w.instance_id.trim())
             .filter(|id| !id.is_empty())
             .map(String::from),
@@ -297,11 +302,14 @@ fn group_protocol(
     check: &Check,
     protocol: &str,
     assignor: &str,
+    embedded: bool,
 ) -> Result<GroupProtocol, ConfigError> {
     match protocol.trim().to_ascii_lowercase().as_str() {
         "consumer" => Ok(GroupProtocol::Consumer),
         "classic" => Ok(GroupProtocol::Classic(
             match assignor.trim().to_ascii_lowercase().as_str() {
+                "" if embedded => Assignor::Range,
+                "" => Assignor::CooperativeSticky,
                 "cooperative-sticky" => Assignor::CooperativeSticky,
                 "range" => Assignor::Range,
                 "roundrobin" => Assignor::RoundRobin,

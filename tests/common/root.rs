@@ -102,6 +102,10 @@ pub fn env_for(db: &TestDb, broker: &TestBroker) -> Vec<(String, String)> {
         ("Outbox__MaxBackoffMs", "1000"),
     ]
     .into_iter()
+    // librdkafka's mock cluster handles cooperative rebalances poorly
+    // (partitions unowned for ~20 s, an abort once): tests on it rebalance
+    // eagerly, as the embedded broker does by default.
+    .chain((!broker.is_apache()).then_some(("Worker__Assignor", "range")))
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
 }

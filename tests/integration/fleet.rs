@@ -95,9 +95,9 @@ async fn instances_lists_every_worker_with_its_partitions_and_drops_one_that_sto
 
     // A worker count set for the fleet reaches both instances' telemetry;
     // `auto` gives it back to the lag balancer (1 without lag).
-    let set = cluster.orderflow(&["admin", "--url", &base, "workers", "3"]);
-    assert!(set.contains("\"count\":3"), "{set}");
-    for wanted in [3, 1] {
+    let set = cluster.orderflow(&["admin", "--url", &base, "workers", "4"]);
+    assert!(set.contains("\"count\":4"), "{set}");
+    for wanted in [4, 1] {
         let reached = eventually(Duration::from_secs(20), || async {
             let list = instances(&cluster).await;
             (list.len() == 2 && list.iter().all(|i| i["workers"] == wanted)).then_some(())
@@ -108,7 +108,7 @@ async fn instances_lists_every_worker_with_its_partitions_and_drops_one_that_sto
             "{wanted} workers on both: {:?}",
             instances(&cluster).await
         );
-        if wanted == 3 {
+        if wanted == 4 {
             cluster.orderflow(&["admin", "--url", &base, "workers", "auto"]);
         }
     }

@@ -20,7 +20,7 @@ use sqlx::{Connection, PgConnection, Row};
 
 use super::common::proxy::TcpProxy;
 use super::common::wait::{eventually_every, poll};
-use super::common::{self, Cluster, Metrics, Received, TestBroker, LIFECYCLE};
+use super::common::{self, Cluster, Metrics, Received, Role, TestBroker, LIFECYCLE};
 
 /// A tracked product with stock for every order: the reservation is the
 /// effect whose duplication would show in the numbers.
@@ -28,10 +28,14 @@ pub const PRODUCT: &str = "proof-widget";
 pub const STOCK: i64 = 1_000_000;
 
 pub struct Harness {
-    /// `<broker>/<scenario>`, e.g. `apache/9-leader-sigkill`.
+    /// `<broker>/<scenario>`, e.g. `apache/9-leader-sigkill`, with the
+    /// group setup when not the default's: `apache/5-rebalance-eager`.
     pub name: String,
     pub cluster: Cluster,
     pub started: Instant,
+    /// The group setup the workers were started with, when the scenario
+    /// chose one ([`Harness::start_under`]); otherwise the engine's default.
+    pub setup: Option<GroupSetup>,
     /// What the orders topic still holds when the checker reads it.
     pub topic: TopicHistory,
     /// Orders re-driven by processes [`Harness::stop`] took away (their
@@ -52,11 +56,82 @@ pub enum TopicHistory {
 /// The reconciler's counter of events published again.
 const REDRIVEN: &str = "orderflow_orders_redriven_total";
 
+/// How the workers share the orders topic's partitions (issue #23).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupSetup {
+    /// The classic protocol, `range` assignor: every partition revoked at
+    /// every membership change.
+    Eager,
+    /// The classic protocol, `cooperative-sticky` assignor (the engine's
+    /// default): only the partitions that move are revoked.
+    Cooperative,
+    /// KIP-848's consumer protocol, assignment by the broker; its session
+    /// timeout is the cluster's `group.consumer.session.timeout.ms` (6 s on
+    /// the test cluster, as the classic `Worker.SessionTimeoutMs` of the
+    /// tests).
+    Kip848,
+}
+
+impl GroupSetup {
+    pub fn label(self) -> &'static str {
+        match self {
+            GroupSetup::Eager => "eager",
+            GroupSetup::Cooperative => "cooperative",
+            GroupSetup::Kip848 => "kip848",
+        }
+    }
+
+    /// The workers' settings for it.
+    fn env(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            GroupSetup::Eager => &[
+                ("Worker__GroupProtocol", "classic"),
+                ("Worker__Assignor", "range"),
+            ],
+            GroupSetup::Cooperative => &[
+                ("Worker__GroupProtocol", "classic"),
+                ("Worker__Assignor", "cooperative-sticky"),
+            ],
+            GroupSetup::Kip848 => &[("Worker__GroupProtocol", "consumer")],
+        }
+    }
+
+    /// The scenario's name under it: the default setup's keeps the plain
+    /// name (PROOF.md's main tables), the others carry theirs.
+    fn scenario(self, name: &str) -> String {
+        match self {
+            GroupSetup::Cooperative => name.to_string(),
+            other => format!("{name}-{}", other.label()),
+        }
+    }
+}
+
 impl Harness {
     /// `apis` APIs and `workers` workers on `broker`, PostgreSQL behind a
     /// proxy, the product stocked.
     pub async fn start(name: &str, broker: TestBroker, apis: usize, workers: usize) -> Self {
         Self::start_with(name, broker, apis, workers, &[]).await
+    }
+
+    /// As [`Harness::start`], the workers in group setup `setup`, which the
+    /// scenario's name and figures carry.
+    pub async fn start_under(
+        name: &str,
+        broker: TestBroker,
+        apis: usize,
+        workers: usize,
+        setup: GroupSetup,
+    ) -> Self {
+        // The comparison is Apache Kafka's; on the mock cluster the
+        // scenario keeps its plain name.
+        let scenario = if broker.is_apache() {
+            setup.scenario(name)
+        } else {
+            name.to_string()
+        };
+        let mut harness = Self::start_with(&scenario, broker, apis, workers, setup.env()).await;
+        harness.setup = Some(setup);
+        harness
     }
 
     /// As [`Harness::start`], every process with the settings `env` on
@@ -95,6 +170,7 @@ impl Harness {
             name,
             cluster,
             started,
+            setup: None,
             topic: TopicHistory::Whole,
             redriven_by_stopped: 0.0,
         }
@@ -375,13 +451,49 @@ pub struct Figures {
     /// Orders whose event the reconciler published again.
     pub redriven: usize,
     pub seconds: f64,
+    /// The group setup the scenario chose (`eager`, `cooperative`,
+    /// `kip848`); absent: the engine's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_setup: Option<String>,
+    /// The rebalancing figures (reported, never asserted).
+    #[serde(flatten)]
+    pub rebalancing: Rebalancing,
+}
+
+/// How the pipeline's steps (Pending → Reserved, Paid → AwaitingShipment,
+/// Shipped → Fulfilled) fared while partitions moved between workers. A
+/// partition *moved* when the workers' logs (dead ones' included) show it
+/// in "partitions assigned" more than once: under eager every rebalance
+/// assigns every partition again, so every one moves.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Rebalancing {
+    /// The steps of every order.
+    pub steps: usize,
+    /// The p99 of every step's delay.
+    pub p99_delay_ms: Option<i64>,
+    /// The steps of the orders whose partition (that of their events)
+    /// never moved, and their p99: none when every partition moved.
+    pub unmoved_steps: usize,
+    pub p99_delay_unmoved_ms: Option<i64>,
+    /// The steps during which the order's partition stayed where it was:
+    /// assigned when the step began (not waiting for the group's first
+    /// assignment), not moved before it ended; and their p99.
+    pub undisturbed_steps: usize,
+    pub p99_delay_undisturbed_ms: Option<i64>,
+    /// Partitions that moved at least once.
+    pub partitions_moved: usize,
+    /// Assignments of a partition after its first, over all partitions.
+    pub partition_moves: usize,
 }
 
 impl Figures {
     pub fn summary(&self) -> String {
         format!(
             "PROOF {}: accepted={} fulfilled={} lost={} duplicated_effects={} out_of_order={} \
-             poison_in_dlq={}/{} max_delay_ms={} redelivered={} redriven={} ({:.0} s)",
+             poison_in_dlq={}/{} max_delay_ms={} redelivered={} redriven={} \
+             setup={} p99_delay_ms={} p99_delay_unmoved_ms={} (of {} steps) \
+             p99_delay_undisturbed_ms={} (of {} steps) steps={} partitions_moved={} \
+             partition_moves={} ({:.0} s)",
             self.scenario,
             self.accepted,
             self.fulfilled,
@@ -393,6 +505,15 @@ impl Figures {
             self.max_delay_ms,
             self.redelivered,
             self.redriven,
+            self.group_setup.as_deref().unwrap_or("default"),
+            or_none(self.rebalancing.p99_delay_ms),
+            or_none(self.rebalancing.p99_delay_unmoved_ms),
+            self.rebalancing.unmoved_steps,
+            or_none(self.rebalancing.p99_delay_undisturbed_ms),
+            self.rebalancing.undisturbed_steps,
+            self.rebalancing.steps,
+            self.rebalancing.partitions_moved,
+            self.rebalancing.partition_moves,
             self.seconds
         )
     }
@@ -419,6 +540,10 @@ impl Figures {
             self.summary()
         );
     }
+}
+
+fn or_none(ms: Option<i64>) -> String {
+    ms.map_or_else(|| "none".to_string(), |ms| ms.to_string())
 }
 
 const EVENTS: [&str; 3] = ["OrderCreated", "OrderPaid", "OrderShipped"];
@@ -482,14 +607,31 @@ struct Timelines {
     out_of_order: usize,
     /// The longest step the pipeline itself took.
     max_delay_ms: i64,
+    /// Every step the pipeline itself took.
+    steps: Vec<Step>,
     /// Orders that got a reservation.
     reserved_orders: i64,
 }
 
+type At = chrono::DateTime<chrono::Utc>;
+
+/// One step the pipeline took for an order: from the status the API set to
+/// the one the worker set.
+struct Step {
+    order: String,
+    from: At,
+    to: At,
+}
+
+impl Step {
+    fn ms(&self) -> i64 {
+        (self.to - self.from).num_milliseconds()
+    }
+}
+
 /// Timelines: exactly the forward chain, each status once.
 async fn read_timelines(db: &mut PgConnection) -> Timelines {
-    let mut timelines: BTreeMap<String, Vec<(String, chrono::DateTime<chrono::Utc>)>> =
-        BTreeMap::new();
+    let mut timelines: BTreeMap<String, Vec<(String, At)>> = BTreeMap::new();
     for row in sqlx::query("SELECT order_id::text, status, at FROM order_timeline ORDER BY id")
         .fetch_all(db)
         .await
@@ -504,9 +646,10 @@ async fn read_timelines(db: &mut PgConnection) -> Timelines {
         duplicated: 0,
         out_of_order: 0,
         max_delay_ms: 0,
+        steps: Vec::new(),
         reserved_orders: 0,
     };
-    for steps in timelines.values() {
+    for (order, steps) in &timelines {
         let names: Vec<&str> = steps.iter().map(|(s, _)| s.as_str()).collect();
         let distinct: HashSet<&str> = names.iter().copied().collect();
         figures.duplicated += names.len() - distinct.len();
@@ -522,8 +665,14 @@ async fn read_timelines(db: &mut PgConnection) -> Timelines {
             ("Paid", "AwaitingShipment"),
             ("Shipped", "Fulfilled"),
         ] {
-            if let (Some(a), Some(b)) = (at(from), at(to)) {
-                figures.max_delay_ms = figures.max_delay_ms.max((b - a).num_milliseconds());
+            if let (Some(from), Some(to)) = (at(from), at(to)) {
+                let step = Step {
+                    order: order.clone(),
+                    from,
+                    to,
+                };
+                figures.max_delay_ms = figures.max_delay_ms.max(step.ms());
+                figures.steps.push(step);
             }
         }
     }
@@ -532,6 +681,163 @@ async fn read_timelines(db: &mut PgConnection) -> Timelines {
         .filter(|s| s.iter().any(|(n, _)| n == "Reserved"))
         .count() as i64;
     figures
+}
+
+/// Every "partitions assigned" the workers logged (the dead ones'
+/// included), as (when, partition), oldest first.
+fn assignments(harness: &Harness) -> Vec<(At, i32)> {
+    let mut all = Vec::new();
+    for member in harness
+        .cluster
+        .members
+        .iter()
+        .filter(|m| m.role != Role::Api)
+    {
+        for line in member.process.log_lines("partitions assigned") {
+            let when = line["timestamp"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .unwrap_or_else(|| panic!("no RFC 3339 timestamp in {line}"))
+                .with_timezone(&chrono::Utc);
+            all.extend(
+                partitions_of(&line["partitions"])
+                    .into_iter()
+                    .map(|p| (when, p)),
+            );
+        }
+    }
+    all.sort();
+    all
+}
+
+/// A logged partition list: `"[0, 1]"` (a `Debug` field) or `[0, 1]`.
+fn partitions_of(field: &Value) -> Vec<i32> {
+    let parse = |p: &str| -> i32 {
+        p.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("a partition in {field}"))
+    };
+    match field {
+        Value::Array(items) => items.iter().map(|p| parse(&p.to_string())).collect(),
+        Value::String(list) => list
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(parse)
+            .collect(),
+        _ => panic!("a partition list: {field}"),
+    }
+}
+
+/// Per partition, when it was assigned, oldest first: the first
+/// assignment, then each move.
+fn assigned_at(assignments: &[(At, i32)]) -> BTreeMap<i32, Vec<At>> {
+    let mut assigned: BTreeMap<i32, Vec<At>> = BTreeMap::new();
+    for (when, p) in assignments {
+        assigned.entry(*p).or_default().push(*when);
+    }
+    assigned
+}
+
+/// The nearest-rank 99th percentile.
+fn p99(mut ms: Vec<i64>) -> Option<i64> {
+    ms.sort_unstable();
+    let rank = (ms.len() * 99).div_ceil(100);
+    rank.checked_sub(1).map(|i| ms[i])
+}
+
+/// The rebalancing figures of `steps`, an order's partition being that of
+/// its events on the orders topic (an order with none left there counts in
+/// the p99 of all steps only), `assigned` from [`assigned_at`].
+fn rebalancing(
+    steps: &[Step],
+    events: &[Received],
+    assigned: &BTreeMap<i32, Vec<At>>,
+) -> Rebalancing {
+    let mut partition_of: HashMap<&str, i32> = HashMap::new();
+    for e in events {
+        partition_of.entry(e.key.as_str()).or_insert(e.partition);
+    }
+    let assigned_of = |s: &Step| -> Option<&[At]> {
+        let p = partition_of.get(s.order.as_str())?;
+        Some(assigned.get(p).map_or(&[][..], Vec::as_slice))
+    };
+    let unmoved: Vec<i64> = steps
+        .iter()
+        .filter(|s| assigned_of(s).is_some_and(|at| at.len() <= 1))
+        .map(Step::ms)
+        .collect();
+    // Undisturbed: its partition had an owner when the step began (a
+    // step waiting for the group's first assignment waits for no
+    // rebalance) and did not move before the step ended.
+    let undisturbed: Vec<i64> = steps
+        .iter()
+        .filter(|s| {
+            assigned_of(s).is_some_and(|at| {
+                at.first().is_some_and(|first| *first <= s.from)
+                    && !at[1..].iter().any(|t| s.from <= *t && *t <= s.to)
+            })
+        })
+        .map(Step::ms)
+        .collect();
+    Rebalancing {
+        steps: steps.len(),
+        p99_delay_ms: p99(steps.iter().map(Step::ms).collect()),
+        unmoved_steps: unmoved.len(),
+        p99_delay_unmoved_ms: p99(unmoved),
+        undisturbed_steps: undisturbed.len(),
+        p99_delay_undisturbed_ms: p99(undisturbed),
+        partitions_moved: assigned.values().filter(|at| at.len() > 1).count(),
+        partition_moves: assigned.values().map(|at| at.len().saturating_sub(1)).sum(),
+    }
+}
+
+/// What the figures do not show: when each partition was assigned and the slowest
+/// steps, in seconds after the scenario started.
+fn print_assignments_and_slowest_steps(
+    harness: &Harness,
+    steps: &[Step],
+    events: &[Received],
+    assigned: &BTreeMap<i32, Vec<At>>,
+) {
+    let started = chrono::Utc::now()
+        - chrono::Duration::from_std(harness.started.elapsed()).unwrap_or_default();
+    let since = |t: &At| (*t - started).num_milliseconds() as f64 / 1000.0;
+    let assigned: Vec<String> = assigned
+        .iter()
+        .map(|(p, at)| {
+            let at: Vec<String> = at.iter().map(|t| format!("{:.1}", since(t))).collect();
+            format!("p{p} [{}]", at.join(", "))
+        })
+        .collect();
+    println!(
+        "{}: partitions assigned at (s; the first, then each move): {}",
+        harness.name,
+        assigned.join("; ")
+    );
+    let partition_of: HashMap<&str, i32> = events
+        .iter()
+        .map(|e| (e.key.as_str(), e.partition))
+        .collect();
+    let mut slowest: Vec<&Step> = steps.iter().collect();
+    slowest.sort_by_key(|s| std::cmp::Reverse(s.ms()));
+    let slowest: Vec<String> = slowest
+        .iter()
+        .take(8)
+        .map(|s| {
+            let p = partition_of
+                .get(s.order.as_str())
+                .map_or("?".to_string(), |p| format!("p{p}"));
+            format!(
+                "{:.1} s on {p} from {:.1} s",
+                s.ms() as f64 / 1000.0,
+                since(&s.from)
+            )
+        })
+        .collect();
+    println!("{}: slowest steps: {}", harness.name, slowest.join("; "));
 }
 
 /// Stock: one unit reserved per order that got a reservation, none created
@@ -722,6 +1028,8 @@ pub async fn check(harness: &Harness, lifecycles: &[Lifecycle], poison_keys: &[S
             common::read_topic(bootstrap, &names.dead_letters, 0, Duration::from_secs(10));
         explain_lost_letters(&letters, &lost_ids, &statuses);
     }
+    let assigned = assigned_at(&assignments(harness));
+    print_assignments_and_slowest_steps(harness, &timelines.steps, &events, &assigned);
 
     Figures {
         scenario: harness.name.clone(),
@@ -736,6 +1044,8 @@ pub async fn check(harness: &Harness, lifecycles: &[Lifecycle], poison_keys: &[S
         redelivered,
         redriven: harness.redriven().await,
         seconds: harness.started.elapsed().as_secs_f64(),
+        group_setup: harness.setup.map(|s| s.label().to_string()),
+        rebalancing: rebalancing(&timelines.steps, &events, &assigned),
     }
 }
 
@@ -930,4 +1240,52 @@ fn the_topic_order_check_accepts_a_truncated_topic_only_in_order() {
     assert_eq!(out_of_order(redriven, TopicHistory::Truncated), 0);
     assert_eq!(out_of_order(back, TopicHistory::Truncated), 1);
     assert_eq!(out_of_order(split, TopicHistory::Truncated), 1);
+}
+
+/// The rebalancing figures, on logs and timelines made up for them.
+#[test]
+fn the_rebalancing_figures_tell_the_steps_of_moved_partitions_apart() {
+    let t = |s: i64| chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).expect("time");
+    assert_eq!(partitions_of(&json!("[0, 3]")), vec![0, 3]);
+    assert_eq!(partitions_of(&json!("[]")), Vec::<i32>::new());
+    assert_eq!(partitions_of(&json!([1, 2])), vec![1, 2]);
+    assert_eq!(p99((1..=100).collect()), Some(99));
+    assert_eq!(p99(vec![7]), Some(7));
+    assert_eq!(p99(Vec::new()), None);
+    // p0 and p1 assigned at 0 s, p1 again at 10 s; p2 assigned at 5 s only.
+    let assigned = assigned_at(&[(t(0), 0), (t(0), 1), (t(5), 2), (t(10), 1)]);
+    let event = |order: &str, partition: i32| Received {
+        partition,
+        offset: 0,
+        key: order.to_string(),
+        headers: HashMap::new(),
+        payload: Value::Null,
+    };
+    let events = [event("a", 0), event("b", 1), event("c", 1), event("d", 2)];
+    let step = |order: &str, from: i64, to: i64| Step {
+        order: order.to_string(),
+        from: t(from),
+        to: t(to),
+    };
+    let steps = [
+        // On p0, which never moved.
+        step("a", 9, 11),
+        // On p1 while it moved.
+        step("b", 9, 12),
+        // On p1 before it moved.
+        step("c", 1, 2),
+        // On p2 before its first assignment: unmoved, not undisturbed.
+        step("d", 3, 7),
+        // Its events gone from the topic: its partition is unknown.
+        step("gone", 0, 50),
+    ];
+    let figures = rebalancing(&steps, &events, &assigned);
+    assert_eq!(figures.steps, 5);
+    assert_eq!(figures.p99_delay_ms, Some(50_000));
+    assert_eq!(figures.unmoved_steps, 2);
+    assert_eq!(figures.p99_delay_unmoved_ms, Some(4_000));
+    assert_eq!(figures.undisturbed_steps, 2);
+    assert_eq!(figures.p99_delay_undisturbed_ms, Some(2_000));
+    assert_eq!(figures.partitions_moved, 1);
+    assert_eq!(figures.partition_moves, 1);
 }

@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Prints PROOF.md's "Last run" tables from the figures a proof run leaves in
-target/proof/*.json: `python3 tests/proof/table.py [target/proof]`."""
+target/proof/*.json: `python3 tests/proof/table.py [target/proof]`.
+
+The broker tables show each scenario under the engine's default group setup;
+the rebalancing scenarios (5, 8) also run on Apache Kafka under each setup
+(`apache-5-rebalance-eager.json`, …), compared in a table of their own."""
 import json
 import pathlib
 import sys
@@ -34,6 +38,15 @@ SCENARIOS = {
                       "workers back; reconciler stuck after 5 s, sweep every 1 s"),
 }
 
+# The group setups of the rebalancing comparison (issue #23): the name's
+# suffix and figures' `group_setup`, and its label. The cooperative run keeps
+# the plain scenario name (it is the default).
+SETUPS = [
+    ("eager", "eager (classic, `range`)"),
+    ("cooperative", "cooperative (classic, `cooperative-sticky`)"),
+    ("kip848", "KIP-848 (`group.protocol=consumer`)"),
+]
+
 BROKERS = [
     ("mock", "librdkafka mock cluster"),
     ("apache", "Apache Kafka 4.4.0, 3 KRaft nodes, RF 3, min.insync.replicas 2"),
@@ -44,13 +57,70 @@ def number(name):
     return int(name.split("-", 1)[0])
 
 
+def split_setup(name, figures):
+    """(scenario, setup): `5-rebalance-eager` is scenario 5 under eager; a
+    name without a setup's suffix runs under `group_setup`, or the default."""
+    for setup, _ in SETUPS:
+        if name.endswith(f"-{setup}") and name[: -len(setup) - 1] in SCENARIOS:
+            return name[: -len(setup) - 1], setup
+    return name, figures.get("group_setup")
+
+
+def ms(value):
+    return "–" if value is None else f"{value / 1000:.2f} s"
+
+
+def rebalancing_table(rows):
+    """Scenario × group setup on Apache Kafka: the step delays and the
+    partitions that moved (reported, not asserted), and the guarantees."""
+    compared = {}
+    for name, f in rows:
+        scenario, setup = split_setup(name, f)
+        if setup is not None:
+            compared[(scenario, setup)] = f
+    if not compared:
+        return
+    order = [setup for setup, _ in SETUPS]
+    labels = dict(SETUPS)
+    print("### Rebalancing under each group setup, Apache Kafka 4.4.0\n")
+    print("Step delays: Pending → Reserved, Paid → AwaitingShipment, Shipped → Fulfilled. "
+          "A partition moved when the workers' logs show it assigned more than once "
+          "(under eager every rebalance assigns every partition again). "
+          "p99, unmoved: the steps of orders whose partition never moved; "
+          "p99, undisturbed: the steps that began once the order's partition had an owner "
+          "and during which it did not move. Reported, not asserted.\n")
+    print("| # | scenario | group setup | accepted | max delay | p99 all | p99 unmoved (steps) "
+          "| p99 undisturbed (steps) | partitions moved | moves | lost | duplicated effects "
+          "| out of order | wall |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (scenario, setup), f in sorted(
+            compared.items(),
+            key=lambda r: (number(r[0][0]), order.index(r[0][1]) if r[0][1] in order else len(order))):
+        label = SCENARIOS.get(scenario, (scenario,))[0]
+        print(f"| {number(scenario)} | {label} | {labels.get(setup, setup)} | {f['accepted']} | "
+              f"{f['max_delay_ms'] / 1000:.1f} s | {ms(f.get('p99_delay_ms'))} | "
+              f"{ms(f.get('p99_delay_unmoved_ms'))} ({f.get('unmoved_steps', '–')}) | "
+              f"{ms(f.get('p99_delay_undisturbed_ms'))} ({f.get('undisturbed_steps', '–')}) | "
+              f"{f.get('partitions_moved', '–')} | {f.get('partition_moves', '–')} | "
+              f"{f['lost']} | {f['duplicated_effects']} | {f['out_of_order']} | {f['seconds']:.0f} s |")
+    print()
+
+
 def main():
     directory = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/proof")
+    compared = []
     for broker, title in BROKERS:
         rows = []
         for path in directory.glob(f"{broker}-*.json"):
             figures = json.loads(path.read_text())
-            rows.append((path.stem[len(broker) + 1:], figures))
+            name = path.stem[len(broker) + 1:]
+            if broker == "apache":
+                compared.append((name, figures))
+            # The broker's table: every scenario under the default group
+            # setup (cooperative-sticky); eager and KIP-848 runs go to the
+            # rebalancing table only.
+            if split_setup(name, figures)[0] == name:
+                rows.append((name, figures))
         if not rows:
             continue
         print(f"### {title}\n")
@@ -65,6 +135,7 @@ def main():
                   f"{f['out_of_order']} | {poison} | {f['redelivered']} | {f.get('redriven', '–')} | "
                   f"{f['max_delay_ms'] / 1000:.1f} s | {f['seconds']:.0f} s |")
         print()
+    rebalancing_table(compared)
 
 
 if __name__ == "__main__":
