@@ -49,8 +49,8 @@ pub enum Outcome {
     Unknown,
     /// Sent to the dead-letter topic with the reason.
     DeadLettered,
-    /// Shutdown came first; the message stays uncommitted for the next
-    /// owner of its partition.
+    /// Shutdown or the partition's revocation came first; the message
+    /// stays uncommitted for the next owner of its partition.
     Abandoned,
 }
 
@@ -171,8 +171,21 @@ async fn handle(
     }
 }
 
-/// The command applied, `None` if shutdown came while it waited to retry,
-/// or the error that dead-letters the message with the number
+/// How long a handler's database call may go on once its message is
+/// cancelled (its partition revoked, or shutdown): a healthy call takes
+/// milliseconds.
+const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Resolves `grace` after `signal` fired.
+async fn cancelled_for(signal: &Shutdown, grace: std::time::Duration) {
+    let mut signal = signal.clone();
+    signal.wait().await;
+    tokio::time::sleep(grace).await;
+}
+
+/// The command applied; `None` if its message was cancelled (shutdown, or
+/// its partition revoked) while it waited to retry or while a database call
+/// hung past [`IN_FLIGHT_GRACE`]; or the error that dead-letters the message with the number
 /// of attempts made.
 async fn apply_with_retries(
     ctx: &HandlerContext,
@@ -184,7 +197,16 @@ async fn apply_with_retries(
     let mut backoff = Backoff::new(ctx.retry.initial_backoff, ctx.retry.max_backoff);
     let mut attempt = 1;
     loop {
-        let e = match command.apply(ctx, inbox).await {
+        // A database call hanging on an unreachable server would hold a
+        // revocation (or shutdown) until its own timeout: past a grace it
+        // is dropped, its transaction rolled back, and the message left
+        // uncommitted for the next owner (a commit that made it is a
+        // duplicate there).
+        let applied = tokio::select! {
+            applied = command.apply(ctx, inbox) => applied,
+            () = cancelled_for(shutdown, IN_FLIGHT_GRACE) => return Ok(None),
+        };
+        let e = match applied {
             Ok(applied) => return Ok(Some(applied)),
             Err(e) => e,
         };
