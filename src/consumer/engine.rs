@@ -187,7 +187,7 @@ impl EngineContext {
             }
         }
         let drained = self.progress.wait_until(REVOKE_DRAIN, |t| {
-            partitions.iter().all(|p| t.in_flight(*p) == 0)
+            partitions.iter().all(|p| t.running(*p) == 0)
         });
         if !drained {
             tracing::warn!(
@@ -276,13 +276,14 @@ impl Pool {
                         // (shutdown or revocation while the database was
                         // down) is not handled either: its offset is not
                         // committed, so it is delivered again.
-                        let handled = progress.lock().owns(partition, generation)
+                        let started = progress.lock().start(partition, generation);
+                        let handled = started
                             && handlers::process(&handlers, &message, &cancel)
                                 .await
                                 .is_done();
                         progress
                             .lock()
-                            .settled(partition, generation, offset, handled);
+                            .settled(partition, generation, offset, started, handled);
                         progress.finished.notify_all();
                     }
                 })));

@@ -15,6 +15,8 @@ struct Partition {
     pending: BTreeMap<i64, bool>,
     /// Dispatched messages not yet settled (queued or running).
     unsettled: usize,
+    /// Of those, the ones a worker has started.
+    running: usize,
     /// Being revoked: messages not yet started are left to the next owner.
     revoking: bool,
     /// Next offset to commit (one past the last contiguous handled one).
@@ -51,7 +53,14 @@ impl OffsetTracker {
     /// shutdown or revocation: it is delivered again, and the position
     /// stays below it). A message of an earlier generation (its partition
     /// was revoked meanwhile) is ignored: its new owner decides.
-    pub fn settled(&mut self, partition: i32, generation: u64, offset: i64, handled: bool) {
+    pub fn settled(
+        &mut self,
+        partition: i32,
+        generation: u64,
+        offset: i64,
+        started: bool,
+        handled: bool,
+    ) {
         let Some(p) = self.partitions.get_mut(&partition) else {
             return;
         };
@@ -59,6 +68,9 @@ impl OffsetTracker {
             return;
         }
         p.unsettled = p.unsettled.saturating_sub(1);
+        if started {
+            p.running = p.running.saturating_sub(1);
+        }
         if !handled {
             return;
         }
@@ -80,6 +92,24 @@ impl OffsetTracker {
         self.partitions
             .get(&partition)
             .is_some_and(|p| p.generation == generation && !p.revoking)
+    }
+
+    /// A worker starts a message dispatched under `generation`, if the
+    /// partition is still owned ([`Self::owns`]); false: leave it.
+    pub fn start(&mut self, partition: i32, generation: u64) -> bool {
+        if !self.owns(partition, generation) {
+            return false;
+        }
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.running += 1;
+        }
+        true
+    }
+
+    /// Messages of the partition a worker is handling now (a revocation
+    /// waits for these; queued ones are left without waiting).
+    pub fn running(&self, partition: i32) -> usize {
+        self.partitions.get(&partition).map_or(0, |p| p.running)
     }
 
     /// The partition is being revoked: see [`Self::owns`].
@@ -144,15 +174,15 @@ mod tests {
         for o in 10..15 {
             g = t.dispatched(0, o);
         }
-        t.settled(0, g, 12, true);
-        t.settled(0, g, 14, true);
+        t.settled(0, g, 12, true, true);
+        t.settled(0, g, 14, true, true);
         assert_eq!(t.position(0), None, "10 is still running");
-        t.settled(0, g, 10, true);
+        t.settled(0, g, 10, true, true);
         assert_eq!(t.position(0), Some(11));
-        t.settled(0, g, 11, true);
+        t.settled(0, g, 11, true, true);
         assert_eq!(t.position(0), Some(13), "12 was done, 13 is not");
         assert_eq!(t.in_flight(0), 1);
-        t.settled(0, g, 13, true);
+        t.settled(0, g, 13, true, true);
         assert_eq!(t.position(0), Some(15));
         assert_eq!(t.in_flight(0), 0);
     }
@@ -162,10 +192,10 @@ mod tests {
         let mut t = OffsetTracker::default();
         let g0 = t.dispatched(0, 0);
         let g1 = t.dispatched(1, 7);
-        t.settled(1, g1, 7, true);
+        t.settled(1, g1, 7, true, true);
         assert_eq!(t.take_commits(), vec![(1, 8)]);
         assert_eq!(t.take_commits(), vec![]);
-        t.settled(0, g0, 0, true);
+        t.settled(0, g0, 0, true, true);
         assert_eq!(t.take_commits(), vec![(0, 1)]);
         assert_eq!(t.total_in_flight(), 0);
     }
@@ -175,7 +205,7 @@ mod tests {
         let mut t = OffsetTracker::default();
         let old = t.dispatched(3, 5);
         t.forget(3);
-        t.settled(3, old, 5, true);
+        t.settled(3, old, 5, true, true);
         assert_eq!(t.position(3), None);
         assert_eq!(t.take_commits(), vec![]);
         // Assigned again: the new owner's dispatch of 5 is not settled by
@@ -183,9 +213,9 @@ mod tests {
         let old = t.dispatched(3, 4);
         t.forget(3);
         let new = t.dispatched(3, 4);
-        t.settled(3, old, 4, true);
+        t.settled(3, old, 4, true, true);
         assert_eq!((t.position(3), t.in_flight(3)), (None, 1));
-        t.settled(3, new, 4, true);
+        t.settled(3, new, 4, true, true);
         assert_eq!((t.position(3), t.in_flight(3)), (Some(5), 0));
     }
 
@@ -194,8 +224,8 @@ mod tests {
         let mut t = OffsetTracker::default();
         let g = t.dispatched(0, 1);
         t.dispatched(0, 2);
-        t.settled(0, g, 1, false);
-        t.settled(0, g, 2, true);
+        t.settled(0, g, 1, false, false);
+        t.settled(0, g, 2, true, true);
         assert_eq!(
             t.position(0),
             None,
@@ -208,11 +238,30 @@ mod tests {
     fn after_a_rebalance_every_position_is_offered_again() {
         let mut t = OffsetTracker::default();
         let g = t.dispatched(0, 3);
-        t.settled(0, g, 3, true);
+        t.settled(0, g, 3, true, true);
         assert_eq!(t.take_commits(), vec![(0, 4)]);
         assert_eq!(t.take_commits(), vec![]);
         t.recommit_all();
         assert_eq!(t.take_commits(), vec![(0, 4)], "again");
+    }
+
+    #[test]
+    fn a_revocation_waits_for_started_messages_only() {
+        let mut t = OffsetTracker::default();
+        let g = t.dispatched(5, 0);
+        t.dispatched(5, 1);
+        assert!(t.start(5, g));
+        assert_eq!(
+            (t.running(5), t.in_flight(5)),
+            (1, 2),
+            "one running, one queued"
+        );
+        t.revoking(5);
+        assert!(!t.start(5, g), "a queued message is left once revoking");
+        t.settled(5, g, 1, false, false);
+        assert_eq!(t.running(5), 1);
+        t.settled(5, g, 0, true, true);
+        assert_eq!((t.running(5), t.in_flight(5)), (0, 0));
     }
 
     #[test]
