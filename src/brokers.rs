@@ -355,6 +355,17 @@ impl Brokers {
         config
     }
 
+    /// A consumer that reads the partitions it is assigned and never
+    /// commits: for reading a topic whole (control, telemetry, dead
+    /// letters). Its group (`{name}-reader`) is never joined.
+    pub fn reader(&self, name: &str) -> Result<rdkafka::consumer::BaseConsumer, KafkaSetupError> {
+        Ok(self
+            .consumer_config(name)
+            .set("group.id", format!("{name}-reader"))
+            .set("enable.auto.commit", "false")
+            .create()?)
+    }
+
     /// The relay's producer: idempotent with acks from all in-sync replicas,
     /// so retries inside librdkafka neither duplicate nor reorder messages of
     /// a partition.

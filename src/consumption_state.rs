@@ -170,11 +170,7 @@ pub async fn publish(
 
 fn reader(brokers: &Brokers, topic: &str, offset: Offset) -> Result<BaseConsumer, KafkaSetupError> {
     // Assigned, not subscribed: every worker reads the whole topic.
-    let consumer: BaseConsumer = brokers
-        .consumer_config("orderflow-control")
-        .set("group.id", "orderflow-control-reader")
-        .set("enable.auto.commit", "false")
-        .create()?;
+    let consumer = brokers.reader("orderflow-control")?;
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, 0, offset)?;
     consumer.assign(&assignment)?;

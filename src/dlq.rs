@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -173,11 +173,7 @@ pub async fn read_all(brokers: &Brokers, topic: &str) -> Result<Vec<DeadLetter>,
 
 fn read_all_blocking(brokers: &Brokers, topic: &str) -> Result<Vec<DeadLetter>, KafkaSetupError> {
     let timeout = Duration::from_secs(10);
-    let consumer: BaseConsumer = brokers
-        .consumer_config("orderflow-dlq")
-        .set("group.id", "orderflow-dlq-reader")
-        .set("enable.auto.commit", "false")
-        .create()?;
+    let consumer = brokers.reader("orderflow-dlq")?;
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let mut assignment = TopicPartitionList::new();
     let mut remaining = 0usize;

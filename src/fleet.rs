@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -184,11 +184,7 @@ fn read_all(
     brokers: &Brokers,
     topic: &str,
 ) -> Result<HashMap<String, InstanceReport>, KafkaSetupError> {
-    let consumer: BaseConsumer = brokers
-        .consumer_config("orderflow-fleet")
-        .set("group.id", "orderflow-fleet-reader")
-        .set("enable.auto.commit", "false")
-        .create()?;
+    let consumer = brokers.reader("orderflow-fleet")?;
     let mut reports = HashMap::new();
     // No topic yet (no worker ever started): no instance.
     let Ok((low, high)) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(5)) else {

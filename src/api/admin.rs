@@ -142,6 +142,11 @@ pub struct Overview {
     dead_letters: Vec<DeadLetterView>,
 }
 
+/// Who made an admin call, for its audit line: the token's name.
+fn caller(principal: &Option<Extension<Principal>>) -> &str {
+    principal.as_ref().map_or("anonymous", |p| p.name.as_str())
+}
+
 fn kafka_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::Unavailable(format!("Kafka: {e}"))
 }
@@ -298,7 +303,7 @@ pub async fn workers(
     .await
     .map_err(kafka_error)?;
     tracing::warn!(
-        by = principal.as_ref().map_or("anonymous", |p| p.name.as_str()),
+        by = caller(&principal),
         count = ?request.count,
         "admin: worker count set for every instance"
     );
@@ -342,7 +347,7 @@ pub async fn restart(
     .await
     .map_err(kafka_error)?;
     tracing::warn!(
-        by = principal.as_ref().map_or("anonymous", |p| p.name.as_str()),
+        by = caller(&principal),
         instance = sent.instance.as_deref().unwrap_or("all"),
         "admin: consumption restart requested"
     );
@@ -411,7 +416,7 @@ pub async fn offsets(
     .await
     .map_err(kafka_error)?;
     tracing::warn!(
-        by = principal.as_ref().map_or("anonymous", |p| p.name.as_str()),
+        by = caller(&principal),
         to = ?sent.to,
         partitions = ?sent.partitions,
         "admin: consumer group offsets move requested"
@@ -469,7 +474,7 @@ pub async fn redrive(
     let redrive = request.order_id.map_or(Redrive::All, Redrive::Only);
     let findings = stuck_pass(&admin, redrive).await?;
     tracing::warn!(
-        by = principal.as_ref().map_or("anonymous", |p| p.name.as_str()),
+        by = caller(&principal),
         order_id = ?request.order_id,
         redriven = findings.iter().filter(|f| f.redriven).count(),
         "admin: stuck orders re-driven"
@@ -487,7 +492,7 @@ async fn switch(
             .await
             .map_err(kafka_error)?;
     tracing::warn!(
-        by = principal.as_ref().map_or("anonymous", |p| p.name.as_str()),
+        by = caller(&principal),
         paused,
         "admin: consumption switched"
     );

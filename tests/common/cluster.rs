@@ -301,6 +301,18 @@ impl Cluster {
         create_order_at(&self.http, &self.base(), body).await
     }
 
+    /// `GET /api/orders/{id}` on the first live API: the order.
+    pub async fn order(&self, id: &str) -> Value {
+        self.http
+            .get(format!("{}/api/orders/{id}", self.base()))
+            .send()
+            .await
+            .expect("GET order")
+            .json()
+            .await
+            .expect("order")
+    }
+
     /// `POST path` on the first live API; the status code.
     pub async fn post(&self, path: &str, body: Value) -> u16 {
         post_json(&self.http, &self.base(), path, &body).await

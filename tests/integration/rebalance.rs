@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::PgPool;
 
 use crate::common::wait::eventually;
@@ -275,15 +275,7 @@ async fn a_message_waiting_to_retry_when_its_partition_moves_is_handled_once() {
         proxy.restore();
         all_reserved(&cluster, &pool, 20, Duration::from_secs(60)).await;
         for id in &ids {
-            let order: Value = cluster
-                .http
-                .get(format!("{}/api/orders/{id}", cluster.base()))
-                .send()
-                .await
-                .expect("GET")
-                .json()
-                .await
-                .expect("order");
+            let order = cluster.order(id).await;
             let reserved = crate::common::timeline(&order)
                 .iter()
                 .filter(|s| **s == "Reserved")

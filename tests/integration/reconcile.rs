@@ -52,19 +52,6 @@ async fn worker_metrics(cluster: &Cluster) -> Metrics {
     Metrics::scrape(&cluster.http, &admin).await
 }
 
-/// `GET /api/orders/{id}`: the order.
-async fn get_order(cluster: &Cluster, id: &str) -> Value {
-    cluster
-        .http
-        .get(format!("{}/api/orders/{id}", cluster.base()))
-        .send()
-        .await
-        .expect("GET order")
-        .json()
-        .await
-        .expect("order")
-}
-
 /// Only an API runs: the order's OrderCreated is published and nobody
 /// handles it. `reconcile --dry-run` lists it and changes nothing;
 /// `reconcile` publishes the event again with its original id; a worker
@@ -87,7 +74,7 @@ async fn reconcile_lists_a_stranded_order_and_redrives_its_event_with_the_origin
     })
     .await
     .expect("`reconcile --dry-run` lists the stranded order");
-    let order = get_order(&cluster, &id).await;
+    let order = cluster.order(&id).await;
     assert_eq!(listed["status"], "Pending", "{listed}");
     assert_eq!(listed["eventId"], event_id.as_str(), "{listed}");
     assert_eq!(listed["eventType"], "OrderCreated", "{listed}");
@@ -157,10 +144,7 @@ async fn reconcile_lists_a_stranded_order_and_redrives_its_event_with_the_origin
         "one copy applied, the other found in the inbox:\n{}",
         cluster.logs(Role::Worker)
     );
-    assert_eq!(
-        timeline(&get_order(&cluster, &id).await),
-        ["Pending", "Reserved"]
-    );
+    assert_eq!(timeline(&cluster.order(&id).await), ["Pending", "Reserved"]);
     assert_eq!(
         reconcile(&cluster, &["--dry-run"]),
         Vec::<Value>::new(),
@@ -245,7 +229,7 @@ async fn a_failed_notification_is_retried_until_the_webhook_accepts_it() {
     .await
     .expect("notifications_retried_total counts the two retries");
     assert_eq!(metrics.total("orderflow_notifications_failed_total"), 0.0);
-    let order = get_order(&cluster, &id).await;
+    let order = cluster.order(&id).await;
     assert_eq!(timeline(&order), LIFECYCLE);
     assert_eq!(notification_failures(&order), Vec::<Value>::new());
 }
@@ -260,7 +244,7 @@ async fn a_notification_that_always_fails_is_recorded_on_the_timeline_after_max_
     let id = run_order_to_fulfilment(&cluster.http, &cluster.base(), "Failing Fay").await;
 
     let order = common::eventually(Duration::from_secs(30), || async {
-        let order = get_order(&cluster, &id).await;
+        let order = cluster.order(&id).await;
         (!notification_failures(&order).is_empty()).then_some(order)
     })
     .await
