@@ -246,6 +246,29 @@ impl Cluster {
         }
     }
 
+    /// Waits until every running worker owns partitions: the group has
+    /// formed and spread them (for fewer workers than partitions), so what
+    /// follows is not the group's forming.
+    pub fn wait_until_each_worker_owns_partitions(&mut self) {
+        for i in self.live(Role::Worker) {
+            let process = &self.members[i].process;
+            let owns = tokio_aware(|| {
+                super::wait::poll(Duration::from_secs(60), Duration::from_millis(100), || {
+                    process
+                        .log_lines("partitions assigned")
+                        .iter()
+                        .any(|l| l["partitions"] != "[]")
+                        .then_some(())
+                })
+            });
+            assert!(
+                owns.is_some(),
+                "worker {i} owns no partition after 60 s:\n{}",
+                process.log_text()
+            );
+        }
+    }
+
     /// Takes the member out of the load balancer, as a terminating pod is.
     fn retire(&mut self, i: usize) {
         let member = &mut self.members[i];

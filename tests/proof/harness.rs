@@ -731,12 +731,18 @@ fn partitions_of(field: &Value) -> Vec<i32> {
     }
 }
 
-/// Per partition, when it was assigned, oldest first: the first
-/// assignment, then each move.
-fn assigned_at(assignments: &[(At, i32)]) -> BTreeMap<i32, Vec<At>> {
+/// Per partition, when it was assigned, oldest first: the assignment it
+/// had when the load began, then each move. `assignments` are oldest
+/// first; those up to `load_began` are the group forming (the workers
+/// start one after the other, before any order), not moves.
+fn assigned_at(assignments: &[(At, i32)], load_began: Option<At>) -> BTreeMap<i32, Vec<At>> {
     let mut assigned: BTreeMap<i32, Vec<At>> = BTreeMap::new();
     for (when, p) in assignments {
-        assigned.entry(*p).or_default().push(*when);
+        let at = assigned.entry(*p).or_default();
+        if load_began.is_some_and(|began| *when <= began) {
+            at.clear();
+        }
+        at.push(*when);
     }
     assigned
 }
@@ -813,7 +819,7 @@ fn print_assignments_and_slowest_steps(
         })
         .collect();
     println!(
-        "{}: partitions assigned at (s; the first, then each move): {}",
+        "{}: partitions assigned at (s; the one held when the load began, then each move): {}",
         harness.name,
         assigned.join("; ")
     );
@@ -1028,7 +1034,8 @@ pub async fn check(harness: &Harness, lifecycles: &[Lifecycle], poison_keys: &[S
             common::read_topic(bootstrap, &names.dead_letters, 0, Duration::from_secs(10));
         explain_lost_letters(&letters, &lost_ids, &statuses);
     }
-    let assigned = assigned_at(&assignments(harness));
+    let load_began = timelines.steps.iter().map(|s| s.from).min();
+    let assigned = assigned_at(&assignments(harness), load_began);
     print_assignments_and_slowest_steps(harness, &timelines.steps, &events, &assigned);
 
     Figures {
@@ -1252,8 +1259,13 @@ fn the_rebalancing_figures_tell_the_steps_of_moved_partitions_apart() {
     assert_eq!(p99((1..=100).collect()), Some(99));
     assert_eq!(p99(vec![7]), Some(7));
     assert_eq!(p99(Vec::new()), None);
-    // p0 and p1 assigned at 0 s, p1 again at 10 s; p2 assigned at 5 s only.
-    let assigned = assigned_at(&[(t(0), 0), (t(0), 1), (t(5), 2), (t(10), 1)]);
+    // p0 and p1 assigned at 0 s, p1 again at 10 s; p2 assigned at 5 s only;
+    // p0 assigned at -2 s too, as the group formed before the load began.
+    let assigned = assigned_at(
+        &[(t(-2), 0), (t(0), 0), (t(0), 1), (t(5), 2), (t(10), 1)],
+        Some(t(0)),
+    );
+    assert_eq!(assigned[&0], vec![t(0)]);
     let event = |order: &str, partition: i32| Received {
         partition,
         offset: 0,
