@@ -28,6 +28,13 @@ pub const X_FAILED_AT: &str = "x-failed-at";
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// The dead-letter counter at 0 from the role's start, not from its first
+/// dead letter: `increase()` over a series that appears at 1 is nothing,
+/// so an alert would miss the first dead letter and a panel say "No data".
+pub fn register_metrics() {
+    metrics::counter!(crate::metrics::DEAD_LETTERS).increment(0);
+}
+
 pub struct DeadLetters {
     pub producer: FutureProducer,
     pub topic: String,

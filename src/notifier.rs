@@ -82,7 +82,12 @@ pub struct Notifications {
 }
 
 impl Notifications {
+    /// The notifications of a role that sends them; its counters are on
+    /// /metrics at 0 from the start, so the first failure shows as an
+    /// increase (an alert on it fires) rather than as a new series.
     pub fn new(settings: &WorkerSettings) -> Self {
+        metrics::counter!(crate::metrics::NOTIFICATIONS_RETRIED).increment(0);
+        metrics::counter!(crate::metrics::NOTIFICATIONS_FAILED).increment(0);
         Self::with(
             from_settings(&settings.notifier),
             settings.notification_retry.clone(),

@@ -111,6 +111,9 @@ enum Round {
 
 impl Relay {
     pub async fn run(mut self, mut shutdown: Shutdown) {
+        // The failure counter at 0 from the start: the first failed batch
+        // is an increase that an alert on it sees.
+        metrics::counter!(crate::metrics::SINK_FAILURES, "relay" => self.lease).increment(0);
         let mut backoff = Backoff::new(FIRST_BACKOFF, self.settings.max_backoff);
         let mut standing_by_logged = false;
         while !shutdown.is_triggered() {

@@ -172,6 +172,12 @@ pub struct Reconciler {
 
 impl Reconciler {
     pub async fn run(self, mut shutdown: Shutdown) {
+        // At 0 per status from the start in every process that may take
+        // the lease: the first re-drive is then an increase that a panel
+        // and an alert see, not a series appearing out of nothing.
+        for status in stuck_statuses() {
+            ::metrics::counter!(crate::metrics::ORDERS_REDRIVEN, "status" => status).increment(0);
+        }
         let mut first = self.broker_forgets;
         let mut standing_by_logged = false;
         while !shutdown.is_triggered() {
@@ -260,15 +266,20 @@ impl Reconciler {
     }
 }
 
+/// The statuses an order can be stuck in: those a handler's event moves it
+/// out of.
+fn stuck_statuses() -> impl Iterator<Item = &'static str> {
+    OrderStatus::ALL
+        .into_iter()
+        .filter(|s| EventType::awaited_in(*s).is_some())
+        .map(|s| s.as_str())
+}
+
 /// The stuck gauge, per status: every status a handler moves orders out
 /// of, zero included, so a cleared backlog shows as 0 rather than as the
 /// last figure.
 fn report_stuck(findings: &[Finding]) {
-    let mut counts: BTreeMap<&'static str, usize> = OrderStatus::ALL
-        .into_iter()
-        .filter(|s| EventType::awaited_in(*s).is_some())
-        .map(|s| (s.as_str(), 0))
-        .collect();
+    let mut counts: BTreeMap<&'static str, usize> = stuck_statuses().map(|s| (s, 0)).collect();
     for f in findings {
         *counts.entry(f.status.as_str()).or_default() += 1;
     }

@@ -601,6 +601,9 @@ fn run(
     let mut last_commit = Instant::now();
     let mut last_balance = Instant::now();
     let mut paused = false;
+    // Published from the start: "not paused" is a figure too, and a panel
+    // or alert needs it before the first pause.
+    metrics::gauge!(crate::metrics::CONSUMPTION_PAUSED).set(0.0);
     let mut fatal = None;
     while !shutdown.is_triggered() {
         let want_paused = settings.controls.paused.load(Ordering::SeqCst);

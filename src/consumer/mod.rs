@@ -40,6 +40,7 @@ impl Consumer {
         topics: Vec<TopicSpec>,
     ) -> Result<Self, KafkaSetupError> {
         let orders = &config.kafka.orders;
+        crate::dlq::register_metrics();
         let dead_letters = DeadLetters {
             producer: brokers.producer("orderflow-dlq", config.kafka.message_timeout)?,
             topic: config.worker.dead_letter_topic.clone(),

@@ -29,6 +29,10 @@ What it checks, with real tools and no cluster, daemon or network:
     rate limit and request timeout; optional TLS files mounted in every
     role. The real binary (`orderflow config`) loads each role's rendered
     config.toml with that role's env and prints the tokens only as ***.
+  * The Grafana dashboard: a ConfigMap only with
+    metrics.grafanaDashboard.enabled, labelled for Grafana's sidecar, in the
+    namespace and folder asked for, carrying dashboards/orderflow.json
+    unchanged (tests/integration/dashboard.rs checks what its queries read).
   * docker-compose.yml: KRaft Kafka, PostgreSQL, migrate/api/worker roles.
 
 Prints one line per failed check and a summary; exits 1 on any failure,
@@ -52,6 +56,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = ROOT / "helm" / "orderflow"
 SCALED_VALUES = CHART_DIR / "ci" / "scaled-values.yaml"
+DASHBOARD = CHART_DIR / "dashboards" / "orderflow.json"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "docker-compose.yml"
@@ -834,6 +839,39 @@ def check_crds(docs: list[dict], values: dict, worker: dict, label: str) -> int:
     return count
 
 
+def check_dashboard(docs: list[dict], values: dict, namespace: str, label: str) -> None:
+    """The Grafana dashboard's ConfigMap, found as the sidecar finds it: by its label."""
+    gd = values["metrics"]["grafanaDashboard"]
+    key = gd["label"]
+    found = [d for d in by_kind(docs, "ConfigMap") if key in d["metadata"].get("labels", {})]
+    if not gd["enabled"]:
+        C.equal(len(found), 0, f"{label}: no ConfigMap labelled {key} while metrics.grafanaDashboard is off")
+        return
+    if not C.equal(len(found), 1, f"{label}: ConfigMaps labelled {key} for Grafana's sidecar"):
+        return
+    cm = found[0]
+    where = f"{label}: ConfigMap/{cm['metadata']['name']}"
+    C.equal(cm["metadata"]["labels"][key], gd["labelValue"], f"{where}: the sidecar's label value")
+    C.equal(cm["metadata"].get("namespace"), gd["namespace"] or namespace, f"{where}: namespace")
+    annotations = cm["metadata"].get("annotations") or {}
+    if gd["folder"]:
+        C.equal(annotations.get(gd["folderAnnotation"]), gd["folder"], f"{where}: folder annotation")
+    else:
+        C.ok(gd["folderAnnotation"] not in annotations, f"{where}: no folder annotation without a folder")
+    data = cm.get("data") or {}
+    C.equal(sorted(data), ["orderflow.json"], f"{where}: data keys (the sidecar writes one file per key)")
+    text = data.get("orderflow.json", "")
+    # The API server refuses an object over 1 MiB.
+    C.ok(len(text.encode()) < 1024 * 1024, f"{where}: {len(text.encode())} bytes of dashboard, over 1 MiB")
+    try:
+        rendered = json.loads(text)
+    except json.JSONDecodeError as exc:
+        C.ok(False, f"{where}: the dashboard is not JSON after rendering: {exc}")
+        return
+    C.ok(rendered == json.loads(DASHBOARD.read_text()),
+         f"{where}: the rendered dashboard differs from {DASHBOARD.relative_to(ROOT)}")
+
+
 def expect_render_error(chart: Any, values: dict, needle: str, what: str) -> None:
     try:
         chart.render(values, name="neg", namespace="neg", is_install=True)
@@ -891,12 +929,16 @@ def check_chart() -> None:
                         "a Kafka password in the ConfigMap")
     expect_schema_error(chart, {"tlsFiles": {"secretName": "a", "configMapName": "b"}},
                         "both tlsFiles.secretName and tlsFiles.configMapName")
+    expect_schema_error(chart, {"metrics": {"grafanaDashboard": {"label": "grafana dashboard"}}},
+                        "a dashboard label key Kubernetes refuses")
 
     versions = kube_versions()
     everything = deep_merge(scaled, {
         "worker": {"autoscaling": {"enabled": False},
                    "keda": {"enabled": True, "sasl": "scram_sha512", "tls": "enable"}},
-        "metrics": {"serviceMonitor": {"enabled": True}},
+        "metrics": {"serviceMonitor": {"enabled": True},
+                    # In Grafana's namespace, in a folder of its own.
+                    "grafanaDashboard": {"enabled": True, "folder": "Orders", "namespace": "monitoring"}},
         "secret": {"existingSecret": "", "databaseUrl": "postgres://orderflow:s3cret@db/orderflow",
                    "kafkaUsername": "orderflow", "kafkaPassword": "p", "serviceBusConnectionString": "Endpoint=sb://x/;K=v",
                    "apiTokens": {"shop": EXPLICIT_SHOP_TOKEN}},
@@ -915,7 +957,8 @@ def check_chart() -> None:
         (SCALED_VALUES.relative_to(ROOT).as_posix(), scaled, "orderflow"),
         ("scaled values with static membership (the workers a StatefulSet)",
          deep_merge(scaled, {"worker": {"staticMembership": True}}), "orderflow"),
-        ("all optional templates on (KEDA, ServiceMonitor, chart Secret with SASL, TLS files, a given token)",
+        ("all optional templates on (KEDA, ServiceMonitor, Grafana dashboard, chart Secret with SASL, TLS files, "
+         "a given token)",
          everything, "orderflow"),
     )
     summary = []
@@ -930,6 +973,7 @@ def check_chart() -> None:
         C.ok(notes.strip(), "NOTES.txt renders")
         validated, crds = validate_manifests(docs, versions, label)
         check_labels(docs, label)
+        check_dashboard(docs, values, "orders", label)
         api = check_role(docs, values, "api", label)
         worker = check_role(docs, values, "worker", label)
         if api and worker:

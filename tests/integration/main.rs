@@ -20,6 +20,7 @@ mod api;
 mod api_fuzz;
 mod api_security;
 mod cli_config;
+mod dashboard;
 mod deployment;
 mod e2e_embedded;
 mod e2e_kafka;
