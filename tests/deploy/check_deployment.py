@@ -16,8 +16,10 @@ What it checks, with real tools and no cluster, daemon or network:
     optional template on; every rendered manifest of a built-in kind passes
     kubernetes-validate in strict mode against the oldest Kubernetes the
     chart supports and the newest kubernetes-validate ships. Custom
-    resources (ServiceMonitor, KEDA ScaledObject/TriggerAuthentication),
-    off by default, have no schema there and get structural checks here.
+    resources (ServiceMonitor, PrometheusRule, KEDA ScaledObject and
+    TriggerAuthentication), off by default, have no schema there and get
+    structural checks here (promtool checks the alerts' meaning:
+    tests/integration/alerts.rs).
   * What the chart means: per-role subcommands (the api never runs
     run-worker and vice versa), replica counts, the same ConfigMap mounted
     by both roles and the migrate hook Job, config.toml equal to the values,
@@ -69,6 +71,7 @@ INSTALL_HINT = "pip install -r tests/deploy/requirements.txt"
 # kubernetes-validate has no schema for them.
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("keda.sh/v1alpha1", "TriggerAuthentication"),
 }
@@ -912,6 +915,8 @@ def check_crds(docs: list[dict], values: dict, worker: dict, label: str) -> int:
             C.ok(eps and eps[0].get("port") in ("http", "admin"), f"{where}: scrapes a named port")
             services = [s for s in by_kind(docs, "Service") if selects(spec["selector"]["matchLabels"], s["metadata"]["labels"])]
             C.equal(len(services), 1, f"{where}: selects exactly one Service")
+        elif doc["kind"] == "PrometheusRule":
+            check_prometheus_rule(doc, values, where)
         elif doc["kind"] == "TriggerAuthentication":
             refs = spec.get("secretTargetRef", [])
             C.equal(sorted(r["parameter"] for r in refs), ["password", "username"], f"{where}: SASL parameters")
@@ -946,6 +951,39 @@ def check_secret_rollouts(chart: Any) -> None:
         after = checksums(deep_merge(base, {"secret": change}))
         changed = {role for role in before if before[role] != after.get(role)}
         C.equal(changed, rolled, f"roles whose pods roll when {what} changes")
+
+
+# The alerts' thresholds from values: which alert's expression compares with each.
+THRESHOLD_ALERTS = {
+    "outboxOldestAgeSeconds": "OrderflowOutboxStale",
+    "consumerLag": "OrderflowConsumerLagGrowing",
+    "http5xxRatio": "OrderflowHttp5xxRatioHigh",
+}
+
+
+def check_prometheus_rule(doc: dict, values: dict, where: str) -> None:
+    """What an operator acts on: every alert scoped to this release's
+    namespace, with a severity, a summary, a description and its runbook
+    link, and the thresholds of values where they belong. promtool checks
+    the rules' meaning (tests/integration/alerts.rs)."""
+    rule = values["metrics"]["prometheusRule"]
+    for key, value in (rule.get("labels") or {}).items():
+        C.equal(doc["metadata"]["labels"].get(key), value, f"{where}: label {key} from metrics.prometheusRule.labels")
+    rules = [r for g in doc["spec"].get("groups", []) for r in g.get("rules", [])]
+    alerts = {r.get("alert"): r for r in rules}
+    C.ok(len(alerts) >= 7 and None not in alerts, f"{where}: alerting rules only, at least 7, got {sorted(map(str, alerts))}")
+    namespace = doc["metadata"]["namespace"]
+    for name, r in alerts.items():
+        annotations = r.get("annotations", {})
+        C.ok(r.get("labels", {}).get("severity") in ("critical", "warning"), f"{where}: {name} has a severity")
+        C.ok(annotations.get("summary") and annotations.get("description"), f"{where}: {name} has a summary and a description")
+        C.equal(annotations.get("runbook_url"), f"{rule['runbookBaseUrl']}#{str(name).lower()}",
+                f"{where}: {name}'s runbook link (the README section named after it)")
+        C.ok(f'namespace="{namespace}"' in r.get("expr", ""), f"{where}: {name} reads this release's namespace only")
+    for key, name in THRESHOLD_ALERTS.items():
+        expr = " ".join(alerts.get(name, {}).get("expr", "").split())
+        C.ok(f"> {rule['thresholds'][key]}" in expr,
+             f"{where}: {name} compares with metrics.prometheusRule.thresholds.{key} ({rule['thresholds'][key]}): {expr}")
 
 
 def expect_render_error(chart: Any, values: dict, needle: str, what: str) -> None:
@@ -1005,12 +1043,18 @@ def check_chart() -> None:
                         "a Kafka password in the ConfigMap")
     expect_schema_error(chart, {"tlsFiles": {"secretName": "a", "configMapName": "b"}},
                         "both tlsFiles.secretName and tlsFiles.configMapName")
+    expect_schema_error(chart, {"metrics": {"prometheusRule": {"thresholds": {"http5xxRatio": 5}}}},
+                        "a 5xx ratio above 1 (a percentage where a ratio belongs)")
 
     versions = kube_versions()
     everything = deep_merge(scaled, {
         "worker": {"autoscaling": {"enabled": False},
                    "keda": {"enabled": True, "sasl": "scram_sha512", "tls": "enable"}},
-        "metrics": {"serviceMonitor": {"enabled": True}},
+        "metrics": {"serviceMonitor": {"enabled": True},
+                    "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"},
+                                       "runbookBaseUrl": "https://git.example.com/orderflow/README.md",
+                                       "thresholds": {"outboxOldestAgeSeconds": 120, "consumerLag": 2500,
+                                                      "http5xxRatio": 0.02}}},
         "secret": {"existingSecret": "", "databaseUrl": "postgres://orderflow:s3cret@db/orderflow",
                    "kafkaUsername": "orderflow", "kafkaPassword": "p", "serviceBusConnectionString": "Endpoint=sb://x/;K=v",
                    "apiTokens": {"shop": EXPLICIT_SHOP_TOKEN}},
@@ -1032,7 +1076,7 @@ def check_chart() -> None:
         (SCALED_VALUES.relative_to(ROOT).as_posix(), scaled, "orderflow"),
         ("scaled values with static membership (the workers a StatefulSet)",
          deep_merge(scaled, {"worker": {"staticMembership": True}}), "orderflow"),
-        ("all optional templates on (KEDA, ServiceMonitor, chart Secret with SASL, TLS files, a given token)",
+        ("all optional templates on (KEDA, ServiceMonitor, PrometheusRule, chart Secret with SASL, TLS files, a given token)",
          everything, "orderflow"),
     )
     summary = []
