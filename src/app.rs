@@ -9,8 +9,8 @@ use crate::api::guard::Guard;
 use crate::api::listener::{ClientAddr, LimitedListener};
 use crate::api::{self, ApiState, Readiness};
 use crate::brokers::{Brokers, EmbeddedKafka, KafkaSetupError, TopicSpec, Topics};
-use crate::config::Config;
 use crate::config::FulfilmentSink;
+use crate::config::{Config, ConfigError, Uses};
 use crate::consumer::Consumer;
 use crate::domain::OrderLimits;
 use crate::notifier::Notifications;
@@ -33,6 +33,17 @@ pub enum Role {
     All,
 }
 
+impl Role {
+    /// The parties this role talks to, whose secrets it must have.
+    pub fn uses(self) -> Uses {
+        match self {
+            Role::Api => Uses::API,
+            Role::Worker => Uses::WORKER,
+            Role::All => Uses::ALL,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
@@ -48,6 +59,8 @@ pub enum AppError {
     Serve(std::io::Error),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// A role, built and bound, ready to run.
@@ -162,8 +175,15 @@ fn relays(config: &Config, role: Role, store: &SharedStore, kafka: KafkaSink) ->
         lease: outbox::MAIN_LEASE,
         settings: config.outbox.clone(),
     }];
-    if let (FulfilmentSink::ServiceBus { connection, queue }, Role::Worker | Role::All) =
-        (&config.fulfilment.sink, role)
+    // Without a connection string `Config::ready_for` stops the worker
+    // before it gets here.
+    if let (
+        FulfilmentSink::ServiceBus {
+            connection: Some(connection),
+            queue,
+        },
+        Role::Worker | Role::All,
+    ) = (&config.fulfilment.sink, role)
     {
         relays.push(Relay {
             store: store.clone(),
@@ -185,6 +205,7 @@ fn relays(config: &Config, role: Role, store: &SharedStore, kafka: KafkaSink) ->
 
 impl Application {
     pub async fn build(config: &Config, role: Role) -> Result<Self, AppError> {
+        config.ready_for(role.uses())?;
         // Installed before anything records, so no early figure is lost.
         crate::metrics::handle();
         let store = migrate(config).await?;

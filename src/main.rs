@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use orderflow::app::{self, Application, Role};
-use orderflow::config::{Config, ConfigSource};
+use orderflow::config::{Config, ConfigSource, Uses};
 use orderflow::dlq::{self as dead_letters, Selection};
 use orderflow::reconciler::{self, Redrive};
 use orderflow::shutdown;
@@ -156,15 +156,23 @@ fn run_command(cli: Cli) -> ExitCode {
             required: false,
         },
     };
-    // Token values are the API role's business: a worker or the migrate
-    // Job starts without them.
-    let serves_api = matches!(cli.command, Command::ServeApi | Command::All);
+    // Each role's pods are given only the secrets that role uses: the
+    // migrate Job starts without the token values, the SASL credentials and
+    // the Service Bus connection string, the API without the last.
+    let uses = match &cli.command {
+        Command::ServeApi => Uses::API,
+        Command::RunWorker => Uses::WORKER,
+        Command::All => Uses::ALL,
+        Command::Dlq { .. } => Uses::KAFKA,
+        Command::Migrate | Command::Config | Command::Reconcile { .. } | Command::Admin { .. } => {
+            Uses::NOTHING
+        }
+    };
     // The admin client talks to a running API: it needs no configuration.
     if let Command::Admin { url, token, action } = cli.command {
         return block_on_runtime(admin(&url, token.as_deref(), action));
     }
-    let loaded = Config::load(&source)
-        .and_then(|c| c.api.auth.ready().filter(|_| serves_api).map_or(Ok(c), Err));
+    let loaded = Config::load(&source).and_then(|c| c.ready_for(uses).map(|()| c));
     let config = match loaded {
         Ok(c) => c,
         Err(e) => {

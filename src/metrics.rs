@@ -10,6 +10,10 @@ pub const HTTP_REQUESTS: &str = "orderflow_http_requests_total";
 pub const HTTP_DURATION: &str = "orderflow_http_request_duration_seconds";
 pub const OUTBOX_BACKLOG: &str = "orderflow_outbox_backlog_rows";
 pub const OUTBOX_OLDEST_AGE: &str = "orderflow_outbox_oldest_age_seconds";
+/// 1 while this process holds the relay lease named by the `lease` label,
+/// else 0: a fleet whose maximum is 0 relays nothing, and its outbox only
+/// grows.
+pub const RELAY_LEADER: &str = "orderflow_relay_leader";
 pub const EVENTS_PUBLISHED: &str = "orderflow_events_published_total";
 pub const SINK_FAILURES: &str = "orderflow_sink_failures_total";
 pub const EVENTS_CONSUMED: &str = "orderflow_events_consumed_total";

@@ -116,12 +116,18 @@ impl Relay {
         metrics::counter!(crate::metrics::SINK_FAILURES, "relay" => self.lease).increment(0);
         let mut backoff = Backoff::new(FIRST_BACKOFF, self.settings.max_backoff);
         let mut standing_by_logged = false;
+        // A standby reports 0 rather than nothing, so a fleet where nobody
+        // leads shows as a maximum of 0, not as a missing series.
+        report_leader(self.lease, false);
         while !shutdown.is_triggered() {
             match self.store.try_relay_lease(self.lease).await {
                 Ok(Some(lease)) => {
                     tracing::info!(lease = self.lease, "outbox relay active");
                     standing_by_logged = false;
+                    report_leader(self.lease, true);
                     self.lead(lease, &mut shutdown).await;
+                    // The lease went with `lead` (lost, or given up on shutdown).
+                    report_leader(self.lease, false);
                 }
                 Ok(None) => {
                     if !standing_by_logged {
@@ -280,6 +286,14 @@ impl Relay {
             Err(e) => tracing::warn!(error = %e, "outbox purge failed"),
         }
     }
+}
+
+fn report_leader(lease: &'static str, leading: bool) {
+    metrics::gauge!(crate::metrics::RELAY_LEADER, "lease" => lease).set(if leading {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 /// Marks published rows, or deletes them when none are retained (a DELETE

@@ -61,6 +61,50 @@ pub struct Config {
     pub raw: RawConfig,
 }
 
+/// What a command talks to besides the database. A secret only one party
+/// uses (the API tokens' values, the SASL credentials, the Service Bus
+/// connection string) is required only of a command that talks to that
+/// party, so each pod can be given its own role's secrets and no others
+/// (the Helm chart does): everything else is checked for every command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Uses {
+    /// Serves the HTTP order API (and so checks bearer tokens).
+    pub api: bool,
+    pub kafka: bool,
+    /// Delivers fulfilment events to Service Bus (when that is the sink).
+    pub service_bus: bool,
+}
+
+impl Uses {
+    /// `migrate`, `reconcile`, `config`: the database, if anything.
+    pub const NOTHING: Self = Self {
+        api: false,
+        kafka: false,
+        service_bus: false,
+    };
+    pub const API: Self = Self {
+        api: true,
+        kafka: true,
+        service_bus: false,
+    };
+    pub const WORKER: Self = Self {
+        api: false,
+        kafka: true,
+        service_bus: true,
+    };
+    pub const ALL: Self = Self {
+        api: true,
+        kafka: true,
+        service_bus: true,
+    };
+    /// `dlq list` and `dlq replay`.
+    pub const KAFKA: Self = Self {
+        api: false,
+        kafka: true,
+        service_bus: false,
+    };
+}
+
 /// Where the configuration comes from.
 #[derive(Debug, Clone)]
 pub struct ConfigSource {
@@ -91,6 +135,24 @@ impl Config {
         figment = figment.merge(sources::EnvLayer::from_vars(env)?);
         let raw: RawConfig = figment.extract().map_err(|e| error::from_figment(&e))?;
         validate::config(&validate::Check::new(&figment), raw)
+    }
+
+    /// Whether a command that `uses` these parties can run: the first
+    /// secret it needs and does not have, in the order the sections are
+    /// checked.
+    pub fn ready_for(&self, uses: Uses) -> Result<(), ConfigError> {
+        let missing = [
+            (uses.kafka, self.kafka.security.unready.clone()),
+            (uses.api, self.api.auth.ready()),
+            (uses.service_bus, self.fulfilment.unready.clone()),
+        ];
+        match missing
+            .into_iter()
+            .find_map(|(used, error)| error.filter(|_| used))
+        {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 
     /// The effective configuration as TOML, secrets redacted.

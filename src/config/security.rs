@@ -197,8 +197,13 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct KafkaSecurity {
     pub protocol: KafkaProtocol,
+    /// `None` with a SASL protocol only while `unready` says why.
     pub sasl: Option<SaslCredentials>,
     pub tls: Option<TlsFiles>,
+    /// A SASL protocol without its username or password: this stops a
+    /// command that talks to Kafka (`Config::ready_for`), not the migrate
+    /// Job, which is not given the credentials.
+    pub unready: Option<ConfigError>,
 }
 
 impl Default for KafkaSecurity {
@@ -207,6 +212,7 @@ impl Default for KafkaSecurity {
             protocol: KafkaProtocol::Plaintext,
             sasl: None,
             tls: None,
+            unready: None,
         }
     }
 }
@@ -325,9 +331,12 @@ pub(super) fn kafka_security(
             ))
         }
     };
-    let sasl = match protocol.uses_sasl() {
-        true => Some(sasl(check, raw, protocol)?),
-        false => None,
+    let (sasl, unready) = match protocol.uses_sasl() {
+        true => match sasl(check, raw, protocol)? {
+            Ok(credentials) => (Some(credentials), None),
+            Err(missing) => (None, Some(missing)),
+        },
+        false => (None, None),
     };
     let tls = match protocol.uses_tls() {
         true => Some(tls(check, raw)?),
@@ -337,6 +346,7 @@ pub(super) fn kafka_security(
         protocol,
         sasl,
         tls,
+        unready,
     })
 }
 
@@ -344,11 +354,13 @@ fn security_key(name: &str) -> String {
     format!("KafkaConfiguration.Security.{name}")
 }
 
+/// The outer error stops every command; the inner one (a credential not
+/// given) only those that talk to Kafka.
 fn sasl(
     check: &Check,
     raw: &RawKafkaSecurity,
     protocol: KafkaProtocol,
-) -> Result<SaslCredentials, ConfigError> {
+) -> Result<Result<SaslCredentials, ConfigError>, ConfigError> {
     let mechanism = match raw.sasl_mechanism.trim().to_ascii_uppercase().as_str() {
         "PLAIN" => SaslMechanism::Plain,
         "SCRAM-SHA-256" => SaslMechanism::ScramSha256,
@@ -360,19 +372,22 @@ fn sasl(
             ))
         }
     };
-    let username = check.non_empty(&security_key("Username"), &raw.username)?;
+    let username = match check.non_empty(&security_key("Username"), &raw.username) {
+        Ok(username) => username,
+        Err(missing) => return Ok(Err(missing)),
+    };
     if raw.password.is_empty() {
         let needs = protocol.as_str().to_ascii_uppercase();
-        return Err(check.error(
+        return Ok(Err(check.error(
             &security_key("Password"),
             format!("is empty; {needs} needs one"),
-        ));
+        )));
     }
-    Ok(SaslCredentials {
+    Ok(Ok(SaslCredentials {
         mechanism,
         username,
         password: raw.password.clone(),
-    })
+    }))
 }
 
 fn tls(check: &Check, raw: &RawKafkaSecurity) -> Result<TlsFiles, ConfigError> {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::properties::KafkaProperties;
 use super::security::{AuthSettings, KafkaSecurity, RateLimitSettings};
 use super::servicebus::ServiceBusConnection;
+use super::ConfigError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KafkaServers {
@@ -225,7 +226,8 @@ pub enum FulfilmentSink {
         topic: String,
     },
     ServiceBus {
-        connection: ServiceBusConnection,
+        /// `None` only while `FulfilmentSettings::unready` says why.
+        connection: Option<ServiceBusConnection>,
         queue: String,
     },
     None,
@@ -242,6 +244,10 @@ pub struct AdminSettings {
 #[derive(Debug, Clone)]
 pub struct FulfilmentSettings {
     pub sink: FulfilmentSink,
+    /// Service Bus without a connection string: this stops the worker,
+    /// which delivers to the queue, not the API or the migrate Job, which
+    /// are not given it.
+    pub unready: Option<ConfigError>,
 }
 
 impl FulfilmentSettings {

@@ -383,16 +383,33 @@ fn notifier(check: &Check, raw: &RawNotifier) -> Result<NotifierSettings, Config
     }
 }
 
+/// A connection string that is there must parse, whichever role reads it;
+/// one that is not stops only the worker (`Config::ready_for`).
 fn fulfilment(check: &Check, raw: &RawFulfilment) -> Result<FulfilmentSettings, ConfigError> {
+    let mut unready = None;
     let sink = match raw.kind.trim().to_ascii_lowercase().as_str() {
         "kafka" => FulfilmentSink::Kafka {
             topic: check.non_empty("Fulfilment.Topic", &raw.topic)?,
         },
-        "servicebus" => FulfilmentSink::ServiceBus {
-            connection: ServiceBusConnection::parse(raw.connection_string.expose())
-                .map_err(|m| check.error("Fulfilment.ConnectionString", m))?,
-            queue: check.non_empty("Fulfilment.Queue", &raw.queue)?,
-        },
+        "servicebus" => {
+            let given = raw.connection_string.expose().trim();
+            let connection = if given.is_empty() {
+                unready = Some(check.error(
+                    "Fulfilment.ConnectionString",
+                    "is empty; Fulfilment.Kind \"servicebus\" needs one",
+                ));
+                None
+            } else {
+                Some(
+                    ServiceBusConnection::parse(given)
+                        .map_err(|m| check.error("Fulfilment.ConnectionString", m))?,
+                )
+            };
+            FulfilmentSink::ServiceBus {
+                connection,
+                queue: check.non_empty("Fulfilment.Queue", &raw.queue)?,
+            }
+        }
         "none" => FulfilmentSink::None,
         other => {
             return Err(check.error(
@@ -401,7 +418,7 @@ fn fulfilment(check: &Check, raw: &RawFulfilment) -> Result<FulfilmentSettings, 
             ))
         }
     };
-    Ok(FulfilmentSettings { sink })
+    Ok(FulfilmentSettings { sink, unready })
 }
 
 fn events(check: &Check, raw: &RawEvents) -> Result<EventFormat, ConfigError> {

@@ -16,19 +16,29 @@ What it checks, with real tools and no cluster, daemon or network:
     optional template on; every rendered manifest of a built-in kind passes
     kubernetes-validate in strict mode against the oldest Kubernetes the
     chart supports and the newest kubernetes-validate ships. Custom
-    resources (ServiceMonitor, KEDA ScaledObject/TriggerAuthentication),
-    off by default, have no schema there and get structural checks here.
+    resources (ServiceMonitor, PrometheusRule, KEDA ScaledObject and
+    TriggerAuthentication), off by default, have no schema there and get
+    structural checks here (promtool checks the alerts' meaning:
+    tests/integration/alerts.rs).
   * What the chart means: per-role subcommands (the api never runs
     run-worker and vice versa), replica counts, the same ConfigMap mounted
     by both roles and the migrate hook Job, config.toml equal to the values,
     secrets as env vars, probes, grace periods, HPAs, PDBs, labels.
+  * Least privilege: each workload's containers get exactly the secret
+    keys its role uses (api: database URL, Kafka credentials, API tokens;
+    worker: database URL, Kafka credentials, Service Bus connection string;
+    migrate Job: the database URL), one secretKeyRef each, no envFrom; the
+    hook's Secret copy holds only the database URL; a changed secret rolls
+    only the roles given it. The real binary runs each workload's own
+    command with exactly its pod's secrets and gets past its configuration.
   * API authentication in the chart: on in config.toml, token names and
     scopes there and no token value in any ConfigMap; each token as
     Api__Auth__Tokens__<name>__Token from the chart's Secret (generated,
     32+ characters, or given in values) or secret.existingSecret; the
     rate limit and request timeout; optional TLS files mounted in every
     role. The real binary (`orderflow config`) loads each role's rendered
-    config.toml with that role's env and prints the tokens only as ***.
+    config.toml with that role's env and prints the tokens only as ***
+    (the api's; no other role holds them).
   * The Grafana dashboard: a ConfigMap only with
     metrics.grafanaDashboard.enabled, labelled for Grafana's sidecar, in the
     namespace and folder asked for, carrying dashboards/orderflow.json
@@ -66,6 +76,7 @@ INSTALL_HINT = "pip install -r tests/deploy/requirements.txt"
 # kubernetes-validate has no schema for them.
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("keda.sh/v1alpha1", "TriggerAuthentication"),
 }
@@ -88,12 +99,31 @@ STANDARD_LABELS = (
     "app.kubernetes.io/part-of",
     "helm.sh/chart",
 )
-SECRET_ENV = (
-    "Database__Url",
-    "KafkaConfiguration__Security__Username",
-    "KafkaConfiguration__Security__Password",
-    "Fulfilment__ConnectionString",
-)
+# The secrets each role's containers get (env var -> secret.keys entry),
+# API tokens aside: only what the role uses. The binary requires a secret
+# only of a command that uses it, so the migrate Job runs on the database
+# URL alone and the API without the Service Bus connection string.
+KAFKA_SECRET_ENV = {
+    "KafkaConfiguration__Security__Username": "kafkaUsername",
+    "KafkaConfiguration__Security__Password": "kafkaPassword",
+}
+ROLE_SECRET_ENV = {
+    "api": {"Database__Url": "databaseUrl", **KAFKA_SECRET_ENV},
+    "worker": {"Database__Url": "databaseUrl", **KAFKA_SECRET_ENV,
+               "Fulfilment__ConnectionString": "serviceBusConnectionString"},
+    "migrate": {"Database__Url": "databaseUrl"},
+}
+# Which roles hold the API tokens' values: the one that checks them.
+TOKEN_ROLES = {"api"}
+# What a pod's secret env var would hold, for running the binary with a
+# pod's env: an existing Secret's owner would put values of this shape there.
+STAND_IN_SECRETS = {
+    "Database__Url": "postgres://orderflow:s3cret@db.example/orderflow",
+    "KafkaConfiguration__Security__Username": "orderflow",
+    "KafkaConfiguration__Security__Password": "s3cret",
+    "Fulfilment__ConnectionString": "Endpoint=sb://orderflow.servicebus.windows.net/;"
+                                    "SharedAccessKeyName=send;SharedAccessKey=s3cret",
+}
 # The chart's default static API tokens and their scopes.
 DEFAULT_TOKENS = {"shop": ["orders:read", "orders:write"], "ops": ["admin"]}
 # Generated tokens must be at least this long (the binary's floor is 16).
@@ -497,17 +527,6 @@ def check_config_and_secrets(docs: list[dict], values: dict, api: dict, worker: 
 
     existing = values["secret"]["existingSecret"]
     secrets = {d["metadata"]["name"]: d for d in by_kind(docs, "Secret")}
-    for dep in (api, worker):
-        env = env_map(container_of(dep))
-        for name in SECRET_ENV:
-            ref = env.get(name, {}).get("valueFrom", {}).get("secretKeyRef")
-            if not C.ok(ref, f"{label}: {dep['metadata']['name']} env {name} comes from a Secret"):
-                continue
-            if existing:
-                C.equal(ref["name"], existing, f"{label}: {name} reads secret.existingSecret")
-            else:
-                C.ok(ref["name"] in secrets, f"{label}: {name} reads a Secret the chart renders ({ref['name']})")
-            C.equal(ref.get("optional", False), name != "Database__Url", f"{label}: {name} optional flag")
     if existing:
         C.ok(existing not in secrets, f"{label}: no Secret rendered over existingSecret {existing}")
         C.ok(not [s for s in secrets.values() if "helm.sh/hook" not in s["metadata"].get("annotations", {})],
@@ -535,20 +554,57 @@ def check_config_and_secrets(docs: list[dict], values: dict, api: dict, worker: 
                 C.ok(cm_names[0] == shared["metadata"]["name"]
                      or int(hook_cm.get("helm.sh/hook-weight", "0")) < int(ann.get("helm.sh/hook-weight", "0")),
                      f"{label}: the Job's ConfigMap exists before the Job runs")
-            job_env = env_map(container_of(job))
-            api_env = env_map(container_of(api))
-            for name in SECRET_ENV:
-                jref = job_env.get(name, {}).get("valueFrom", {}).get("secretKeyRef", {})
-                aref = api_env.get(name, {}).get("valueFrom", {}).get("secretKeyRef", {})
-                C.ok(jref.get("key") == aref.get("key") and jref.get("key"),
-                     f"{label}: migrate Job env {name} reads the same secret key as the roles")
-                if not existing and jref.get("name") in secrets and aref.get("name") in secrets:
-                    C.equal(secrets[jref["name"]].get("data"), secrets[aref["name"]].get("data"),
-                            f"{label}: migrate Job's Secret has the roles' secret data")
+            jref = env_map(container_of(job)).get("Database__Url", {}).get("valueFrom", {}).get("secretKeyRef", {})
+            aref = env_map(container_of(api)).get("Database__Url", {}).get("valueFrom", {}).get("secretKeyRef", {})
+            C.ok(jref.get("key") == aref.get("key") and jref.get("key"),
+                 f"{label}: migrate Job's Database__Url reads the same secret key as the roles")
+            if not existing and jref.get("name") in secrets and aref.get("name") in secrets:
+                # The hook's copy of the Secret: the database URL, and no
+                # other secret (the Job is given nothing else).
+                db_key = values["secret"]["keys"]["databaseUrl"]
+                C.equal(secrets[jref["name"]].get("data"), {db_key: secrets[aref["name"]]["data"].get(db_key)},
+                        f"{label}: migrate Job's Secret holds the roles' database URL and nothing else")
 
 
 def token_env(name: str) -> str:
     return f"Api__Auth__Tokens__{name}__Token"
+
+
+def role_secret_env(values: dict, role: str) -> dict[str, str]:
+    """The secret env vars a role's pods get: env var -> Secret key."""
+    keys = values["secret"]["keys"]
+    expected = {env: keys[key] for env, key in ROLE_SECRET_ENV[role].items()}
+    if role in TOKEN_ROLES:
+        for name in values["config"].get("Api", {}).get("Auth", {}).get("Tokens", {}):
+            expected[token_env(name)] = f"{keys['apiTokenPrefix']}{name}"
+    return expected
+
+
+def check_least_privilege(docs: list[dict], values: dict, api: dict, worker: dict, label: str) -> None:
+    """Each workload's containers get exactly the secret keys its role uses:
+    one secretKeyRef per key of the release's Secret (or existingSecret, or
+    for the migrate hook its copy), no envFrom and no volume of it."""
+    existing = values["secret"]["existingSecret"]
+    ours = {existing} if existing else {d["metadata"]["name"] for d in by_kind(docs, "Secret")}
+    for dep in workloads(docs, values, api, worker):
+        role = component(dep)
+        where = f"{label}: {dep['kind']}/{dep['metadata']['name']} ({role})"
+        pod = dep["spec"]["template"]["spec"]
+        got: dict[str, str] = {}
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            for var in container.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if not ref:
+                    continue
+                got[var["name"]] = ref["key"]
+                C.ok(ref["name"] in ours, f"{where}: {var['name']} reads the release's Secret, got {ref['name']}")
+                C.equal(ref.get("optional", False), var["name"] in ROLE_SECRET_ENV["worker"] and var["name"] != "Database__Url",
+                        f"{where}: {var['name']} optional flag (only the optional credentials are)")
+            from_secrets = [f["secretRef"].get("name") for f in container.get("envFrom", []) if "secretRef" in f]
+            C.ok(not from_secrets, f"{where}: no envFrom of a Secret (it would hand over every key), got {from_secrets}")
+        mounted = [v["secret"].get("secretName") for v in pod.get("volumes", []) if "secret" in v]
+        C.ok(not set(mounted) & ours, f"{where}: the release's Secret is not mounted as a volume, got {mounted}")
+        C.equal(got, role_secret_env(values, role), f"{where}: exactly these secret keys reach its containers")
 
 
 def workloads(docs: list[dict], values: dict, api: dict, worker: dict) -> list[dict]:
@@ -605,6 +661,10 @@ def check_auth(docs: list[dict], values: dict, api: dict, worker: dict, label: s
     for dep in workloads(docs, values, api, worker):
         env = env_map(container_of(dep))
         where = f"{label}: {dep['kind']}/{dep['metadata']['name']}"
+        if component(dep) not in TOKEN_ROLES:
+            held = sorted(n for n in env if n.startswith("Api__Auth__Tokens__"))
+            C.ok(not held, f"{where}: holds API tokens {held}; only the {sorted(TOKEN_ROLES)} role checks them")
+            continue
         extra = sorted(n for n in env if n.startswith("Api__Auth__Tokens__") and n not in {token_env(t) for t in names})
         C.ok(not extra, f"{where}: token env vars only for configured tokens, extra {extra}")
         for name in names:
@@ -687,11 +747,35 @@ def orderflow_binary() -> str | None:
     return None
 
 
+def pod_secret_env(docs: list[dict], values: dict, dep: dict) -> dict[str, str]:
+    """The secret env vars a pod would start with, no others: API tokens
+    from the chart's Secret (generated or given) or, for an existing Secret,
+    a stand-in of the kind its owner would put there; the other secrets as
+    stand-ins. An optional key the chart's Secret does not hold stays unset,
+    as Kubernetes leaves it."""
+    existing = values["secret"]["existingSecret"]
+    out: dict[str, str] = {}
+    for name, var in env_map(container_of(dep)).items():
+        ref = var.get("valueFrom", {}).get("secretKeyRef")
+        if not ref:
+            continue
+        held = secret_value(docs, ref["name"], ref["key"])
+        if held is None and ref.get("optional") and not existing:
+            continue
+        if name.startswith("Api__Auth__Tokens__"):
+            out[name] = held or f"existing-{ref['key']}-9d2f61c0a4b7e8f3"
+        else:
+            out[name] = STAND_IN_SECRETS[name]
+    return out
+
+
 def check_with_binary(docs: list[dict], values: dict, api: dict, worker: dict, label: str) -> None:
-    """`orderflow config` on each role's rendered config.toml (api, worker,
-    migrate Job: every one loads and validates the whole configuration), with
-    the secret env vars set as that role's pod sets them: the program accepts
-    the chart's file, sees the chart's values and never prints a token."""
+    """Each workload's rendered config.toml with exactly the secret env vars
+    its pod gets (api, worker, migrate Job: every one loads and validates the
+    whole configuration). `orderflow config`: the program accepts the chart's
+    file, sees the chart's values and never prints a token. The workload's
+    own command, the database unreachable: it gets past its configuration
+    (to the database), so the secrets its pod is given are all it needs."""
     binary = orderflow_binary()
     if not binary:
         C.note(f"{label}: no orderflow binary (set ORDERFLOW_BIN): skipped `orderflow config` on the ConfigMap")
@@ -703,7 +787,7 @@ def check_with_binary(docs: list[dict], values: dict, api: dict, worker: dict, l
         volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
         cm_name = next(v["configMap"]["name"] for v in volumes.values() if "configMap" in v and v["name"] == "config")
         cm = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == cm_name)
-        pod_env = env_map(container_of(dep))
+        given = pod_secret_env(docs, values, dep)
         with tempfile.TemporaryDirectory() as tmp:
             # The TLS files the pod would find in tlsFiles.mountPath.
             tls_dir = Path(tmp) / "tls"
@@ -716,38 +800,33 @@ def check_with_binary(docs: list[dict], values: dict, api: dict, worker: dict, l
             path = Path(tmp) / "config.toml"
             path.write_text(text)
             env = {k: v for k, v in os.environ.items() if "__" not in k}
-            env.update({
-                "ORDERFLOW_CONFIG": str(path),
-                "Database__Url": "postgres://orderflow:s3cret@db.example/orderflow",
-                "KafkaConfiguration__Security__Username": "orderflow",
-                "KafkaConfiguration__Security__Password": "s3cret",
-                "Fulfilment__ConnectionString": "Endpoint=sb://orderflow.servicebus.windows.net/;"
-                                                "SharedAccessKeyName=send;SharedAccessKey=s3cret",
-            })
-            # The token env vars exactly as the pod spec has them: the value
-            # of the chart's Secret (generated or given), or for an existing
-            # Secret a stand-in of the kind its owner would put there.
-            tokens: dict[str, str] = {}
-            for name, var in pod_env.items():
-                ref = var.get("valueFrom", {}).get("secretKeyRef")
-                if not name.startswith("Api__Auth__Tokens__") or not ref:
-                    continue
-                tokens[name] = secret_value(docs, ref["name"], ref["key"]) or \
-                    f"existing-{ref['key']}-9d2f61c0a4b7e8f3"
-            env.update(tokens)
+            env["ORDERFLOW_CONFIG"] = str(path)
+            env.update(given)
             result = subprocess.run([binary, "config"], capture_output=True, text=True, env=env, cwd=tmp, timeout=60)
+            # Nothing listens on the discard port: the command fails at the
+            # database, after its configuration (exit 2) would have stopped it.
+            env["Database__Url"] = "postgres://orderflow:s3cret@127.0.0.1:9/orderflow"
+            own = [str(a) for a in container_of(dep).get("args", [])]
+            run = subprocess.run([binary, *own], capture_output=True, text=True, env=env, cwd=tmp, timeout=60)
+        C.ok(run.returncode == 1 and "configuration error" not in run.stderr and "database" in run.stderr,
+             f"{where}: `orderflow {' '.join(own)}` with exactly its pod's secrets ({sorted(given)}) should get "
+             f"past its configuration to the (unreachable) database; exit {run.returncode}: {run.stderr.strip()[-400:]}")
         if not C.ok(result.returncode == 0,
                     f"{where}: `orderflow config` rejects the chart's config.toml with this pod's env "
                     f"(exit {result.returncode}): {result.stderr.strip()}"):
             continue
         output = result.stdout + result.stderr
+        tokens = {k: v for k, v in given.items() if k.startswith("Api__Auth__Tokens__")}
         C.ok(not [t for t in tokens.values() if t in output], f"{where}: `orderflow config` prints an API token")
         effective = tomllib.loads(result.stdout)
         eff_auth = effective.get("Api", {}).get("Auth", {})
         C.ok(eff_auth.get("Enabled") is True, f"{where}: the binary sees Api.Auth.Enabled = true")
         for name in names:
-            C.equal(eff_auth.get("Tokens", {}).get(name, {}).get("Token"), "***",
-                    f"{where}: the binary has token {name} (from {token_env(name)}) and shows it as ***")
+            shown = eff_auth.get("Tokens", {}).get(name, {}).get("Token")
+            if component(dep) in TOKEN_ROLES:
+                C.equal(shown, "***", f"{where}: the binary has token {name} (from {token_env(name)}) and shows it as ***")
+            else:
+                C.ok(shown != "***", f"{where}: the binary has a value for token {name}, which this role is not given")
         if dep is not api:
             continue
         expected_values = json.loads(json.dumps(values["config"]).replace(mount_path + "/", ""))
@@ -765,12 +844,19 @@ def check_with_binary(docs: list[dict], values: dict, api: dict, worker: dict, l
         url = effective.get("Database", {}).get("Url", "")
         C.ok(url.startswith("postgres://") and "s3cret" not in url,
              f"{label}: Database.Url comes from the env var and is redacted, got {url!r}")
-        # The other secret env vars the pods get: wherever the program has the
-        # setting, the env var must reach it (a section the environment layer
-        # does not read would silently drop the Secret's value).
-        for env_name, secret in (("KafkaConfiguration__Security__Username", False),
-                                 ("KafkaConfiguration__Security__Password", True),
-                                 ("Fulfilment__ConnectionString", True)):
+    # The other secret env vars the pods get: wherever the program has the
+    # setting, the env var must reach it (a section the environment layer
+    # does not read would silently drop the Secret's value). Checked with
+    # every one set, whichever role is given it.
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {k: v for k, v in os.environ.items() if "__" not in k}
+        env.update(STAND_IN_SECRETS)
+        (Path(tmp) / "empty.toml").write_text("")
+        env["ORDERFLOW_CONFIG"] = str(Path(tmp) / "empty.toml")
+        result = subprocess.run([binary, "config"], capture_output=True, text=True, env=env, cwd=tmp, timeout=60)
+    if C.ok(result.returncode == 0, f"{label}: `orderflow config` with every secret env var set: {result.stderr.strip()}"):
+        effective = tomllib.loads(result.stdout)
+        for env_name in (n for n in STAND_IN_SECRETS if n != "Database__Url"):
             node: Any = effective
             for part in env_name.split("__"):
                 node = next((v for k, v in node.items() if k.lower() == part.lower()), None) \
@@ -779,10 +865,11 @@ def check_with_binary(docs: list[dict], values: dict, api: dict, worker: dict, l
                 continue  # the program has no such setting (yet)
             C.ok(node not in ("", None), f"{label}: {env_name} is set on the pods but `orderflow config` shows "
                                          f"{env_name.replace('__', '.')} = {node!r}: the environment layer does not read it")
-            if secret:
+            if "Password" in env_name or "Connection" in env_name:
                 C.ok("s3cret" not in str(node), f"{label}: `orderflow config` prints {env_name.replace('__', '.')} unredacted")
-    C.note(f"{label}: `{Path(binary).name} config` accepts each role's rendered config.toml with its env "
-           f"({len(names)} API tokens shown as ***) and reflects every value")
+    C.note(f"{label}: `{Path(binary).name} config` accepts each role's rendered config.toml with its pod's secrets "
+           f"({len(names)} API tokens shown as *** on the api), and each role's own command gets past its "
+           f"configuration with them")
 
 
 def check_service_and_ingress(docs: list[dict], values: dict, api: dict, worker: dict, label: str) -> None:
@@ -833,6 +920,8 @@ def check_crds(docs: list[dict], values: dict, worker: dict, label: str) -> int:
             C.ok(eps and eps[0].get("port") in ("http", "admin"), f"{where}: scrapes a named port")
             services = [s for s in by_kind(docs, "Service") if selects(spec["selector"]["matchLabels"], s["metadata"]["labels"])]
             C.equal(len(services), 1, f"{where}: selects exactly one Service")
+        elif doc["kind"] == "PrometheusRule":
+            check_prometheus_rule(doc, values, where)
         elif doc["kind"] == "TriggerAuthentication":
             refs = spec.get("secretTargetRef", [])
             C.equal(sorted(r["parameter"] for r in refs), ["password", "username"], f"{where}: SASL parameters")
@@ -870,6 +959,69 @@ def check_dashboard(docs: list[dict], values: dict, namespace: str, label: str) 
         return
     C.ok(rendered == json.loads(DASHBOARD.read_text()),
          f"{where}: the rendered dashboard differs from {DASHBOARD.relative_to(ROOT)}")
+
+
+def check_secret_rollouts(chart: Any) -> None:
+    """A changed secret rolls the pods given it and no others (each role's
+    checksum/secret covers only its own secrets)."""
+    C.start("Helm chart: a changed secret rolls only the roles given it")
+    base = {"secret": {"kafkaUsername": "orderflow", "kafkaPassword": "kafka-one",
+                       "serviceBusConnectionString": "Endpoint=sb://one.example/;SharedAccessKeyName=a;SharedAccessKey=one",
+                       "apiTokens": {"shop": "shop-token-one-0123456789", "ops": "ops-token-one-0123456789"}}}
+
+    def checksums(values: dict) -> dict[str, str | None]:
+        docs, _ = render(chart, values, name="orderflow", namespace="orders")
+        out = {}
+        for doc in docs:
+            if doc["kind"] in ("Deployment", "StatefulSet"):
+                annotations = doc["spec"]["template"]["metadata"].get("annotations", {})
+                out[component(doc)] = annotations.get("checksum/secret")
+        return out
+
+    before = checksums(base)
+    C.ok(before.get("api") and before.get("worker"), f"both roles carry a checksum/secret, got {before}")
+    for what, change, rolled in (
+        ("the Service Bus connection string", {"serviceBusConnectionString": "Endpoint=sb://two.example/;SharedAccessKeyName=a;SharedAccessKey=two"}, {"worker"}),
+        ("an API token", {"apiTokens": {"shop": "shop-token-two-0123456789", "ops": "ops-token-one-0123456789"}}, {"api"}),
+        ("the Kafka password", {"kafkaPassword": "kafka-two"}, {"api", "worker"}),
+        ("the database URL", {"databaseUrl": "postgres://orderflow@db-two:5432/orderflow"}, {"api", "worker"}),
+    ):
+        after = checksums(deep_merge(base, {"secret": change}))
+        changed = {role for role in before if before[role] != after.get(role)}
+        C.equal(changed, rolled, f"roles whose pods roll when {what} changes")
+
+
+# The alerts' thresholds from values: which alert's expression compares with each.
+THRESHOLD_ALERTS = {
+    "outboxOldestAgeSeconds": "OrderflowOutboxStale",
+    "consumerLag": "OrderflowConsumerLagGrowing",
+    "http5xxRatio": "OrderflowHttp5xxRatioHigh",
+}
+
+
+def check_prometheus_rule(doc: dict, values: dict, where: str) -> None:
+    """What an operator acts on: every alert scoped to this release's
+    namespace, with a severity, a summary, a description and its runbook
+    link, and the thresholds of values where they belong. promtool checks
+    the rules' meaning (tests/integration/alerts.rs)."""
+    rule = values["metrics"]["prometheusRule"]
+    for key, value in (rule.get("labels") or {}).items():
+        C.equal(doc["metadata"]["labels"].get(key), value, f"{where}: label {key} from metrics.prometheusRule.labels")
+    rules = [r for g in doc["spec"].get("groups", []) for r in g.get("rules", [])]
+    alerts = {r.get("alert"): r for r in rules}
+    C.ok(len(alerts) >= 7 and None not in alerts, f"{where}: alerting rules only, at least 7, got {sorted(map(str, alerts))}")
+    namespace = doc["metadata"]["namespace"]
+    for name, r in alerts.items():
+        annotations = r.get("annotations", {})
+        C.ok(r.get("labels", {}).get("severity") in ("critical", "warning"), f"{where}: {name} has a severity")
+        C.ok(annotations.get("summary") and annotations.get("description"), f"{where}: {name} has a summary and a description")
+        C.equal(annotations.get("runbook_url"), f"{rule['runbookBaseUrl']}#{str(name).lower()}",
+                f"{where}: {name}'s runbook link (the README section named after it)")
+        C.ok(f'namespace="{namespace}"' in r.get("expr", ""), f"{where}: {name} reads this release's namespace only")
+    for key, name in THRESHOLD_ALERTS.items():
+        expr = " ".join(alerts.get(name, {}).get("expr", "").split())
+        C.ok(f"> {rule['thresholds'][key]}" in expr,
+             f"{where}: {name} compares with metrics.prometheusRule.thresholds.{key} ({rule['thresholds'][key]}): {expr}")
 
 
 def expect_render_error(chart: Any, values: dict, needle: str, what: str) -> None:
@@ -931,6 +1083,8 @@ def check_chart() -> None:
                         "both tlsFiles.secretName and tlsFiles.configMapName")
     expect_schema_error(chart, {"metrics": {"grafanaDashboard": {"label": "grafana dashboard"}}},
                         "a dashboard label key Kubernetes refuses")
+    expect_schema_error(chart, {"metrics": {"prometheusRule": {"thresholds": {"http5xxRatio": 5}}}},
+                        "a 5xx ratio above 1 (a percentage where a ratio belongs)")
 
     versions = kube_versions()
     everything = deep_merge(scaled, {
@@ -938,7 +1092,11 @@ def check_chart() -> None:
                    "keda": {"enabled": True, "sasl": "scram_sha512", "tls": "enable"}},
         "metrics": {"serviceMonitor": {"enabled": True},
                     # In Grafana's namespace, in a folder of its own.
-                    "grafanaDashboard": {"enabled": True, "folder": "Orders", "namespace": "monitoring"}},
+                    "grafanaDashboard": {"enabled": True, "folder": "Orders", "namespace": "monitoring"},
+                    "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"},
+                                       "runbookBaseUrl": "https://git.example.com/orderflow/README.md",
+                                       "thresholds": {"outboxOldestAgeSeconds": 120, "consumerLag": 2500,
+                                                      "http5xxRatio": 0.02}}},
         "secret": {"existingSecret": "", "databaseUrl": "postgres://orderflow:s3cret@db/orderflow",
                    "kafkaUsername": "orderflow", "kafkaPassword": "p", "serviceBusConnectionString": "Endpoint=sb://x/;K=v",
                    "apiTokens": {"shop": EXPLICIT_SHOP_TOKEN}},
@@ -950,15 +1108,18 @@ def check_chart() -> None:
                        "Protocol": "SASL_SSL", "SaslMechanism": "SCRAM-SHA-512",
                        "CaFile": "/etc/orderflow-tls/ca.crt", "CertificateFile": "/etc/orderflow-tls/tls.crt",
                        "KeyFile": "/etc/orderflow-tls/tls.key"}},
-                   "Database": {"SslMode": "verify-full", "SslRootCert": "/etc/orderflow-tls/ca.crt"}},
+                   "Database": {"SslMode": "verify-full", "SslRootCert": "/etc/orderflow-tls/ca.crt"},
+                   # Fulfilment to Service Bus: the worker needs the
+                   # connection string, and only the worker is given it.
+                   "Fulfilment": {"Kind": "servicebus", "Queue": "order-fulfilments"}},
     })
     renders = (
         ("default values", None, "shop"),
         (SCALED_VALUES.relative_to(ROOT).as_posix(), scaled, "orderflow"),
         ("scaled values with static membership (the workers a StatefulSet)",
          deep_merge(scaled, {"worker": {"staticMembership": True}}), "orderflow"),
-        ("all optional templates on (KEDA, ServiceMonitor, Grafana dashboard, chart Secret with SASL, TLS files, "
-         "a given token)",
+        ("all optional templates on (KEDA, ServiceMonitor, Grafana dashboard, PrometheusRule, chart Secret "
+         "with SASL, TLS files, a given token)",
          everything, "orderflow"),
     )
     summary = []
@@ -978,6 +1139,7 @@ def check_chart() -> None:
         worker = check_role(docs, values, "worker", label)
         if api and worker:
             check_config_and_secrets(docs, values, api, worker, label)
+            check_least_privilege(docs, values, api, worker, label)
             check_auth(docs, values, api, worker, label)
             check_tls_files(docs, values, api, worker, label)
             check_with_binary(docs, values, api, worker, label)
@@ -993,6 +1155,7 @@ def check_chart() -> None:
         summary.append((label, len(docs), validated, crds))
     if not any(lbl.startswith("all optional") for lbl, *_ in summary):
         C.ok(False, "the all-optional render ran")
+    check_secret_rollouts(chart)
 
     C.start("Helm chart: refused combinations")
     expect_render_error(chart, {"worker": {"autoscaling": {"enabled": True}, "keda": {"enabled": True}}},

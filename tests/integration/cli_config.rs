@@ -370,6 +370,67 @@ fn unset_api_tokens_stop_only_the_api_role() {
     assert!(!short.stderr.contains("short ("), "{}", short.stderr);
 }
 
+/// Each role's pods are given only the secrets that role uses (the Helm
+/// chart does): the migrate Job only the database URL, the API no Service
+/// Bus connection string, the worker no API token. Every role still starts
+/// with what it is given, and a secret a role does use stops it, exit 2,
+/// naming the key, before it touches anything.
+#[test]
+fn each_role_needs_only_the_secrets_it_uses() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[KafkaConfiguration]\nServerUrl = \"127.0.0.1:9\"\n\
+         [KafkaConfiguration.Security]\nProtocol = \"SASL_PLAINTEXT\"\n\
+         SaslMechanism = \"SCRAM-SHA-512\"\n\
+         [Fulfilment]\nKind = \"servicebus\"\nQueue = \"fulfilments\"\n\
+         [Api.Auth]\nEnabled = true\n[Api.Auth.Tokens.shop]\nScopes = [\"orders:read\"]\n",
+    )
+    .expect("write");
+    let db = format!("sqlite://{}", dir.path().join("o.db").display());
+    let database = ("Database__Url", db.as_str());
+    let kafka = [
+        ("KafkaConfiguration__Security__Username", "orderflow"),
+        ("KafkaConfiguration__Security__Password", "kafka-s3cret"),
+    ];
+
+    let migrate = orderflow(dir.path(), &["migrate"], &[database]);
+    assert_eq!(migrate.code, Some(0), "migrate: {}", migrate.stderr);
+    let shown = orderflow(dir.path(), &["config"], &[database]);
+    assert_eq!(shown.code, Some(0), "config: {}", shown.stderr);
+
+    let refused = |args: &[&str], env: &[(&str, &str)], key: &str| {
+        let run = orderflow(dir.path(), args, env);
+        assert_eq!(run.code, Some(2), "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .starts_with(&format!("orderflow: configuration error: {key}: ")),
+            "{args:?} should name {key}: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("kafka-s3cret"), "{}", run.stderr);
+    };
+    for role in ["serve-api", "run-worker", "all"] {
+        refused(&[role], &[database], "KafkaConfiguration.Security.Username");
+    }
+    refused(
+        &["dlq", "list"],
+        &[database],
+        "KafkaConfiguration.Security.Username",
+    );
+    refused(
+        &["serve-api"],
+        &[database, kafka[0]],
+        "KafkaConfiguration.Security.Password",
+    );
+    // With the Kafka credentials: the API still needs its token (and not
+    // the connection string), the worker the connection string (and not
+    // the token).
+    let api = [database, kafka[0], kafka[1]];
+    refused(&["serve-api"], &api, "Api.Auth.Tokens.shop.Token");
+    refused(&["run-worker"], &api, "Fulfilment.ConnectionString");
+}
+
 /// Lists set from the environment, as Kubernetes manifests for ASP.NET
 /// services set them: comma-separated, a JSON array, or one variable per
 /// item. A list that cannot be read stops the program naming the variable,

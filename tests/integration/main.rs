@@ -16,6 +16,7 @@
 mod common;
 
 mod admin;
+mod alerts;
 mod api;
 mod api_fuzz;
 mod api_security;

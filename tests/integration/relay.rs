@@ -324,3 +324,52 @@ both_backends!(
     read_ahead_skips_exactly_the_rows_in_flight_test,
     read_ahead_skips_exactly_the_rows_in_flight
 );
+
+/// `orderflow_relay_leader`, what the OrderflowRelayNotLeased alert reads:
+/// of two API processes on one database exactly one says it holds the
+/// relay's lease; when it stops, the other takes the lease over and says so.
+/// A standby reports 0 rather than nothing, so "nobody leads" is a maximum
+/// of 0 and not a missing series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_api_process_reports_the_relay_lease_and_a_standby_takes_it_over() {
+    let mut cluster = Cluster::builder(TestBroker::mock())
+        .env("Outbox__PollIntervalMs", "200")
+        .apis(2)
+        .start()
+        .await;
+    let leader_gauge = |http: reqwest::Client, base: String| async move {
+        common::Metrics::scrape(&http, &base).await.sample(
+            orderflow::metrics::RELAY_LEADER,
+            &[("lease", orderflow::outbox::MAIN_LEASE)],
+        )
+    };
+    let bases: Vec<String> = cluster.members.iter().map(|m| m.base.clone()).collect();
+    let http = cluster.http.clone();
+    let leader = common::eventually(Duration::from_secs(30), || {
+        let (http, bases) = (http.clone(), bases.clone());
+        async move {
+            let mut gauges = Vec::new();
+            for base in bases {
+                gauges.push(leader_gauge(http.clone(), base).await?);
+            }
+            let leaders: Vec<usize> = (0..gauges.len()).filter(|i| gauges[*i] == 1.0).collect();
+            let standbys = gauges.iter().filter(|g| **g == 0.0).count();
+            (leaders.len() == 1 && standbys == 1).then(|| leaders[0])
+        }
+    })
+    .await
+    .expect("one API process reports 1 and the other 0 for the outbox relay's lease");
+
+    cluster.stop(leader);
+    let survivor = bases[1 - leader].clone();
+    let took_over = common::eventually(Duration::from_secs(30), || {
+        let (http, survivor) = (http.clone(), survivor.clone());
+        async move { (leader_gauge(http, survivor).await? == 1.0).then_some(()) }
+    })
+    .await;
+    assert!(
+        took_over.is_some(),
+        "the standby reports the lease once the leader is gone:\n{}",
+        cluster.logs(Role::Api)
+    );
+}

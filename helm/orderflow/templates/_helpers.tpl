@@ -154,12 +154,35 @@ tables (scalars first, keys sorted).
 {{- end }}
 
 {{/*
-Environment shared by every role (api, worker, migrate). Call with
-(dict "root" $ "secretName" "..." "extraEnv" list).
+The secrets a role's pods are given, as a JSON list of secret.* value
+names: only what the role uses. The binary requires a secret only of a
+command that uses it (API tokens: serve-api; SASL credentials: serve-api
+and run-worker; the Service Bus connection string: run-worker), so the
+migrate Job runs on the database URL alone. Call with (dict "role" "api"),
+"worker" or "migrate"; "" is every secret (the chart's Secret itself).
+*/}}
+{{- define "orderflow.roleSecrets" -}}
+{{- $byRole := dict
+  "api" (list "databaseUrl" "kafkaUsername" "kafkaPassword" "apiTokens")
+  "worker" (list "databaseUrl" "kafkaUsername" "kafkaPassword" "serviceBusConnectionString")
+  "migrate" (list "databaseUrl")
+  "" (list "databaseUrl" "kafkaUsername" "kafkaPassword" "serviceBusConnectionString" "apiTokens") }}
+{{- if not (hasKey $byRole .role) }}
+{{- fail (printf "orderflow.roleSecrets: unknown role %q" .role) }}
+{{- end }}
+{{- get $byRole .role | toJson }}
+{{- end }}
+
+{{/*
+Environment of a role (api, worker, migrate): the configuration file, and
+the secrets that role uses, each from its own Secret key (never envFrom,
+which would hand every key to every pod). Call with
+(dict "root" $ "role" "api" "secretName" "..." "extraEnv" list).
 */}}
 {{- define "orderflow.env" -}}
 {{- $root := .root }}
 {{- $keys := $root.Values.secret.keys }}
+{{- $uses := include "orderflow.roleSecrets" (dict "role" .role) | fromJsonArray }}
 - name: ORDERFLOW_CONFIG
   value: /etc/orderflow/config.toml
 {{- with $root.Values.logLevel }}
@@ -171,33 +194,39 @@ Environment shared by every role (api, worker, migrate). Call with
     secretKeyRef:
       name: {{ .secretName }}
       key: {{ $keys.databaseUrl }}
+{{- if has "kafkaUsername" $uses }}
 - name: KafkaConfiguration__Security__Username
   valueFrom:
     secretKeyRef:
       name: {{ .secretName }}
       key: {{ $keys.kafkaUsername }}
       optional: true
+{{- end }}
+{{- if has "kafkaPassword" $uses }}
 - name: KafkaConfiguration__Security__Password
   valueFrom:
     secretKeyRef:
       name: {{ .secretName }}
       key: {{ $keys.kafkaPassword }}
       optional: true
+{{- end }}
+{{- if has "serviceBusConnectionString" $uses }}
 - name: Fulfilment__ConnectionString
   valueFrom:
     secretKeyRef:
       name: {{ .secretName }}
       key: {{ $keys.serviceBusConnectionString }}
       optional: true
-{{- /* Every role loads and validates the whole configuration, so every
-role needs the values of the tokens config.toml names (only the api uses
-them). Not optional: a missing key stops the pod with an event naming it. */}}
+{{- end }}
+{{- /* Not optional: a missing key stops the pod with an event naming it. */}}
+{{- if has "apiTokens" $uses }}
 {{- range $name := include "orderflow.apiTokenNames" $root | fromJsonArray }}
 - name: Api__Auth__Tokens__{{ $name }}__Token
   valueFrom:
     secretKeyRef:
       name: {{ $.secretName }}
       key: {{ $keys.apiTokenPrefix }}{{ $name }}
+{{- end }}
 {{- end }}
 {{- with $root.Values.extraEnv }}
 {{ toYaml . }}
@@ -208,24 +237,28 @@ them). Not optional: a missing key stops the pod with an event naming it. */}}
 {{- end }}
 
 {{/*
-Secret data (keys with empty values are left out, so the optional env vars
-above stay unset instead of being set to "").
+Secret data of a role's secrets (orderflow.roleSecrets; "" for all of
+them): the chart's Secret, the migrate hook's copy, and each role's
+checksum, so a pod rolls only when a secret it is given changes. Keys with
+empty values are left out, so the optional env vars above stay unset
+instead of being set to "". Call with (dict "root" $ "role" "").
 */}}
 {{- define "orderflow.secretData" -}}
-{{- $s := .Values.secret }}
+{{- $root := .root }}
+{{- $s := $root.Values.secret }}
 {{- $keys := $s.keys }}
+{{- $uses := include "orderflow.roleSecrets" (dict "role" .role) | fromJsonArray }}
 {{ $keys.databaseUrl }}: {{ required "secret.databaseUrl is required unless secret.existingSecret is set" $s.databaseUrl | b64enc | quote }}
-{{- with $s.kafkaUsername }}
-{{ $keys.kafkaUsername }}: {{ . | b64enc | quote }}
+{{- range $name := list "kafkaUsername" "kafkaPassword" "serviceBusConnectionString" }}
+{{- $value := get $s $name }}
+{{- if and $value (has $name $uses) }}
+{{ get $keys $name }}: {{ $value | b64enc | quote }}
 {{- end }}
-{{- with $s.kafkaPassword }}
-{{ $keys.kafkaPassword }}: {{ . | b64enc | quote }}
 {{- end }}
-{{- with $s.serviceBusConnectionString }}
-{{ $keys.serviceBusConnectionString }}: {{ . | b64enc | quote }}
-{{- end }}
-{{- range $name, $token := include "orderflow.apiTokens" . | fromJson }}
+{{- if has "apiTokens" $uses }}
+{{- range $name, $token := include "orderflow.apiTokens" $root | fromJson }}
 {{ $keys.apiTokenPrefix }}{{ $name }}: {{ $token | b64enc | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -357,13 +390,14 @@ topologySpreadConstraints:
 {{- end }}
 
 {{/*
-Pod annotations: a checksum of the rendered config and secret, so that a
-change to either rolls both roles.
+Pod annotations: a checksum of the rendered config and of the secrets the
+role is given, so that a change rolls the roles it reaches. Call with
+(dict "root" $ "role" .Values.api "component" "api").
 */}}
 {{- define "orderflow.podAnnotations" -}}
 checksum/config: {{ include "orderflow.configToml" .root | sha256sum }}
 {{- if not .root.Values.secret.existingSecret }}
-checksum/secret: {{ include "orderflow.secretData" .root | sha256sum }}
+checksum/secret: {{ include "orderflow.secretData" (dict "root" .root "role" .component) | sha256sum }}
 {{- end }}
 {{- with .root.Values.podAnnotations }}
 {{ toYaml . }}
