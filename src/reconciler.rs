@@ -189,6 +189,10 @@ impl Reconciler {
                         self.sweep(std::mem::take(&mut first), lease.as_mut()).await;
                         self.idle(&mut shutdown).await;
                     }
+                    // No longer the one sweeping: its last figures would
+                    // stand beside the new holder's, and an alert on the
+                    // max across pods would see orders long moved on.
+                    report_stuck(&[]);
                 }
                 Ok(None) => {
                     if !standing_by_logged {
