@@ -186,6 +186,15 @@ impl EngineContext {
                 tracker.revoking(*p);
             }
         }
+        {
+            // This process's figure for them would stand beside the new
+            // owner's.
+            let mut lag = self.broker_lag.lock().unwrap_or_else(|e| e.into_inner());
+            for p in partitions {
+                lag.remove(p);
+                set_lag_gauge(*p, 0);
+            }
+        }
         let drained = self.progress.wait_until(REVOKE_DRAIN, |t| {
             partitions.iter().all(|p| t.running(*p) == 0)
         });
@@ -228,9 +237,20 @@ impl ConsumerContext for EngineContext {
         // generation): the partitions kept are committed again.
         self.progress.lock().recommit_all();
         if let Rebalance::Assign(assigned) = rebalance {
-            // Their messages carry a signal of this ownership.
+            // Their messages carry a signal of this ownership. Their lag is
+            // on /metrics from now, not from the next statistics (as much
+            // as the balance interval later): what they show until then.
+            let known = self
+                .broker_lag
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             for e in assigned.elements() {
                 self.owners.of(e.partition());
+                set_lag_gauge(
+                    e.partition(),
+                    known.get(&e.partition()).copied().unwrap_or(0),
+                );
             }
             // Partitions gained while paused stay paused.
             if self.controls.paused.load(Ordering::SeqCst) {
@@ -577,11 +597,15 @@ fn partition_lag(
         .into_iter()
         .map(|(partition, lag)| {
             let lag = lag + tracker.in_flight(partition) as i64;
-            metrics::gauge!(crate::metrics::CONSUMER_LAG, "partition" => partition.to_string())
-                .set(lag as f64);
+            set_lag_gauge(partition, lag);
             (partition, lag)
         })
         .collect()
+}
+
+fn set_lag_gauge(partition: i32, lag: i64) {
+    metrics::gauge!(crate::metrics::CONSUMER_LAG, "partition" => partition.to_string())
+        .set(lag as f64);
 }
 
 fn run(
