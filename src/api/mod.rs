@@ -10,6 +10,7 @@ pub mod listener;
 pub mod openapi;
 mod operations;
 mod orders;
+mod paging;
 
 use std::sync::Arc;
 

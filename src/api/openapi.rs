@@ -28,7 +28,7 @@ use crate::domain::{
     ),
     paths(
         orders::create, orders::get, orders::list, orders::pay, orders::ship,
-        inventory::put, inventory::get,
+        inventory::put, inventory::get, inventory::list,
         operations::healthz, operations::readyz, operations::metrics_page,
         document, docs_page,
         admin::page, admin::overview, admin::instances, admin::workers, admin::restart, admin::offsets, admin::stuck, admin::redrive, admin::pause, admin::resume, admin::replay,
@@ -37,6 +37,7 @@ use crate::domain::{
         CreateOrderRequest, CreateItemRequest, Order, OrderItem, TimelineEntry, OrderSummary,
         OrderStatus, OrderId, InventoryLevel, FieldError, Problem,
         orders::Page, orders::PaymentRequest, orders::ShipmentRequest, inventory::PutInventory,
+        inventory::InventoryPage,
         admin::Overview, admin::StatusCount, admin::PartitionView, admin::DeadLetterView,
         admin::ReplayRequest, admin::Replayed, crate::consumption_state::ConsumptionState,
         crate::fleet::Instance, crate::fleet::InstanceReport, admin::WorkersRequest,

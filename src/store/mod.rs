@@ -327,6 +327,14 @@ pub trait Store: Send + Sync + 'static {
         on_hand: i64,
     ) -> Result<InventoryLevel, StoreError>;
     async fn get_inventory(&self, product: &str) -> Result<Option<InventoryLevel>, StoreError>;
+    /// Tracked products in the order of their names (the database's text
+    /// order, the primary key's); `after` is the last name of the previous
+    /// page.
+    async fn list_inventory(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<InventoryLevel>, StoreError>;
 
     /// Unpublished rows in commit order of each order's events, but for
     /// the rows in `skip` (the batch still being delivered while the next

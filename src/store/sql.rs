@@ -556,6 +556,31 @@ macro_rules! impl_store {
                 .transpose()
             }
 
+            async fn list_inventory(
+                &self,
+                after: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<InventoryLevel>, StoreError> {
+                sqlx::query(
+                    "SELECT product_name, on_hand, reserved, updated_at FROM inventory \
+                     WHERE ($1 IS NULL OR product_name > $1) ORDER BY product_name LIMIT $2",
+                )
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(InventoryLevel {
+                        product_name: row.try_get("product_name")?,
+                        on_hand: row.try_get("on_hand")?,
+                        reserved: row.try_get("reserved")?,
+                        updated_at: row.try_get("updated_at")?,
+                    })
+                })
+                .collect()
+            }
+
             async fn outbox_pending(
                 &self,
                 limit: usize,
