@@ -3,6 +3,7 @@
 pub mod admin;
 mod error;
 pub mod guard;
+pub mod history;
 mod http_metrics;
 mod inventory;
 mod json;

@@ -31,7 +31,7 @@ use crate::domain::{
         inventory::put, inventory::get, inventory::list,
         operations::healthz, operations::readyz, operations::metrics_page,
         document, docs_page,
-        admin::page, admin::overview, admin::instances, admin::workers, admin::restart, admin::offsets, admin::stuck, admin::redrive, admin::pause, admin::resume, admin::replay,
+        admin::page, admin::overview, admin::instances, admin::history, admin::workers, admin::restart, admin::offsets, admin::stuck, admin::redrive, admin::pause, admin::resume, admin::replay,
     ),
     components(schemas(
         CreateOrderRequest, CreateItemRequest, Order, OrderItem, TimelineEntry, OrderSummary,
@@ -45,12 +45,13 @@ use crate::domain::{
         crate::consumption_state::Restart, admin::OffsetsRequest,
         crate::consumption_state::MoveOffsets, crate::consumption_state::OffsetTarget,
         crate::reconciler::Finding, admin::RedriveRequest,
+        super::history::History, super::history::HistoryPoint,
     )),
     tags(
         (name = "orders", description = "Create, read and advance orders"),
         (name = "inventory", description = "Stock levels the worker reserves from"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
-        (name = "admin", description = "Dashboard, worker instances, pause/resume, dead letters (only with Admin.Enabled)"),
+        (name = "admin", description = "Dashboard, its recent history, worker instances, pause/resume, dead letters (only with Admin.Enabled)"),
     )
 )]
 pub struct ApiDoc;

@@ -278,6 +278,12 @@ pub trait Store: Send + Sync + 'static {
         after: Option<OrderId>,
         limit: u32,
     ) -> Result<Vec<OrderSummary>, StoreError>;
+    /// How many orders were created since each of two instants (by the
+    /// time in their ids, [`OrderId::minted_from`]), counted in one
+    /// snapshot: a range of the primary key, as cheap as the orders since
+    /// the earlier instant are few.
+    async fn orders_created_since(&self, since: [DateTime<Utc>; 2])
+        -> Result<[i64; 2], StoreError>;
     async fn transition(&self, id: OrderId, change: Transition) -> Result<Order, StoreError>;
     /// A handler's effect, its transition (with any event it emits) and its
     /// inbox row, atomically.

@@ -253,6 +253,23 @@ macro_rules! impl_store {
                 .collect()
             }
 
+            async fn orders_created_since(
+                &self,
+                since: [DateTime<Utc>; 2],
+            ) -> Result<[i64; 2], StoreError> {
+                let [a, b] = since.map(|t| OrderId::minted_from(t).0);
+                let (a_count, b_count): (i64, i64) = sqlx::query_as(
+                    "SELECT COUNT(CASE WHEN id >= $1 THEN 1 END), \
+                     COUNT(CASE WHEN id >= $2 THEN 1 END) FROM orders WHERE id >= $3",
+                )
+                .bind(a)
+                .bind(b)
+                .bind(a.min(b))
+                .fetch_one(&self.pool)
+                .await?;
+                Ok([a_count, b_count])
+            }
+
             async fn transition(
                 &self,
                 id: OrderId,

@@ -123,6 +123,14 @@ async fn static_tokens_need_the_right_scope() {
             .0,
         200
     );
+    let (status, _, history) = call(&app, "GET", "/admin/api/history", Some(OPS), None).await;
+    assert_eq!((status, history["capacity"].as_u64()), (200, Some(180)));
+    assert_eq!(
+        call(&app, "GET", "/admin/api/history", Some(READER), None)
+            .await
+            .0,
+        403
+    );
     // Unknown paths tell a stranger nothing.
     assert_eq!(call(&app, "GET", "/api/nothing", None, None).await.0, 401);
     assert_eq!(

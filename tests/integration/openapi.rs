@@ -27,6 +27,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/admin"),
     ("get", "/admin/api/overview"),
     ("get", "/admin/api/instances"),
+    ("get", "/admin/api/history"),
     ("post", "/admin/api/workers"),
     ("post", "/admin/api/restart"),
     ("post", "/admin/api/offsets"),
