@@ -114,13 +114,15 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// Samples every interval until shutdown. The first point comes one
-    /// interval after the start: a rate needs two counts.
+    /// Samples every interval until shutdown. The first tick only counts
+    /// the orders (a rate needs two counts): the first point comes one
+    /// interval after the start.
     pub async fn run(self, mut shutdown: Shutdown) {
         // Wall time read once, then advanced on the monotonic clock: a
         // clock step never reorders the series.
         let (wall_start, start) = (Utc::now(), Instant::now());
         let mut baseline = None;
+        let mut first = true;
         let mut tick = tokio::time::interval(self.recorder.interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -129,26 +131,25 @@ impl Sampler {
                 _ = shutdown.wait() => break,
             }
             let at = wall_start + (Instant::now() - start);
-            let point = tokio::select! {
-                point = self.sample(at, &mut baseline) => point,
-                _ = shutdown.wait() => break,
+            let work = async {
+                if first {
+                    self.orders_created(&mut baseline).await;
+                    None
+                } else {
+                    Some(self.sample(at, &mut baseline).await)
+                }
             };
-            if let Some(point) = point {
-                self.recorder.push(point);
+            tokio::select! {
+                point = work => if let Some(point) = point {
+                    self.recorder.push(point);
+                },
+                _ = shutdown.wait() => break,
             }
+            first = false;
         }
     }
 
-    /// A point, or `None` while the first baseline is being taken.
-    async fn sample(
-        &self,
-        at: DateTime<Utc>,
-        baseline: &mut Option<Baseline>,
-    ) -> Option<HistoryPoint> {
-        if baseline.is_none() {
-            self.orders_created(baseline).await;
-            return None;
-        }
+    async fn sample(&self, at: DateTime<Utc>, baseline: &mut Option<Baseline>) -> HistoryPoint {
         let (created, backlog, instances) = tokio::join!(
             self.orders_created(baseline),
             self.store.outbox_backlog(),
@@ -180,7 +181,7 @@ impl Sampler {
                 (None, None)
             }
         };
-        Some(HistoryPoint {
+        HistoryPoint {
             at,
             orders_created: created.map(|(n, _)| n),
             orders_created_per_second: created.map(|(n, secs)| n as f64 / secs.max(0.001)),
@@ -188,11 +189,12 @@ impl Sampler {
             consumer_lag: lag,
             outbox_backlog,
             outbox_oldest_age_seconds,
-        })
+        }
     }
 
     /// Orders created since the previous sample and the seconds between
-    /// the two, and the baseline for the next sample: both counts in one
+    /// the two (`None` without a baseline: at the start, after a failed
+    /// count), and the baseline for the next sample: both counts in one
     /// snapshot, so an order committing between them is counted once.
     async fn orders_created(&self, baseline: &mut Option<Baseline>) -> Option<(i64, f64)> {
         let now = Utc::now();

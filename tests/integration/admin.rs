@@ -538,3 +538,63 @@ both_backends!(
     history_counts_orders_on_either_store,
     history_without_workers
 );
+
+/// PostgreSQL cut off from the API: the figures read from it are `null`
+/// (a gap in the chart, not a false zero) while the points keep coming;
+/// once it is back, orders are counted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_shows_a_database_outage_as_a_gap() {
+    let cluster = Cluster::builder(TestBroker::mock())
+        .env("Admin__Enabled", "true")
+        .env("Admin__HistoryIntervalMs", "300")
+        .pg_proxy()
+        .apis(1)
+        .start()
+        .await;
+    let (http, base) = (&cluster.http, cluster.base());
+    let proxy = cluster.pg_proxy.as_ref().expect("PostgreSQL proxy");
+    let mut seen = Seen::default();
+    let counting = |s: &Seen| s.latest()["ordersCreated"].is_i64();
+    seen.until(http, &base, Duration::from_secs(30), "a count", counting)
+        .await;
+
+    proxy.cut();
+    let cut_at = seen.points.len();
+    seen.until(
+        http,
+        &base,
+        Duration::from_secs(60),
+        "points without the database's figures",
+        |s| {
+            let latest = s.latest();
+            s.points.len() > cut_at
+                && latest["ordersCreated"].is_null()
+                && latest["outboxBacklog"].is_null()
+                && latest["outboxOldestAgeSeconds"].is_null()
+                && latest["eventsHandledPerSecond"].as_f64() == Some(0.0)
+        },
+    )
+    .await;
+
+    proxy.restore();
+    seen.until(
+        http,
+        &base,
+        Duration::from_secs(60),
+        "counts again",
+        counting,
+    )
+    .await;
+    let before = seen.orders_created();
+    for i in 0..3 {
+        common::create_order_at(http, &base, &order_body(&format!("After {i}"), "pen", 1)).await;
+    }
+    seen.until(
+        http,
+        &base,
+        Duration::from_secs(30),
+        "the 3 orders counted",
+        |s| s.orders_created() == before + 3 && s.latest()["outboxBacklog"] == 0,
+    )
+    .await;
+}
