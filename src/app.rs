@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::api::guard::Guard;
+use crate::api::history::{Recorder, Sampler};
 use crate::api::listener::{ClientAddr, LimitedListener};
 use crate::api::{self, ApiState, Readiness};
 use crate::brokers::{Brokers, EmbeddedKafka, KafkaSetupError, TopicSpec, Topics};
@@ -71,6 +72,8 @@ pub struct Application {
     relays: Vec<Relay>,
     consumer: Option<Consumer>,
     reconciler: Option<Reconciler>,
+    /// Records the dashboard's history, where the dashboard is served.
+    history: Option<Sampler>,
     /// The topics the relay publishes to, created at start.
     published: PublishedTopics,
     // Kept alive for as long as the clients that connect to it.
@@ -117,8 +120,9 @@ async fn bind(addr: SocketAddr, max_connections: usize) -> Result<LimitedListene
     Ok(LimitedListener::new(listener, max_connections))
 }
 
-/// The role's HTTP server: the API (with the admin dashboard when enabled)
-/// or, for a worker alone, the operations endpoints on its admin port.
+/// The role's HTTP server: the API (with the admin dashboard and its
+/// history sampler when enabled) or, for a worker alone, the operations
+/// endpoints on its admin port.
 async fn http_server(
     config: &Config,
     role: Role,
@@ -126,12 +130,10 @@ async fn http_server(
     brokers: &Brokers,
     producer: &rdkafka::producer::FutureProducer,
     readiness: Arc<Readiness>,
-) -> Result<(LimitedListener, axum::Router), AppError> {
+) -> Result<((LimitedListener, axum::Router), Option<Sampler>), AppError> {
     if role == Role::Worker {
-        return Ok((
-            bind(config.worker.admin_listen, config.api.max_connections).await?,
-            api::operations_router(readiness),
-        ));
+        let listener = bind(config.worker.admin_listen, config.api.max_connections).await?;
+        return Ok(((listener, api::operations_router(readiness)), None));
     }
     let state = ApiState {
         store: store.clone(),
@@ -140,7 +142,17 @@ async fn http_server(
         },
         max_body_bytes: config.api.max_body_bytes,
     };
-    let admin = config.admin.enabled.then(|| {
+    let sampler = config.admin.enabled.then(|| Sampler {
+        recorder: Arc::new(Recorder::new(
+            config.admin.history_interval,
+            config.admin.history_points,
+        )),
+        store: store.clone(),
+        brokers: brokers.clone(),
+        telemetry_topic: config.admin.telemetry_topic.clone(),
+        telemetry_interval: config.admin.telemetry_interval,
+    });
+    let admin = sampler.as_ref().map(|sampler| {
         Arc::new(api::admin::AdminState {
             store: store.clone(),
             brokers: brokers.clone(),
@@ -155,12 +167,14 @@ async fn http_server(
             reconcile: (config.reconcile.stuck_after, config.reconcile.batch_size),
             timeout: config.kafka.message_timeout,
             max_body_bytes: config.api.max_body_bytes,
+            history: sampler.recorder.clone(),
         })
     });
     let guard = Guard::new(&config.api).await?;
+    let listener = bind(config.api.listen, config.api.max_connections).await?;
     Ok((
-        bind(config.api.listen, config.api.max_connections).await?,
-        api::router(state, readiness, admin, guard),
+        (listener, api::router(state, readiness, admin, guard)),
+        sampler,
     ))
 }
 
@@ -222,7 +236,8 @@ impl Application {
             producer: producer.clone(),
             topic: config.kafka.orders.name.clone(),
         });
-        let http = http_server(config, role, &store, &brokers, &producer, readiness).await?;
+        let (http, history) =
+            http_server(config, role, &store, &brokers, &producer, readiness).await?;
         let consumer = match role {
             Role::Api => None,
             Role::Worker | Role::All => Some(Consumer::build(
@@ -262,6 +277,7 @@ impl Application {
             relays,
             consumer,
             reconciler,
+            history,
             published,
             _embedded: embedded,
         })
@@ -320,6 +336,7 @@ impl Application {
         let reconciler = self
             .reconciler
             .map(|r| tokio::spawn(r.run(shutdown.clone())));
+        let history = self.history.map(|h| tokio::spawn(h.run(shutdown.clone())));
         let consumer = self.consumer.map(|c| {
             let (stop, failure, shutdown) = (stop.clone(), failure.clone(), shutdown.clone());
             tokio::spawn(async move {
@@ -346,6 +363,9 @@ impl Application {
         }
         if let Some(reconciler) = reconciler {
             let _ = reconciler.await;
+        }
+        if let Some(history) = history {
+            let _ = history.await;
         }
         relay_stop.trigger();
         for relay in relays {

@@ -1,7 +1,8 @@
 //! The admin dashboard (`/admin`) and its JSON endpoints: orders by status,
 //! outbox backlog, the consumer group's committed offsets and lag per
 //! partition, dead letters with replay, and pause/resume of consumption on
-//! every worker (through the control topic). Off unless `Admin.Enabled`.
+//! every worker (through the control topic), and the recent past the
+//! page's charts draw (`history`). Off unless `Admin.Enabled`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use super::error::Problem;
+use super::history::{History, Recorder};
 use super::{json, ApiError};
 use crate::auth::Principal;
 use crate::brokers::Brokers;
@@ -48,6 +50,8 @@ pub struct AdminState {
     pub reconcile: (Duration, usize),
     pub timeout: Duration,
     pub max_body_bytes: usize,
+    /// What the history sampler recorded.
+    pub history: Arc<Recorder>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -55,6 +59,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin", get(page))
         .route("/admin/api/overview", get(overview))
         .route("/admin/api/instances", get(instances))
+        .route("/admin/api/history", get(history))
         .route("/admin/api/workers", post(workers))
         .route("/admin/api/restart", post(restart))
         .route("/admin/api/offsets", post(offsets))
@@ -78,6 +83,7 @@ pub fn disabled_router() -> Router {
         .route("/admin", get(disabled))
         .route("/admin/api/overview", get(disabled))
         .route("/admin/api/instances", get(disabled))
+        .route("/admin/api/history", get(disabled))
         .route("/admin/api/workers", post(disabled))
         .route("/admin/api/restart", post(disabled))
         .route("/admin/api/offsets", post(disabled))
@@ -258,6 +264,15 @@ pub async fn instances(
     .await
     .map(Json)
     .map_err(|e| kafka_error(format!("telemetry topic: {e}")))
+}
+
+#[utoipa::path(get, path = "/admin/api/history", operation_id = "adminHistory", tag = "admin",
+    responses(
+        (status = 200, description = "The last Admin.HistorySeconds of throughput, consumer lag and outbox, one point every Admin.HistoryIntervalMs, oldest first", body = History),
+        (status = 404, description = "Admin.Enabled is false", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn history(State(admin): State<Arc<AdminState>>) -> Json<History> {
+    Json(admin.history.snapshot())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -3,6 +3,7 @@
 pub mod admin;
 mod error;
 pub mod guard;
+pub mod history;
 mod http_metrics;
 mod inventory;
 mod json;
@@ -10,6 +11,7 @@ pub mod listener;
 pub mod openapi;
 mod operations;
 mod orders;
+mod paging;
 
 use std::sync::Arc;
 

@@ -28,15 +28,16 @@ use crate::domain::{
     ),
     paths(
         orders::create, orders::get, orders::list, orders::pay, orders::ship,
-        inventory::put, inventory::get,
+        inventory::put, inventory::get, inventory::list,
         operations::healthz, operations::readyz, operations::metrics_page,
         document, docs_page,
-        admin::page, admin::overview, admin::instances, admin::workers, admin::restart, admin::offsets, admin::stuck, admin::redrive, admin::pause, admin::resume, admin::replay,
+        admin::page, admin::overview, admin::instances, admin::history, admin::workers, admin::restart, admin::offsets, admin::stuck, admin::redrive, admin::pause, admin::resume, admin::replay,
     ),
     components(schemas(
         CreateOrderRequest, CreateItemRequest, Order, OrderItem, TimelineEntry, OrderSummary,
         OrderStatus, OrderId, InventoryLevel, FieldError, Problem,
         orders::Page, orders::PaymentRequest, orders::ShipmentRequest, inventory::PutInventory,
+        inventory::InventoryPage,
         admin::Overview, admin::StatusCount, admin::PartitionView, admin::DeadLetterView,
         admin::ReplayRequest, admin::Replayed, crate::consumption_state::ConsumptionState,
         crate::fleet::Instance, crate::fleet::InstanceReport, admin::WorkersRequest,
@@ -44,12 +45,13 @@ use crate::domain::{
         crate::consumption_state::Restart, admin::OffsetsRequest,
         crate::consumption_state::MoveOffsets, crate::consumption_state::OffsetTarget,
         crate::reconciler::Finding, admin::RedriveRequest,
+        super::history::History, super::history::HistoryPoint,
     )),
     tags(
         (name = "orders", description = "Create, read and advance orders"),
         (name = "inventory", description = "Stock levels the worker reserves from"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
-        (name = "admin", description = "Dashboard, worker instances, pause/resume, dead letters (only with Admin.Enabled)"),
+        (name = "admin", description = "Dashboard, its recent history, worker instances, pause/resume, dead letters (only with Admin.Enabled)"),
     )
 )]
 pub struct ApiDoc;

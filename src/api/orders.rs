@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::error::Problem;
-use super::{json, ApiError, ApiState};
+use super::{json, paging, ApiError, ApiState};
 use crate::domain::text as printable_text;
 use crate::domain::{
     printable, CreateOrderRequest, Order, OrderId, OrderStatus, OrderSummary, TextError,
@@ -34,8 +34,6 @@ pub fn router() -> axum::Router<ApiState> {
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
-const DEFAULT_PAGE: u32 = 20;
-const MAX_PAGE: u32 = 100;
 
 /// Anything that is not an order id names no order: 404, even a path
 /// segment that does not decode (axum's own rejection would be plain text).
@@ -172,19 +170,7 @@ pub async fn list(
             .map_err(|m| errors.push(crate::domain::FieldError::new("status", m)))
             .ok(),
     };
-    let limit = match query.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(s) => match s.parse::<u32>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-            _ => {
-                errors.push(crate::domain::FieldError::new(
-                    "limit",
-                    format!("must be an integer 1..={MAX_PAGE}"),
-                ));
-                DEFAULT_PAGE
-            }
-        },
-    };
+    let limit = paging::limit(&query, &mut errors);
     let after = match query.get("after") {
         None => None,
         Some(s) => s
@@ -201,9 +187,7 @@ pub async fn list(
         return Err(ApiError::Validation(errors));
     }
     let items = state.store.list_orders(status, after, limit).await?;
-    let next_cursor = (items.len() == limit as usize)
-        .then(|| items.last().map(|o| o.id))
-        .flatten();
+    let next_cursor = paging::next_cursor(&items, limit, |o| o.id);
     Ok(Json(Page { items, next_cursor }))
 }
 

@@ -323,6 +323,10 @@ pub struct RawAdmin {
     /// instance id.
     pub telemetry_topic: String,
     pub telemetry_interval_ms: u64,
+    /// How often the API process samples the dashboard's charts, and how
+    /// far back they reach (kept in memory, so bounded).
+    pub history_interval_ms: u64,
+    pub history_seconds: u64,
 }
 
 impl Default for RawAdmin {
@@ -332,6 +336,8 @@ impl Default for RawAdmin {
             control_topic: "orderflow.control".into(),
             telemetry_topic: "orderflow.telemetry".into(),
             telemetry_interval_ms: 5_000,
+            history_interval_ms: 5_000,
+            history_seconds: 900,
         }
     }
 }

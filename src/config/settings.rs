@@ -239,6 +239,9 @@ pub struct AdminSettings {
     pub control_topic: String,
     pub telemetry_topic: String,
     pub telemetry_interval: Duration,
+    /// The charts' resolution, and how many points they keep (at least 2).
+    pub history_interval: Duration,
+    pub history_points: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -548,3 +548,36 @@ fn wrong_types_name_key_source_and_what_is_expected() {
         "KafkaConfiguration.Security.Password: expected text, found a number (config.toml)"
     );
 }
+
+#[test]
+fn the_dashboard_history_keeps_a_bounded_window() {
+    let cfg = load("", "toml", &[]).expect("defaults");
+    // Fifteen minutes at five seconds.
+    assert_eq!(
+        (cfg.admin.history_interval, cfg.admin.history_points),
+        (std::time::Duration::from_secs(5), 180)
+    );
+    let cfg = load(
+        "[Admin]\nHistoryIntervalMs = 400\nHistorySeconds = 3\n",
+        "toml",
+        &[],
+    )
+    .expect("valid");
+    assert_eq!(cfg.admin.history_points, 8);
+
+    let err = message(load("", "toml", &[("Admin__HistorySeconds", "5")]));
+    assert_eq!(
+        err,
+        "Admin.HistorySeconds: is 5, must cover at least two samples of \
+         Admin.HistoryIntervalMs (5000 ms) (environment variable Admin__HistorySeconds)"
+    );
+    let err = message(load(
+        "[Admin]\nHistoryIntervalMs = 100\nHistorySeconds = 86400\n",
+        "toml",
+        &[],
+    ));
+    assert!(
+        err.starts_with("Admin.HistorySeconds: is 86400, 864000 samples of 100 ms"),
+        "{err}"
+    );
+}

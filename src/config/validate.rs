@@ -9,8 +9,8 @@ use std::time::Duration;
 use figment::{Figment, Metadata};
 
 use super::raw::{
-    RawApi, RawConfig, RawDatabase, RawEvents, RawFulfilment, RawKafka, RawNotifier, RawOutbox,
-    RawReconcile, RawRetry, RawTopic, RawWorker,
+    RawAdmin, RawApi, RawConfig, RawDatabase, RawEvents, RawFulfilment, RawKafka, RawNotifier,
+    RawOutbox, RawReconcile, RawRetry, RawTopic, RawWorker,
 };
 use super::settings::{
     AdminSettings, ApiSettings, Assignor, DatabaseSettings, DatabaseUrl, Distribution, EventFormat,
@@ -124,16 +124,7 @@ pub(super) fn config(check: &Check, raw: RawConfig) -> Result<Config, ConfigErro
     let worker = worker(check, &raw.worker, &kafka.orders.name, embedded)?;
     let fulfilment = fulfilment(check, &raw.fulfilment)?;
     let outbox = outbox(check, &raw.outbox)?;
-    let admin = AdminSettings {
-        enabled: raw.admin.enabled,
-        control_topic: check.non_empty("Admin.ControlTopic", &raw.admin.control_topic)?,
-        telemetry_topic: check.non_empty("Admin.TelemetryTopic", &raw.admin.telemetry_topic)?,
-        telemetry_interval: check.millis(
-            "Admin.TelemetryIntervalMs",
-            raw.admin.telemetry_interval_ms,
-            100,
-        )?,
-    };
+    let admin = admin(check, &raw.admin)?;
     let reconcile = reconcile(check, &raw.reconcile, embedded)?;
     let events = events(check, &raw.events)?;
     Ok(Config {
@@ -470,6 +461,47 @@ fn reconcile(
         interval: check.millis("Reconcile.IntervalMs", raw.interval_ms, 100)?,
         batch_size: check.count("Reconcile.BatchSize", raw.batch_size, 1, 100_000)?,
         max_redrives: check.in_range("Reconcile.MaxRedrives", raw.max_redrives, 0, 1_000)? as u32,
+    })
+}
+
+/// The most points the dashboard's history keeps: every refresh of the
+/// page carries them all.
+const MAX_HISTORY_POINTS: u64 = 10_000;
+
+fn admin(check: &Check, raw: &RawAdmin) -> Result<AdminSettings, ConfigError> {
+    let history_interval = check.millis("Admin.HistoryIntervalMs", raw.history_interval_ms, 100)?;
+    let interval_ms = history_interval.as_millis() as u64;
+    let window_ms = raw.history_seconds.saturating_mul(1000);
+    if window_ms < 2 * interval_ms {
+        return Err(check.error(
+            "Admin.HistorySeconds",
+            format!(
+                "is {}, must cover at least two samples of Admin.HistoryIntervalMs ({interval_ms} ms)",
+                raw.history_seconds
+            ),
+        ));
+    }
+    let points = window_ms.div_ceil(interval_ms);
+    if points > MAX_HISTORY_POINTS {
+        return Err(check.error(
+            "Admin.HistorySeconds",
+            format!(
+                "is {}, {points} samples of {interval_ms} ms; at most {MAX_HISTORY_POINTS} are kept",
+                raw.history_seconds
+            ),
+        ));
+    }
+    Ok(AdminSettings {
+        enabled: raw.enabled,
+        control_topic: check.non_empty("Admin.ControlTopic", &raw.control_topic)?,
+        telemetry_topic: check.non_empty("Admin.TelemetryTopic", &raw.telemetry_topic)?,
+        telemetry_interval: check.millis(
+            "Admin.TelemetryIntervalMs",
+            raw.telemetry_interval_ms,
+            100,
+        )?,
+        history_interval,
+        history_points: points as usize,
     })
 }
 

@@ -41,6 +41,14 @@ impl OrderId {
     pub fn new() -> Self {
         Self(Uuid::now_v7())
     }
+
+    /// The smallest id minted at `at` or later. Ids are UUIDv7, whose
+    /// leading 48 bits are the Unix time in milliseconds, so the orders
+    /// created in a time range are one range of the primary key.
+    pub fn minted_from(at: DateTime<Utc>) -> Self {
+        let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+        Self(uuid::Builder::from_unix_timestamp_millis(millis, &[0; 10]).into_uuid())
+    }
 }
 
 impl Default for OrderId {
@@ -277,6 +285,19 @@ pub struct InventoryLevel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_minted_in_a_millisecond_lie_between_its_floor_and_the_next() {
+        let before = Utc::now();
+        let ids: Vec<OrderId> = (0..100).map(|_| OrderId::new()).collect();
+        let after = Utc::now() + chrono::Duration::milliseconds(1);
+        for id in &ids {
+            assert!(OrderId::minted_from(before) <= *id, "{id}");
+            assert!(*id < OrderId::minted_from(after), "{id}");
+        }
+        let later = OrderId::minted_from(after + chrono::Duration::milliseconds(1));
+        assert!(OrderId::minted_from(after) < later);
+    }
 
     #[test]
     fn status_moves_only_forward_from_its_predecessor() {

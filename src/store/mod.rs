@@ -278,6 +278,12 @@ pub trait Store: Send + Sync + 'static {
         after: Option<OrderId>,
         limit: u32,
     ) -> Result<Vec<OrderSummary>, StoreError>;
+    /// How many orders were created since each of two instants (by the
+    /// time in their ids, [`OrderId::minted_from`]), counted in one
+    /// snapshot: a range of the primary key, as cheap as the orders since
+    /// the earlier instant are few.
+    async fn orders_created_since(&self, since: [DateTime<Utc>; 2])
+        -> Result<[i64; 2], StoreError>;
     async fn transition(&self, id: OrderId, change: Transition) -> Result<Order, StoreError>;
     /// A handler's effect, its transition (with any event it emits) and its
     /// inbox row, atomically.
@@ -327,6 +333,14 @@ pub trait Store: Send + Sync + 'static {
         on_hand: i64,
     ) -> Result<InventoryLevel, StoreError>;
     async fn get_inventory(&self, product: &str) -> Result<Option<InventoryLevel>, StoreError>;
+    /// Tracked products in the order of their names (the database's text
+    /// order, the primary key's); `after` is the last name of the previous
+    /// page.
+    async fn list_inventory(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<InventoryLevel>, StoreError>;
 
     /// Unpublished rows in commit order of each order's events, but for
     /// the rows in `skip` (the batch still being delivered while the next

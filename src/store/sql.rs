@@ -253,6 +253,23 @@ macro_rules! impl_store {
                 .collect()
             }
 
+            async fn orders_created_since(
+                &self,
+                since: [DateTime<Utc>; 2],
+            ) -> Result<[i64; 2], StoreError> {
+                let [a, b] = since.map(|t| OrderId::minted_from(t).0);
+                let (a_count, b_count): (i64, i64) = sqlx::query_as(
+                    "SELECT COUNT(CASE WHEN id >= $1 THEN 1 END), \
+                     COUNT(CASE WHEN id >= $2 THEN 1 END) FROM orders WHERE id >= $3",
+                )
+                .bind(a)
+                .bind(b)
+                .bind(a.min(b))
+                .fetch_one(&self.pool)
+                .await?;
+                Ok([a_count, b_count])
+            }
+
             async fn transition(
                 &self,
                 id: OrderId,
@@ -554,6 +571,31 @@ macro_rules! impl_store {
                     })
                 })
                 .transpose()
+            }
+
+            async fn list_inventory(
+                &self,
+                after: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<InventoryLevel>, StoreError> {
+                sqlx::query(
+                    "SELECT product_name, on_hand, reserved, updated_at FROM inventory \
+                     WHERE ($1 IS NULL OR product_name > $1) ORDER BY product_name LIMIT $2",
+                )
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(InventoryLevel {
+                        product_name: row.try_get("product_name")?,
+                        on_hand: row.try_get("on_hand")?,
+                        reserved: row.try_get("reserved")?,
+                        updated_at: row.try_get("updated_at")?,
+                    })
+                })
+                .collect()
             }
 
             async fn outbox_pending(

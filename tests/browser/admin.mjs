@@ -1,4 +1,6 @@
 // Drives /admin in headless Chromium: sees the lag and dead-letter tables,
+// sees the charts of the recent past drawn (orders created and events
+// handled above zero, lag and outbox lines),
 // sees both worker instances, sets their worker count from the page and
 // sees it in both instances' telemetry (then gives it back), clicks Pause, checks that both workers stop consuming (their counters stay
 // put while new orders wait), clicks Resume, checks they drain, and saves a
@@ -75,9 +77,29 @@ try {
   await until(async () => (await page.textContent('#state')) === 'running', 'the page to show running');
   await until(async () => (await consumed()) >= before + 5, 'the five waiting orders to be consumed');
   const after = await consumed();
+
+  // The charts: each series a line of the history's points, the orders and
+  // events of this run drawn above the zero line.
+  const drawn = series => page.$$eval(`polyline[data-series="${series}"]`, lines => {
+    const zero = Number(lines[0]?.ownerSVGElement.querySelector('line.zero').getAttribute('y1'));
+    const points = lines.flatMap(l => l.getAttribute('points').trim().split(/\s+/).map(p => Number(p.split(',')[1])));
+    return { points: points.length, aboveZero: points.filter(y => y < zero - 0.5).length };
+  });
+  for (const series of ['ordersCreatedPerSecond', 'eventsHandledPerSecond']) {
+    await until(async () => (await drawn(series)).aboveZero > 0, `${series} drawn above zero`);
+  }
+  for (const series of ['consumerLag', 'outboxOldestAgeSeconds']) {
+    await until(async () => (await drawn(series)).points >= 2, `the ${series} line`);
+  }
+  const charts = {};
+  for (const id of ['throughput', 'lag', 'outbox']) {
+    charts[id] = Number(await page.getAttribute(`#chart-${id}`, 'data-points'));
+    if (!(charts[id] >= 2)) throw new Error(`chart ${id} has ${charts[id]} points`);
+  }
+  const created = await drawn('ordersCreatedPerSecond');
   await page.waitForTimeout(2500); // one refresh with the drained lag
   await page.screenshot({ path: screenshot, fullPage: true });
-  console.log(`browser summary: instances=2 worker count set to 3 and back from the page, lag rows=${lagRows} dead letters=${dlqRows} consumed before pause=${before} while paused=${during} after resume=${after} screenshot=${screenshot}`);
+  console.log(`browser summary: instances=2 worker count set to 3 and back from the page, lag rows=${lagRows} dead letters=${dlqRows} consumed before pause=${before} while paused=${during} after resume=${after} chart points=${JSON.stringify(charts)} orders-created points above zero=${created.aboveZero}/${created.points} screenshot=${screenshot}`);
 } finally {
   await browser.close();
 }

@@ -56,10 +56,6 @@ pub struct Cluster {
     pub broker: TestBroker,
     /// Between the processes and PostgreSQL, when started with
     /// [`ClusterBuilder::pg_proxy`].
-    #[allow(
-        dead_code,
-        reason = "the proof suite cuts PostgreSQL off; no integration test does"
-    )]
     pub pg_proxy: Option<TcpProxy>,
     /// What every process of the cluster is started with.
     pub env: Vec<(String, String)>,
@@ -93,10 +89,6 @@ impl ClusterBuilder {
     }
 
     /// The processes reach PostgreSQL through a proxy that can cut it.
-    #[allow(
-        dead_code,
-        reason = "the proof suite cuts PostgreSQL off; no integration test does"
-    )]
     pub fn pg_proxy(mut self) -> Self {
         self.pg_proxy = true;
         self

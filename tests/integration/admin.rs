@@ -1,14 +1,18 @@
 //! The admin dashboard with one API and two worker processes: its
 //! endpoints (overview, pause/resume reaching every worker through the
-//! control topic, dead-letter replay), and the page itself driven in
-//! headless Chromium.
+//! control topic, dead-letter replay, the history its charts draw), and
+//! the page itself driven in headless Chromium.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{self, kcat_produce, order_body, Cluster, Metrics, TestBroker};
+use crate::both_backends;
+use crate::common::{
+    self, kcat_produce, order_body, Backend, Cluster, Metrics, TestApp, TestBroker,
+};
 
 async fn overview(http: &reqwest::Client, base: &str) -> Value {
     let response = http
@@ -58,6 +62,7 @@ fn count(overview: &Value, status: &str) -> i64 {
 async fn start_cluster() -> Cluster {
     let mut cluster = Cluster::builder(TestBroker::mock())
         .env("Admin__Enabled", "true")
+        .env("Admin__HistoryIntervalMs", "1000")
         .env("Worker__CommitIntervalMs", "200")
         .apis(1)
         .workers(2)
@@ -267,4 +272,329 @@ async fn the_dashboard_pauses_and_resumes_workers_in_a_browser() {
         std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 10_000),
         "screenshot saved"
     );
+}
+
+/// Every point of `GET /admin/api/history` the test has seen, by time:
+/// polled more often than points fall out of the window, so none is
+/// missed, and each snapshot checked as it comes.
+#[derive(Default)]
+struct Seen {
+    points: BTreeMap<String, Value>,
+    capacity: usize,
+    interval: f64,
+    /// The oldest point of the latest snapshot, and how many it had.
+    window: (String, usize),
+}
+
+impl Seen {
+    async fn poll(&mut self, http: &reqwest::Client, base: &str) -> Value {
+        let response = http
+            .get(format!("{base}/admin/api/history"))
+            .send()
+            .await
+            .expect("history");
+        assert_eq!(response.status(), 200);
+        let history: Value = response.json().await.expect("history JSON");
+        self.capacity = history["capacity"].as_u64().expect("capacity") as usize;
+        self.interval = history["intervalSeconds"].as_f64().expect("interval");
+        let points = history["points"].as_array().expect("points").clone();
+        assert!(points.len() <= self.capacity, "{history}");
+        let times: Vec<chrono::DateTime<chrono::Utc>> = points
+            .iter()
+            .map(|p| p["at"].as_str().and_then(|t| t.parse().ok()).expect("at"))
+            .collect();
+        for pair in times.windows(2) {
+            // The sampler ticks every interval; a slow read only delays.
+            let gap = (pair[1] - pair[0]).num_milliseconds() as f64 / 1000.0;
+            assert!(gap >= 0.9 * self.interval, "{gap} s apart: {history}");
+        }
+        for point in &points {
+            let at = point["at"].as_str().expect("at").to_string();
+            if let Some(before) = self.points.insert(at, point.clone()) {
+                assert_eq!(&before, point, "a recorded point changed");
+            }
+        }
+        if let Some(first) = points.first() {
+            let first = first["at"].as_str().expect("at").to_string();
+            assert!(first >= self.window.0, "the window went back in time");
+            self.window = (first, points.len());
+        }
+        history
+    }
+
+    /// Polls every 200 ms until `check` holds for what was seen.
+    async fn until(
+        &mut self,
+        http: &reqwest::Client,
+        base: &str,
+        within: Duration,
+        what: &str,
+        check: impl Fn(&Seen) -> bool,
+    ) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            self.poll(http, base).await;
+            if check(self) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "history never showed {what}: {:#?}",
+                self.points.values().collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn latest(&self) -> &Value {
+        self.points.values().next_back().unwrap_or(&Value::Null)
+    }
+
+    fn orders_created(&self) -> i64 {
+        self.points
+            .values()
+            .filter_map(|p| p["ordersCreated"].as_i64())
+            .sum()
+    }
+
+    fn any(&self, key: &str, test: impl Fn(f64) -> bool) -> bool {
+        self.points
+            .values()
+            .filter_map(|p| p[key].as_f64())
+            .any(test)
+    }
+}
+
+/// The history the dashboard's charts draw, against what the test does:
+/// orders created add up to the orders it created, each counted once;
+/// events handled show while the worker works; the lag climbs while a
+/// handler waits on a lock the test holds and falls back once it lets go;
+/// the outbox is read throughout; the window stays bounded and moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_follows_orders_events_lag_and_outbox() {
+    let mut cluster = Cluster::builder(TestBroker::mock())
+        .env("Admin__Enabled", "true")
+        .env("Admin__HistoryIntervalMs", "500")
+        .env("Admin__HistorySeconds", "4")
+        .env("Admin__TelemetryIntervalMs", "500")
+        .env("Worker__CommitIntervalMs", "200")
+        .apis(1)
+        .workers(1)
+        .start()
+        .await;
+    cluster.wait_until_assigned();
+    let (http, base) = (&cluster.http, cluster.base());
+    let mut seen = Seen::default();
+
+    // A worker reports, nothing is created yet.
+    seen.until(
+        http,
+        &base,
+        Duration::from_secs(30),
+        "an idle worker",
+        |s| s.latest()["consumerLag"] == 0 && s.points.len() >= 2,
+    )
+    .await;
+    assert_eq!((seen.capacity, seen.interval), (8, 0.5));
+    assert_eq!(seen.orders_created(), 0);
+
+    assert_eq!(
+        cluster
+            .http
+            .put(format!("{base}/api/inventory/pen"))
+            .json(&json!({"onHand": 1000}))
+            .send()
+            .await
+            .expect("PUT inventory")
+            .status(),
+        200
+    );
+    for i in 0..12 {
+        common::create_order_at(http, &base, &order_body(&format!("Chart {i}"), "pen", 1)).await;
+    }
+    seen.until(
+        http,
+        &base,
+        Duration::from_secs(60),
+        "12 orders created and their events handled",
+        |s| {
+            s.orders_created() == 12
+                && s.any("ordersCreatedPerSecond", |r| r > 0.0)
+                && s.any("eventsHandledPerSecond", |r| r > 0.0)
+                && s.latest()["consumerLag"] == 0
+                && s.latest()["outboxBacklog"] == 0
+        },
+    )
+    .await;
+
+    // A handler stuck on a lock: the events wait, and the lag shows them.
+    let pool = sqlx::PgPool::connect(&cluster.db.url).await.expect("db");
+    let mut lock = pool.begin().await.expect("begin");
+    sqlx::query("SELECT on_hand FROM inventory WHERE product_name = 'pen' FOR UPDATE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock the stock");
+    for i in 0..5 {
+        common::create_order_at(http, &base, &order_body(&format!("Stuck {i}"), "pen", 1)).await;
+    }
+    seen.until(http, &base, Duration::from_secs(60), "a lag of 5", |s| {
+        s.latest()["consumerLag"] == 5
+    })
+    .await;
+    lock.rollback().await.expect("let go");
+    seen.until(
+        http,
+        &base,
+        Duration::from_secs(60),
+        "the lag drained",
+        |s| s.latest()["consumerLag"] == 0 && s.orders_created() == 17,
+    )
+    .await;
+    let settled = overview(http, &base).await;
+    assert_eq!(count(&settled, "Reserved"), 17);
+
+    // A few intervals more: nothing is counted twice, and the window is
+    // full and has moved on.
+    let first_seen = seen.points.keys().next().cloned().expect("points");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let history = seen.poll(http, &base).await;
+    assert_eq!(seen.orders_created(), 17);
+    assert_eq!(history["points"].as_array().map(Vec::len), Some(8));
+    assert!(seen.window.0 > first_seen, "{history}");
+    let figures: Vec<String> = seen
+        .points
+        .values()
+        .map(|p| {
+            format!(
+                "{} created {} handled/s {} lag {} outbox {}",
+                p["at"],
+                p["ordersCreated"],
+                p["eventsHandledPerSecond"],
+                p["consumerLag"],
+                p["outboxBacklog"]
+            )
+        })
+        .collect();
+    println!("history seen:\n{}", figures.join("\n"));
+    for point in seen.points.values() {
+        assert!(
+            point["outboxBacklog"].as_i64().is_some_and(|n| n >= 0)
+                && point["outboxOldestAgeSeconds"]
+                    .as_f64()
+                    .is_some_and(|s| s >= 0.0),
+            "{point}"
+        );
+    }
+}
+
+/// An API without workers, on either store: the orders it creates are
+/// counted once each, nothing is handled, and the lag is unknown (`null`,
+/// not 0) while no worker reports.
+async fn history_without_workers(backend: Backend) {
+    let app = TestApp::builder(backend)
+        .env(&[
+            ("Admin__Enabled", "true"),
+            ("Admin__HistoryIntervalMs", "300"),
+        ])
+        .spawn()
+        .await;
+    // Orders created before the history's first count are not its to show.
+    let mut seen = Seen::default();
+    seen.until(
+        &app.http,
+        &app.base,
+        Duration::from_secs(30),
+        "a first point",
+        |s| !s.points.is_empty(),
+    )
+    .await;
+    for i in 0..7 {
+        let created = app
+            .create_order(&order_body(&format!("Alone {i}"), "pen", 1))
+            .await;
+        assert_eq!(created.status(), 201);
+    }
+    seen.until(
+        &app.http,
+        &app.base,
+        Duration::from_secs(30),
+        "7 orders created, published",
+        |s| s.orders_created() == 7 && s.latest()["outboxBacklog"] == 0,
+    )
+    .await;
+    assert_eq!(seen.capacity, 3000, "15 minutes at 300 ms");
+    let latest = seen.latest();
+    assert_eq!(
+        (
+            latest["eventsHandledPerSecond"].as_f64(),
+            &latest["consumerLag"]
+        ),
+        (Some(0.0), &Value::Null),
+        "{latest}"
+    );
+    app.stop().await;
+}
+both_backends!(
+    history_counts_orders_on_either_store,
+    history_without_workers
+);
+
+/// PostgreSQL cut off from the API: the figures read from it are `null`
+/// (a gap in the chart, not a false zero) while the points keep coming;
+/// once it is back, orders are counted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_shows_a_database_outage_as_a_gap() {
+    let cluster = Cluster::builder(TestBroker::mock())
+        .env("Admin__Enabled", "true")
+        .env("Admin__HistoryIntervalMs", "300")
+        .pg_proxy()
+        .apis(1)
+        .start()
+        .await;
+    let (http, base) = (&cluster.http, cluster.base());
+    let proxy = cluster.pg_proxy.as_ref().expect("PostgreSQL proxy");
+    let mut seen = Seen::default();
+    let counting = |s: &Seen| s.latest()["ordersCreated"].is_i64();
+    seen.until(http, &base, Duration::from_secs(30), "a count", counting)
+        .await;
+
+    proxy.cut();
+    let cut_at = seen.points.len();
+    seen.until(
+        http,
+        &base,
+        Duration::from_secs(60),
+        "points without the database's figures",
+        |s| {
+            let latest = s.latest();
+            s.points.len() > cut_at
+                && latest["ordersCreated"].is_null()
+                && latest["outboxBacklog"].is_null()
+                && latest["outboxOldestAgeSeconds"].is_null()
+                && latest["eventsHandledPerSecond"].as_f64() == Some(0.0)
+        },
+    )
+    .await;
+
+    proxy.restore();
+    seen.until(
+        http,
+        &base,
+        Duration::from_secs(60),
+        "counts again",
+        counting,
+    )
+    .await;
+    let before = seen.orders_created();
+    for i in 0..3 {
+        common::create_order_at(http, &base, &order_body(&format!("After {i}"), "pen", 1)).await;
+    }
+    seen.until(
+        http,
+        &base,
+        Duration::from_secs(30),
+        "the 3 orders counted",
+        |s| s.orders_created() == before + 3 && s.latest()["outboxBacklog"] == 0,
+    )
+    .await;
 }

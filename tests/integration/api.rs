@@ -296,6 +296,137 @@ async fn inventory(backend: Backend) {
 }
 both_backends!(inventory_levels_round_trip, inventory);
 
+/// `GET /api/inventory?limit=&after=` as a client pages through it: the
+/// products and their levels as set, in name order.
+async fn inventory_page(app: &TestApp, limit: Option<&str>, after: Option<&str>) -> Value {
+    let mut query = Vec::new();
+    query.extend(limit.map(|l| ("limit", l)));
+    query.extend(after.map(|a| ("after", a)));
+    let response = app
+        .http
+        .get(app.url("/api/inventory"))
+        .query(&query)
+        .send()
+        .await
+        .expect("GET /api/inventory");
+    assert_eq!(response.status(), StatusCode::OK, "{query:?}");
+    response.json().await.expect("page")
+}
+
+/// Every page of the inventory at `limit`, following the cursors.
+async fn inventory_pages(app: &TestApp, limit: &str) -> Vec<Vec<(String, i64)>> {
+    let mut pages = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = inventory_page(app, Some(limit), after.as_deref()).await;
+        let items = page["items"].as_array().expect("items");
+        pages.push(
+            items
+                .iter()
+                .map(|i| {
+                    let name = i["productName"].as_str().expect("productName");
+                    (name.to_string(), i["onHand"].as_i64().expect("onHand"))
+                })
+                .collect(),
+        );
+        match page["nextCursor"].as_str() {
+            Some(cursor) => after = Some(cursor.to_string()),
+            None => break,
+        }
+        assert!(pages.len() <= 30, "the cursors never end: {pages:?}");
+    }
+    pages
+}
+
+async fn inventory_listing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let empty = inventory_page(&app, None, None).await;
+    assert_eq!(empty, json!({"items": []}));
+
+    // Set in no particular order; names a cursor must carry through a
+    // query string intact (space, ampersand, non-ASCII).
+    let mut products: Vec<(String, i64)> = (0..23)
+        .map(|i| (format!("product-{:02}", (i * 7) % 23), i))
+        .collect();
+    products.push(("pen & ink".into(), 100));
+    products.push(("ünïcode pad".into(), 101));
+    for (name, on_hand) in &products {
+        let put = app
+            .http
+            .put(app.url(&format!("/api/inventory/{}", urlencoding(name))))
+            .json(&json!({ "onHand": on_hand }))
+            .send()
+            .await
+            .expect("PUT");
+        assert_eq!(put.status(), StatusCode::OK, "{name}");
+    }
+    products.sort();
+
+    let pages = inventory_pages(&app, "10").await;
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [10, 10, 5]);
+    assert_eq!(pages.concat(), products, "every product once, by name");
+
+    // A last page exactly full still has a cursor; the page after it is
+    // empty and has none.
+    let pages = inventory_pages(&app, "5").await;
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [5, 5, 5, 5, 5, 0]);
+    assert_eq!(pages.concat(), products);
+
+    let first = inventory_page(&app, None, None).await;
+    assert_eq!(first["items"].as_array().map(Vec::len), Some(20));
+    assert_eq!(first["nextCursor"], json!(products[19].0));
+    let level = &first["items"][0];
+    assert_eq!(level["productName"], json!(products[0].0));
+    assert_eq!(level["reserved"], 0);
+    assert!(level["updatedAt"].is_string(), "{level}");
+
+    // After the last name: nothing. After a name that is not tracked:
+    // the products that follow it.
+    let last = products.last().map(|(name, _)| name.as_str());
+    let past = inventory_page(&app, None, last).await;
+    assert_eq!(past, json!({"items": []}));
+    let between = inventory_page(&app, Some("2"), Some("product-10a")).await;
+    assert_eq!(between["items"][0]["productName"], "product-11");
+    assert_eq!(between["nextCursor"], "product-12");
+
+    for (query, expected) in [
+        ("limit=0&after=", vec!["limit", "after"]),
+        ("limit=101", vec!["limit"]),
+        ("limit=ten", vec!["limit"]),
+        ("limit=-1", vec!["limit"]),
+        ("after=%20%20", vec!["after"]),
+        ("after=pen%07", vec!["after"]),
+    ] {
+        let bad = app.get(&format!("/api/inventory?{query}")).await;
+        let (status, body) = problem(bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(fields(&body), expected, "{query}: {body}");
+    }
+    let long = "x".repeat(201);
+    let bad = app.get(&format!("/api/inventory?after={long}")).await;
+    assert_eq!(problem(bad).await.0, StatusCode::BAD_REQUEST);
+    app.stop().await;
+}
+both_backends!(
+    inventory_lists_every_product_once_by_name,
+    inventory_listing
+);
+
+/// Percent-encodes a path segment.
+fn urlencoding(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// One bad request: what it is, its body and content type, the status and
 /// the problem document's `errors[].field`s expected.
 type Malformed = (

@@ -100,6 +100,17 @@ async fn static_tokens_need_the_right_scope() {
         403
     );
     assert_eq!(call(&app, "PUT", inventory, Some(OPS), stock).await.0, 200);
+    // The list reads stock as reading one product does.
+    let (status, _, listed) = call(&app, "GET", "/api/inventory", Some(READER), None).await;
+    assert_eq!(
+        (status, listed["items"][0]["productName"].clone()),
+        (200, json!("widget"))
+    );
+    assert_eq!(call(&app, "GET", "/api/inventory", None, None).await.0, 401);
+    assert_eq!(
+        call(&app, "GET", "/api/inventory", Some(OPS), None).await.0,
+        403
+    );
     assert_eq!(
         call(&app, "GET", "/admin/api/overview", Some(WRITER), None)
             .await
@@ -111,6 +122,14 @@ async fn static_tokens_need_the_right_scope() {
             .await
             .0,
         200
+    );
+    let (status, _, history) = call(&app, "GET", "/admin/api/history", Some(OPS), None).await;
+    assert_eq!((status, history["capacity"].as_u64()), (200, Some(180)));
+    assert_eq!(
+        call(&app, "GET", "/admin/api/history", Some(READER), None)
+            .await
+            .0,
+        403
     );
     // Unknown paths tell a stranger nothing.
     assert_eq!(call(&app, "GET", "/api/nothing", None, None).await.0, 401);

@@ -18,6 +18,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/orders/{id}/shipments"),
     ("put", "/api/inventory/{product}"),
     ("get", "/api/inventory/{product}"),
+    ("get", "/api/inventory"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -26,6 +27,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/admin"),
     ("get", "/admin/api/overview"),
     ("get", "/admin/api/instances"),
+    ("get", "/admin/api/history"),
     ("post", "/admin/api/workers"),
     ("post", "/admin/api/restart"),
     ("post", "/admin/api/offsets"),
@@ -144,6 +146,10 @@ async fn the_document_states_the_security_in_force() {
     assert_eq!(
         op("put", "/api/inventory/{product}")["security"],
         serde_json::json!([{"bearer": ["admin"]}])
+    );
+    assert_eq!(
+        op("get", "/api/inventory")["security"],
+        serde_json::json!([{"bearer": ["orders:read"]}])
     );
     let health = op("get", "/healthz");
     assert!(
