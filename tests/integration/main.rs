@@ -27,6 +27,7 @@ mod e2e_embedded;
 mod e2e_kafka;
 mod fleet;
 mod harness;
+mod image_build;
 mod interop;
 mod kafka_security;
 mod openapi;
