@@ -41,6 +41,16 @@ macro_rules! impl_store {
 
         type Tx<'a> = sqlx::Transaction<'a, Db>;
 
+        /// A row of `product_name, on_hand, reserved, updated_at`.
+        fn inventory_level(row: &<Db as sqlx::Database>::Row) -> Result<InventoryLevel, StoreError> {
+            Ok(InventoryLevel {
+                product_name: row.try_get("product_name")?,
+                on_hand: row.try_get("on_hand")?,
+                reserved: row.try_get("reserved")?,
+                updated_at: row.try_get("updated_at")?,
+            })
+        }
+
         /// `$6` is the list of ids to skip, `NOT_IN_ID_LIST` the backend's
         /// way of saying `id` is not in it.
         static PENDING_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -543,12 +553,7 @@ macro_rules! impl_store {
                 .bind(Utc::now())
                 .fetch_one(&self.pool)
                 .await?;
-                Ok(InventoryLevel {
-                    product_name: row.try_get("product_name")?,
-                    on_hand: row.try_get("on_hand")?,
-                    reserved: row.try_get("reserved")?,
-                    updated_at: row.try_get("updated_at")?,
-                })
+                inventory_level(&row)
             }
 
             async fn get_inventory(
@@ -562,14 +567,7 @@ macro_rules! impl_store {
                 .bind(product)
                 .fetch_optional(&self.pool)
                 .await?
-                .map(|row| {
-                    Ok(InventoryLevel {
-                        product_name: row.try_get("product_name")?,
-                        on_hand: row.try_get("on_hand")?,
-                        reserved: row.try_get("reserved")?,
-                        updated_at: row.try_get("updated_at")?,
-                    })
-                })
+                .map(|row| inventory_level(&row))
                 .transpose()
             }
 
@@ -587,14 +585,7 @@ macro_rules! impl_store {
                 .fetch_all(&self.pool)
                 .await?
                 .iter()
-                .map(|row| {
-                    Ok(InventoryLevel {
-                        product_name: row.try_get("product_name")?,
-                        on_hand: row.try_get("on_hand")?,
-                        reserved: row.try_get("reserved")?,
-                        updated_at: row.try_get("updated_at")?,
-                    })
-                })
+                .map(inventory_level)
                 .collect()
             }
 
