@@ -159,3 +159,28 @@ fn the_charts_alerts_pass_promtool_and_fire_exactly_when_their_unit_tests_say() 
         "promtool test rules: an alert fired, or kept quiet, against its unit test (see above)"
     );
 }
+
+/// Every alert's `runbook_url` ends in `#<its name in lower case>`: the
+/// README must have that section, or the link an on-call engineer follows
+/// at night lands at the top of the page.
+#[test]
+fn every_alert_has_its_runbook_section_in_the_readme() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules = std::fs::read_to_string(root.join("helm/orderflow/files/alerts.yaml"))
+        .expect("helm/orderflow/files/alerts.yaml");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert:"))
+        .map(str::trim)
+        .collect();
+    assert!(alerts.len() >= 7, "alerts found: {alerts:?}");
+    let missing: Vec<&&str> = alerts
+        .iter()
+        .filter(|a| !readme.lines().any(|l| l.trim() == format!("### {a}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "alerts without a `### <name>` runbook section in README.md: {missing:?}"
+    );
+}
