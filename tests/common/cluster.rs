@@ -241,7 +241,10 @@ impl Cluster {
     /// Waits until every running worker owns partitions: the group has
     /// formed and spread them (for fewer workers than partitions), so what
     /// follows is not the group's forming.
-    #[allow(dead_code, reason = "the proof suite's rebalancing scenario waits for it")]
+    #[allow(
+        dead_code,
+        reason = "the proof suite's rebalancing scenario waits for it"
+    )]
     pub fn wait_until_each_worker_owns_partitions(&mut self) {
         for i in self.live(Role::Worker) {
             let process = &self.members[i].process;
