@@ -87,7 +87,9 @@ impl TestBroker {
         }
     }
 
-    fn on(cluster: Arc<KafkaCluster>) -> Self {
+    /// `cluster`, with names of this broker's own (the benchmark reuses a
+    /// cluster across its phases this way).
+    pub fn on(cluster: Arc<KafkaCluster>) -> Self {
         Self {
             bootstrap: cluster.bootstrap_servers(),
             kind: BrokerKind::Apache(cluster),
@@ -101,7 +103,7 @@ impl TestBroker {
 
     pub fn replication(&self) -> i32 {
         match &self.kind {
-            BrokerKind::Apache(_) => 3,
+            BrokerKind::Apache(c) => c.replication(),
             _ => 1,
         }
     }

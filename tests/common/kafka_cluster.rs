@@ -6,7 +6,8 @@
 //! Every node has a PLAINTEXT listener (clients and replication), a
 //! SASL_SSL listener (SCRAM-SHA-512, a certificate from a CA made here) and
 //! its controller listener; topics are never auto-created and
-//! `min.insync.replicas` is 2, as production clusters run. Nodes can be
+//! `min.insync.replicas` is 2, as production clusters run (a single node:
+//! replication 1 and `min.insync.replicas` 1). Nodes can be
 //! stopped (SIGTERM), killed (SIGKILL) and restarted on the same storage.
 //!
 //! The nodes die with the test process (see `children`): a test binary that
@@ -415,6 +416,13 @@ impl KafkaCluster {
     /// Where node `id` keeps its partitions (`<topic>-<partition>/`).
     pub fn log_dir(&self, id: i32) -> PathBuf {
         self.dir.path().join(format!("node-{}", self.node(id).id))
+    }
+
+    /// The replication factor of the cluster's topics: 3, or every node of
+    /// a smaller cluster (a single node takes replication 1 and
+    /// `min.insync.replicas` 1).
+    pub fn replication(&self) -> i32 {
+        self.nodes.len().min(3) as i32
     }
 
     /// The bootstrap list clients use (the proxies when proxied).
