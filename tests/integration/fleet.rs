@@ -43,7 +43,12 @@ fn settled(list: &[Value], n: usize) -> Option<Vec<Value>> {
         .collect();
     let held: Vec<i64> = up.iter().flat_map(partitions).collect();
     let all: BTreeSet<i64> = (0..i64::from(PARTITIONS)).collect();
+    // Each holds some: with fewer instances than partitions, one holding
+    // none is still joining (a cooperative rebalance gives it its share in
+    // a second round) and may not have reported its first status yet.
+    let each_holds = up.iter().all(|i| !partitions(i).is_empty());
     (up.len() == n
+        && each_holds
         && held.len() == all.len()
         && held.iter().copied().collect::<BTreeSet<_>>() == all)
         .then_some(up)
