@@ -145,6 +145,10 @@ struct EngineContext {
     /// Per assigned partition: messages on the broker not yet handed to
     /// the application, from librdkafka's statistics.
     broker_lag: Mutex<HashMap<i32, i64>>,
+    /// The assignment changed since the last status: the next loop
+    /// publishes it, rather than a balance interval later (the fleet's
+    /// view of who holds what).
+    rebalanced: AtomicBool,
 }
 
 impl ClientContext for EngineContext {
@@ -236,6 +240,7 @@ impl ConsumerContext for EngineContext {
         // Commits sent before the rebalance may have been refused (stale
         // generation): the partitions kept are committed again.
         self.progress.lock().recommit_all();
+        self.rebalanced.store(true, Ordering::SeqCst);
         if let Rebalance::Assign(assigned) = rebalance {
             // Their messages carry a signal of this ownership. Their lag is
             // on /metrics from now, not from the next statistics (as much
@@ -385,6 +390,9 @@ pub fn start(
         topic: settings.topic.clone(),
         controls: settings.controls.clone(),
         broker_lag: Mutex::default(),
+        // The first status goes out at once: until then telemetry would
+        // show an instance with no workers.
+        rebalanced: AtomicBool::new(true),
     };
     let mut config = brokers.consumer_config(&settings.client_id);
     // librdkafka prefetches up to 100,000 messages or 64 MB by default:
@@ -662,7 +670,8 @@ fn run(
             commit(&consumer, &progress, &settings.topic, CommitMode::Async);
             last_commit = Instant::now();
         }
-        if last_balance.elapsed() >= w.balance_interval {
+        let rebalanced = consumer.context().rebalanced.swap(false, Ordering::SeqCst);
+        if rebalanced || last_balance.elapsed() >= w.balance_interval {
             last_balance = Instant::now();
             let lags = partition_lag(&consumer, &progress);
             let lag = lags.values().sum();
